@@ -1,0 +1,167 @@
+//! Who may do what: JWTs (HS256, signed with the server's secret) and the
+//! permission check of spec §4.
+
+use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::db::Permissions;
+
+/// The claims of a realm token.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Claims {
+    pub user: String,
+    pub realm: String,
+    pub permissions: Vec<String>,
+    pub exp: u64,
+    #[serde(default)]
+    pub iat: u64,
+}
+
+/// What a request needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    Read,
+    Write,
+}
+
+impl Need {
+    fn name(self) -> &'static str {
+        match self {
+            Need::Read => "read",
+            Need::Write => "write",
+        }
+    }
+
+    fn granted_by(self, p: Permissions) -> bool {
+        match self {
+            Need::Read => p.read,
+            Need::Write => p.write,
+        }
+    }
+}
+
+/// Why a request was refused: 401 or 403.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Denied {
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    Forbidden(String),
+}
+
+/// Parses `read,write,realm-owner` (comma separated) into permissions.
+pub fn parse_permissions<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Permissions, String> {
+    let mut p = Permissions::default();
+    for name in names {
+        match name.trim() {
+            "read" => p.read = true,
+            "write" => p.write = true,
+            "realm-owner" => p.realm_owner = true,
+            "" => {}
+            other => return Err(format!("unknown permission '{other}' (use read, write or realm-owner)")),
+        }
+    }
+    Ok(p)
+}
+
+pub fn issue(secret: &str, user: &str, realm: &str, permissions: Permissions, ttl_secs: u64) -> Result<String, String> {
+    let now = crate::db::now_unix().max(0) as u64;
+    let mut names = Vec::new();
+    if permissions.read {
+        names.push("read".to_string());
+    }
+    if permissions.write {
+        names.push("write".to_string());
+    }
+    if permissions.realm_owner {
+        names.push("realm-owner".to_string());
+    }
+    let claims = Claims { user: user.into(), realm: realm.into(), permissions: names, exp: now + ttl_secs, iat: now };
+    encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes())).map_err(|e| e.to_string())
+}
+
+/// Decides whether a request may proceed. `public` is what `*` may do;
+/// `user_grants` looks up a named user's permissions in the realm.
+pub async fn authorize<F, Fut>(
+    secret: &str,
+    realm: &str,
+    need: Need,
+    public: Permissions,
+    authorization: Option<&str>,
+    user_grants: F,
+) -> Result<(), Denied>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = Permissions>,
+{
+    if need.granted_by(public) {
+        return Ok(());
+    }
+    let header = authorization.ok_or_else(|| Denied::Unauthenticated("Missing Authorization header".into()))?;
+    let token = header
+        .strip_prefix("Bearer ")
+        .ok_or_else(|| Denied::Unauthenticated("Authorization header must be `Bearer <token>`".into()))?;
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.set_required_spec_claims(&["exp"]);
+    validation.leeway = 0;
+    let claims = decode::<Claims>(token.trim(), &DecodingKey::from_secret(secret.as_bytes()), &validation)
+        .map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => Denied::Unauthenticated("Token expired".into()),
+            _ => Denied::Unauthenticated("Token invalid".into()),
+        })?
+        .claims;
+    let token_realm = crate::realm_url::canonical_realm_url(&claims.realm).unwrap_or_default();
+    if token_realm != realm {
+        return Err(Denied::Forbidden(format!("this token is for realm {}, not {realm}", claims.realm)));
+    }
+    let in_token = parse_permissions(claims.permissions.iter().map(String::as_str))
+        .map_err(|_| Denied::Unauthenticated("Token invalid".into()))?;
+    let granted = user_grants(claims.user.clone()).await.union(public);
+    if need.granted_by(in_token) && need.granted_by(granted) {
+        Ok(())
+    } else {
+        Err(Denied::Forbidden(format!(
+            "Insufficient permissions to perform this action: {} needs '{}' in {realm}",
+            claims.user,
+            need.name()
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "s3cret";
+    const REALM: &str = "http://h/r/";
+
+    fn rw() -> Permissions {
+        Permissions { read: true, write: true, realm_owner: false }
+    }
+
+    async fn check(need: Need, public: Permissions, header: Option<String>, grants: Permissions) -> Result<(), Denied> {
+        authorize(SECRET, REALM, need, public, header.as_deref(), |_| async move { grants }).await
+    }
+
+    #[tokio::test]
+    async fn public_realms_need_no_token() {
+        assert_eq!(check(Need::Write, rw(), None, Permissions::default()).await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn tokens_are_checked() {
+        let none = Permissions::default();
+        assert!(matches!(check(Need::Read, none, None, rw()).await, Err(Denied::Unauthenticated(_))));
+        assert!(matches!(check(Need::Read, none, Some("Bearer junk".into()), rw()).await, Err(Denied::Unauthenticated(_))));
+        let good = issue(SECRET, "alice", REALM, rw(), 60).unwrap();
+        assert_eq!(check(Need::Write, none, Some(format!("Bearer {good}")), rw()).await, Ok(()));
+        let other_realm = issue(SECRET, "alice", "http://h/other/", rw(), 60).unwrap();
+        assert!(matches!(check(Need::Read, none, Some(format!("Bearer {other_realm}")), rw()).await, Err(Denied::Forbidden(_))));
+        let read_only = issue(SECRET, "alice", REALM, Permissions { read: true, ..none }, 60).unwrap();
+        assert!(matches!(check(Need::Write, none, Some(format!("Bearer {read_only}")), rw()).await, Err(Denied::Forbidden(_))));
+        let not_granted = issue(SECRET, "mallory", REALM, rw(), 60).unwrap();
+        assert!(matches!(check(Need::Read, none, Some(format!("Bearer {not_granted}")), none).await, Err(Denied::Forbidden(_))));
+        let wrong_secret = issue("other", "alice", REALM, rw(), 60).unwrap();
+        assert!(matches!(check(Need::Read, none, Some(format!("Bearer {wrong_secret}")), rw()).await, Err(Denied::Unauthenticated(_))));
+    }
+}

@@ -1,0 +1,192 @@
+//! Storage: one schema (sqlx migrations) on two backends, SQLite (the
+//! embedded default) and Postgres (for several replicas). This module holds
+//! the connection, the realm/permission admin queries and lock-free reads;
+//! `write_lock` holds the transactional write path.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::Row;
+
+/// Runs the same statement on whichever backend `$db` is; the SQL uses
+/// `$N` placeholders, which both backends accept.
+macro_rules! on_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::db::Database::Sqlite($pool) => $body,
+            $crate::db::Database::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("unsupported database URL '{0}': use sqlite://FILE or postgres://…")]
+    UnsupportedUrl(String),
+    #[error("database error: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("realm {0} does not exist; create it with `realm-host realm create {0}`")]
+    NoSuchRealm(String),
+}
+
+impl DbError {
+    /// True when the database could not be reached (as opposed to a query
+    /// that failed): the request should be retried later.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            DbError::Sqlx(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_))
+        )
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum Database {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Who may do what in a realm.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Permissions {
+    pub read: bool,
+    pub write: bool,
+    pub realm_owner: bool,
+}
+
+impl Permissions {
+    pub fn union(self, other: Permissions) -> Permissions {
+        Permissions {
+            read: self.read || other.read,
+            write: self.write || other.write,
+            realm_owner: self.realm_owner || other.realm_owner,
+        }
+    }
+}
+
+/// A stored file row.
+#[derive(Clone, Debug)]
+pub struct FileRow {
+    pub content: String,
+    pub content_hash: String,
+    pub created: i64,
+    pub last_modified: i64,
+}
+
+impl FileRow {
+    /// The strong ETag of this file's content.
+    pub fn etag(&self) -> String {
+        etag_of(&self.content_hash)
+    }
+}
+
+pub fn etag_of(content_hash: &str) -> String {
+    format!("\"{content_hash}\"")
+}
+
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl Database {
+    /// Connects (creating a missing SQLite file) and runs the migrations.
+    pub async fn connect(url: &str) -> Result<Database, DbError> {
+        let db = if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(30))
+                .foreign_keys(true);
+            Database::Sqlite(SqlitePoolOptions::new().max_connections(8).connect_with(options).await?)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Database::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect(url)
+                    .await?,
+            )
+        } else {
+            return Err(DbError::UnsupportedUrl(url.to_string()));
+        };
+        on_pool!(&db, pool => MIGRATOR.run(pool).await?);
+        Ok(db)
+    }
+
+    /// Creates the realm if it is new and sets what anyone (`*`) may do.
+    pub async fn create_realm(&self, realm: &str, public: Permissions) -> Result<(), DbError> {
+        let sql = "INSERT INTO realms (url, created_at) VALUES ($1, $2) ON CONFLICT (url) DO NOTHING";
+        on_pool!(self, pool => sqlx::query(sql).bind(realm).bind(now_unix()).execute(pool).await?);
+        self.set_permissions(realm, "*", public).await
+    }
+
+    /// Adds permissions for a user in an existing realm.
+    pub async fn grant(&self, realm: &str, user: &str, granted: Permissions) -> Result<(), DbError> {
+        if !self.realms().await?.iter().any(|r| r == realm) {
+            return Err(DbError::NoSuchRealm(realm.to_string()));
+        }
+        let current = self.user_permissions(realm, user).await?;
+        self.set_permissions(realm, user, current.union(granted)).await
+    }
+
+    async fn set_permissions(&self, realm: &str, user: &str, p: Permissions) -> Result<(), DbError> {
+        let sql = "INSERT INTO realm_permissions (realm_url, username, can_read, can_write, realm_owner)
+                   VALUES ($1, $2, $3, $4, $5)
+                   ON CONFLICT (realm_url, username) DO UPDATE
+                   SET can_read = excluded.can_read, can_write = excluded.can_write, realm_owner = excluded.realm_owner";
+        on_pool!(self, pool => sqlx::query(sql)
+            .bind(realm).bind(user).bind(p.read).bind(p.write).bind(p.realm_owner)
+            .execute(pool).await?);
+        Ok(())
+    }
+
+    /// Every realm URL, canonical.
+    pub async fn realms(&self) -> Result<Vec<String>, DbError> {
+        let sql = "SELECT url FROM realms ORDER BY url";
+        let urls = on_pool!(self, pool => sqlx::query_scalar::<_, String>(sql).fetch_all(pool).await?);
+        Ok(urls)
+    }
+
+    /// The permissions granted to exactly this user name (`*` is anyone).
+    pub async fn user_permissions(&self, realm: &str, user: &str) -> Result<Permissions, DbError> {
+        let sql = "SELECT can_read, can_write, realm_owner FROM realm_permissions WHERE realm_url = $1 AND username = $2";
+        let row = on_pool!(self, pool => sqlx::query(sql).bind(realm).bind(user).fetch_optional(pool).await?
+            .map(|r| Ok::<_, sqlx::Error>(Permissions {
+                read: r.try_get(0)?, write: r.try_get(1)?, realm_owner: r.try_get(2)?,
+            })).transpose()?);
+        Ok(row.unwrap_or_default())
+    }
+
+    /// Lock-free read of the last committed version of a file.
+    pub async fn read_file(&self, realm: &str, path: &str) -> Result<Option<FileRow>, DbError> {
+        let sql = "SELECT content, content_hash, created_at, last_modified FROM files WHERE realm_url = $1 AND path = $2";
+        let row = on_pool!(self, pool => sqlx::query(sql).bind(realm).bind(path).fetch_optional(pool).await?
+            .map(|r| file_row(&r)).transpose()?);
+        Ok(row)
+    }
+}
+
+/// Decodes a `SELECT content, content_hash, created_at, last_modified` row.
+pub fn file_row<R: Row>(row: &R) -> Result<FileRow, sqlx::Error>
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(FileRow {
+        content: row.try_get(0)?,
+        content_hash: row.try_get(1)?,
+        created: row.try_get(2)?,
+        last_modified: row.try_get(3)?,
+    })
+}

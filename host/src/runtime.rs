@@ -1,0 +1,250 @@
+//! The guest runtime: one wasmtime `Engine` and a pre-instantiated guest
+//! per process, a fresh `Store` per call, and the `store` imports that give
+//! the guest lock-free reads and a realm's write lock — nothing else.
+
+use std::sync::Arc;
+
+use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+
+use crate::db::{etag_of, Database};
+use crate::write_lock::{IndexRow, Locks, WriteError, WriteTxn};
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "realm-core",
+    imports: { default: async | trappable },
+    exports: { default: async },
+    with: {
+        "boxel:realm/store.write-lock": crate::write_lock::WriteTxn,
+    },
+});
+
+pub use boxel::realm::types::{CardResponse, Error as GuestError, FileMeta};
+use boxel::realm::types::{AtomicError, CardIndex, StoredFile};
+
+/// The built-in guest, compiled from `guest/` by `build.rs`.
+pub static BUILTIN_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/realm_guest.wasm"));
+
+/// What the host lets one guest call touch.
+pub struct CallState {
+    table: ResourceTable,
+    db: Database,
+    locks: Arc<Locks>,
+    /// Realms whose lock this call holds, with the handle's table slot.
+    held: Vec<(String, u32)>,
+}
+
+/// A loaded guest, ready to be instantiated per call.
+pub struct Guest {
+    engine: Engine,
+    pre: RealmCorePre<CallState>,
+    db: Database,
+    locks: Arc<Locks>,
+    /// First 12 hex digits of the component's SHA-256.
+    pub short_hash: String,
+}
+
+/// One request to the guest.
+pub enum Call {
+    GetCard { realm: String, path: String },
+    CreateCard { realm: String, dir: String, new_name: String, body: String },
+    PatchCard { realm: String, path: String, body: String, if_match: Option<String> },
+    DeleteCard { realm: String, path: String, if_match: Option<String> },
+    WriteSource { realm: String, path: String, content: String, if_match: Option<String> },
+    DeleteSource { realm: String, path: String, if_match: Option<String> },
+    Atomic { realm: String, body: String },
+}
+
+/// What the guest answered.
+pub enum Answer {
+    Card(CardResponse),
+    File(FileMeta),
+    Text(String),
+    Done,
+}
+
+pub fn engine() -> wasmtime::Result<Engine> {
+    let mut pooling = PoolingAllocationConfig::default();
+    pooling.total_component_instances(1000);
+    pooling.total_core_instances(1000);
+    pooling.total_memories(1000);
+    pooling.total_tables(1000);
+    pooling.max_memory_size(64 << 20);
+    let mut config = Config::new();
+    config.async_support(true);
+    config.wasm_component_model(true);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+    Engine::new(&config)
+}
+
+impl Guest {
+    /// Compiles and links a component; fails if it does not fit the world.
+    pub fn load(engine: &Engine, bytes: &[u8], db: Database, locks: Arc<Locks>) -> wasmtime::Result<Guest> {
+        use sha2::{Digest, Sha256};
+        let component = Component::new(engine, bytes)?;
+        let mut linker = Linker::<CallState>::new(engine);
+        RealmCore::add_to_linker::<_, HasSelf<CallState>>(&mut linker, |state| state)?;
+        let pre = RealmCorePre::new(linker.instantiate_pre(&component)?)?;
+        let short_hash = hex::encode(Sha256::digest(bytes))[..12].to_string();
+        Ok(Guest { engine: engine.clone(), pre, db, locks, short_hash })
+    }
+
+    /// Runs one call in a fresh store. `Ok(Err(_))` is the guest's own
+    /// answer; `Err(_)` is a trap or a host failure. Any write lock the
+    /// guest still holds afterwards is rolled back before this returns.
+    pub async fn run(&self, call: Call) -> wasmtime::Result<Result<Answer, GuestError>> {
+        let state = CallState { table: ResourceTable::new(), db: self.db.clone(), locks: self.locks.clone(), held: Vec::new() };
+        let mut store = Store::new(&self.engine, state);
+        let outcome = self.invoke(&mut store, call).await;
+        store.data_mut().release_all().await;
+        outcome
+    }
+
+    async fn invoke(&self, store: &mut Store<CallState>, call: Call) -> wasmtime::Result<Result<Answer, GuestError>> {
+        let guest = self.pre.instantiate_async(&mut *store).await?;
+        let h = guest.boxel_realm_handlers();
+        Ok(match call {
+            Call::GetCard { realm, path } => h.call_get_card(&mut *store, &realm, &path).await?.map(Answer::Card),
+            Call::CreateCard { realm, dir, new_name, body } => {
+                h.call_create_card(&mut *store, &realm, &dir, &new_name, &body).await?.map(Answer::Card)
+            }
+            Call::PatchCard { realm, path, body, if_match } => h
+                .call_patch_card(&mut *store, &realm, &path, &body, if_match.as_deref())
+                .await?
+                .map(Answer::Card),
+            Call::DeleteCard { realm, path, if_match } => {
+                h.call_delete_card(&mut *store, &realm, &path, if_match.as_deref()).await?.map(|()| Answer::Done)
+            }
+            Call::WriteSource { realm, path, content, if_match } => h
+                .call_write_source(&mut *store, &realm, &path, &content, if_match.as_deref())
+                .await?
+                .map(Answer::File),
+            Call::DeleteSource { realm, path, if_match } => {
+                h.call_delete_source(&mut *store, &realm, &path, if_match.as_deref()).await?.map(|()| Answer::Done)
+            }
+            Call::Atomic { realm, body } => h.call_atomic(&mut *store, &realm, &body).await?.map(Answer::Text),
+        })
+    }
+}
+
+impl CallState {
+    /// Rolls back every lock the guest left open (it returned without
+    /// committing, or trapped).
+    async fn release_all(&mut self) {
+        for (realm, rep) in std::mem::take(&mut self.held) {
+            if let Ok(txn) = self.table.delete(Resource::<WriteTxn>::new_own(rep)) {
+                if let Err(e) = txn.rollback().await {
+                    tracing::warn!(%realm, error = %e, "rollback of an abandoned write lock failed");
+                }
+            }
+        }
+    }
+
+    fn forget(&mut self, rep: u32) {
+        self.held.retain(|(_, held)| *held != rep);
+    }
+
+    fn txn(&mut self, lock: &Resource<WriteTxn>) -> wasmtime::Result<&mut WriteTxn> {
+        Ok(self.table.get_mut(lock)?)
+    }
+}
+
+fn guest_error(e: WriteError) -> GuestError {
+    match e {
+        WriteError::LockTimeout(m) => GuestError::LockTimeout(m),
+        WriteError::TooLarge(m) => GuestError::PayloadTooLarge(m),
+        WriteError::Unavailable(m) => GuestError::Unavailable(m),
+        WriteError::Storage(m) => GuestError::Storage(m),
+    }
+}
+
+fn stored(row: crate::db::FileRow) -> StoredFile {
+    StoredFile { etag: row.etag(), created: row.created, last_modified: row.last_modified, content: row.content }
+}
+
+impl boxel::realm::types::Host for CallState {}
+
+impl boxel::realm::store::Host for CallState {
+    async fn with_write_lock(&mut self, realm: String) -> wasmtime::Result<Result<Resource<WriteTxn>, GuestError>> {
+        if self.held.iter().any(|(held, _)| *held == realm) {
+            return Ok(Err(GuestError::LockHeld(format!(
+                "this call already holds the write lock of {realm}; use that handle"
+            ))));
+        }
+        let txn = match self.locks.acquire(&self.db, &realm).await {
+            Ok(txn) => txn,
+            Err(e) => return Ok(Err(guest_error(e))),
+        };
+        let lock = self.table.push(txn)?;
+        self.held.push((realm, lock.rep()));
+        Ok(Ok(lock))
+    }
+
+    async fn read_file(&mut self, realm: String, path: String) -> wasmtime::Result<Result<Option<StoredFile>, GuestError>> {
+        Ok(match self.db.read_file(&realm, &path).await {
+            Ok(row) => Ok(row.map(stored)),
+            Err(e) if e.is_unavailable() => Err(GuestError::Unavailable(e.to_string())),
+            Err(e) => Err(GuestError::Storage(e.to_string())),
+        })
+    }
+}
+
+impl boxel::realm::store::HostWriteLock for CallState {
+    async fn read(&mut self, lock: Resource<WriteTxn>, path: String) -> wasmtime::Result<Result<Option<StoredFile>, GuestError>> {
+        Ok(self.txn(&lock)?.read(&path).await.map(|row| row.map(stored)).map_err(guest_error))
+    }
+
+    async fn exists(&mut self, lock: Resource<WriteTxn>, path: String) -> wasmtime::Result<Result<bool, GuestError>> {
+        Ok(self.txn(&lock)?.exists(&path).await.map_err(guest_error))
+    }
+
+    async fn write(
+        &mut self,
+        lock: Resource<WriteTxn>,
+        path: String,
+        content: String,
+        index: Option<CardIndex>,
+    ) -> wasmtime::Result<Result<FileMeta, GuestError>> {
+        let index = index.map(|i| IndexRow { card_id: i.id, card_type: i.card_type, search_doc: i.search_doc });
+        Ok(self.txn(&lock)?.write(&path, &content, index).await.map_err(guest_error).map(|w| FileMeta {
+            etag: etag_of(&w.content_hash),
+            created: w.created,
+            last_modified: w.last_modified,
+            existed: w.existed,
+        }))
+    }
+
+    async fn delete(&mut self, lock: Resource<WriteTxn>, path: String) -> wasmtime::Result<Result<bool, GuestError>> {
+        Ok(self.txn(&lock)?.delete(&path).await.map_err(guest_error))
+    }
+
+    async fn commit(&mut self, lock: Resource<WriteTxn>) -> wasmtime::Result<Result<(), GuestError>> {
+        self.forget(lock.rep());
+        let txn = self.table.delete(lock)?;
+        Ok(txn.commit().await.map_err(guest_error))
+    }
+
+    async fn drop(&mut self, lock: Resource<WriteTxn>) -> wasmtime::Result<()> {
+        self.forget(lock.rep());
+        let txn = self.table.delete(lock)?;
+        if let Err(e) = txn.rollback().await {
+            tracing::warn!(error = %e, "rollback of a dropped write lock failed");
+        }
+        Ok(())
+    }
+}
+
+/// The HTTP status of each atomic error kind.
+pub fn atomic_status(e: &AtomicError) -> u16 {
+    use boxel::realm::types::AtomicErrorKind as K;
+    match e.kind {
+        K::BadRequest => 400,
+        K::NotFound => 404,
+        K::Conflict => 409,
+        K::PayloadTooLarge => 413,
+        K::Unprocessable => 422,
+    }
+}
+
+pub use boxel::realm::types::AtomicError as GuestAtomicError;
