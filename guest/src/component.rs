@@ -105,8 +105,8 @@ impl exports::boxel::realm::logic::Guest for Component {
             .map_err(to_wit)
     }
 
-    fn serialize(resource: String, file_url: String, realm: String) -> Result<String, wit::Error> {
-        let resource = parse_json(&resource)?;
+    fn serialize(card_resource: String, file_url: String, realm: String) -> Result<String, wit::Error> {
+        let resource = parse_json(&card_resource)?;
         serialize::serialize_card_file(&resource, &file_url, &realm).map_err(to_wit)
     }
 

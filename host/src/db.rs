@@ -20,7 +20,6 @@ macro_rules! on_pool {
         }
     };
 }
-pub(crate) use on_pool;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -126,7 +125,7 @@ impl Database {
     /// Creates the realm if it is new and sets what anyone (`*`) may do.
     pub async fn create_realm(&self, realm: &str, public: Permissions) -> Result<(), DbError> {
         let sql = "INSERT INTO realms (url, created_at) VALUES ($1, $2) ON CONFLICT (url) DO NOTHING";
-        on_pool!(self, pool => sqlx::query(sql).bind(realm).bind(now_unix()).execute(pool).await?);
+        on_pool!(self, pool => { sqlx::query(sql).bind(realm).bind(now_unix()).execute(pool).await?; });
         self.set_permissions(realm, "*", public).await
     }
 
@@ -144,9 +143,9 @@ impl Database {
                    VALUES ($1, $2, $3, $4, $5)
                    ON CONFLICT (realm_url, username) DO UPDATE
                    SET can_read = excluded.can_read, can_write = excluded.can_write, realm_owner = excluded.realm_owner";
-        on_pool!(self, pool => sqlx::query(sql)
+        on_pool!(self, pool => { sqlx::query(sql)
             .bind(realm).bind(user).bind(p.read).bind(p.write).bind(p.realm_owner)
-            .execute(pool).await?);
+            .execute(pool).await?; });
         Ok(())
     }
 

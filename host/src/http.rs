@@ -92,11 +92,11 @@ struct Target {
 }
 
 async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
-    let realm_header = std::cell::Cell::new(None::<String>);
-    let reply = route(&app, request, &realm_header).await;
+    let mut realm_header = None::<String>;
+    let reply = route(&app, request, &mut realm_header).await;
     let mut response = reply.unwrap_or_else(|refusal| refusal);
     let headers = response.headers_mut();
-    if let Some(realm) = realm_header.take().and_then(|r| HeaderValue::from_str(&r).ok()) {
+    if let Some(realm) = realm_header.and_then(|r| HeaderValue::from_str(&r).ok()) {
         headers.insert("x-boxel-realm-url", realm);
     }
     headers.insert(header::VARY, HeaderValue::from_static("Accept"));
@@ -106,7 +106,7 @@ async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
     response
 }
 
-async fn route(app: &App, request: Request, realm_header: &std::cell::Cell<Option<String>>) -> Reply {
+async fn route(app: &App, request: Request, realm_header: &mut Option<String>) -> Reply {
     let (parts, body) = request.into_parts();
     let method = parts.method.clone();
     let headers = parts.headers;
@@ -114,10 +114,7 @@ async fn route(app: &App, request: Request, realm_header: &std::cell::Cell<Optio
         Resolved::Target(t) => t,
         Resolved::Redirect(to) => return Ok(redirect(&to)),
     };
-    realm_header.set(Some(target.realm.clone()));
-    if target.public.read {
-        realm_header.set(Some(target.realm.clone()));
-    }
+    *realm_header = Some(target.realm.clone());
     let need = match method {
         Method::GET | Method::HEAD | Method::OPTIONS => Need::Read,
         _ => Need::Write,

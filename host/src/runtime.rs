@@ -72,7 +72,6 @@ pub fn engine() -> wasmtime::Result<Engine> {
     pooling.total_tables(1000);
     pooling.max_memory_size(64 << 20);
     let mut config = Config::new();
-    config.async_support(true);
     config.wasm_component_model(true);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
     Engine::new(&config)

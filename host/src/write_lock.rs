@@ -154,10 +154,6 @@ pub struct Written {
 }
 
 impl WriteTxn {
-    pub fn realm(&self) -> &str {
-        &self.realm
-    }
-
     pub async fn read(&mut self, path: &str) -> Result<Option<FileRow>, WriteError> {
         let sql = "SELECT content, content_hash, created_at, last_modified FROM files WHERE realm_url = $1 AND path = $2";
         let realm = &self.realm;
@@ -203,9 +199,9 @@ impl WriteTxn {
                       ON CONFLICT (realm_url, path) DO UPDATE
                       SET content = excluded.content, content_hash = excluded.content_hash,
                           last_modified = excluded.last_modified";
-        on_tx!(&mut self.tx, conn => sqlx::query(upsert)
+        on_tx!(&mut self.tx, conn => { sqlx::query(upsert)
             .bind(realm).bind(path).bind(content).bind(&content_hash).bind(now)
-            .execute(conn).await?);
+            .execute(conn).await?; });
         match index {
             Some(row) => {
                 let sql = "INSERT INTO card_index (realm_url, path, card_id, card_type, search_doc, updated_at)
@@ -213,9 +209,9 @@ impl WriteTxn {
                            ON CONFLICT (realm_url, path) DO UPDATE
                            SET card_id = excluded.card_id, card_type = excluded.card_type,
                                search_doc = excluded.search_doc, updated_at = excluded.updated_at";
-                on_tx!(&mut self.tx, conn => sqlx::query(sql)
+                on_tx!(&mut self.tx, conn => { sqlx::query(sql)
                     .bind(realm).bind(path).bind(&row.card_id).bind(&row.card_type).bind(&row.search_doc).bind(now)
-                    .execute(conn).await?);
+                    .execute(conn).await?; });
             }
             None => self.delete_index_row(path).await?,
         }
@@ -227,7 +223,7 @@ impl WriteTxn {
     async fn delete_index_row(&mut self, path: &str) -> Result<(), WriteError> {
         let sql = "DELETE FROM card_index WHERE realm_url = $1 AND path = $2";
         let realm = &self.realm;
-        on_tx!(&mut self.tx, conn => sqlx::query(sql).bind(realm).bind(path).execute(conn).await?);
+        on_tx!(&mut self.tx, conn => { sqlx::query(sql).bind(realm).bind(path).execute(conn).await?; });
         Ok(())
     }
 
