@@ -111,7 +111,7 @@ impl Database {
             Database::Postgres(
                 PgPoolOptions::new()
                     .max_connections(16)
-                    .acquire_timeout(Duration::from_secs(10))
+                    .acquire_timeout(Duration::from_secs(3))
                     .connect(url)
                     .await?,
             )

@@ -64,6 +64,12 @@ struct ServeArgs {
     /// How long a write waits for its realm's lock before answering 503.
     #[arg(long, env = "REALM_LOCK_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     lock_timeout: Duration,
+    /// Time the guest itself may run per request before it is stopped (500).
+    #[arg(long, env = "REALM_GUEST_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    guest_timeout: Duration,
+    /// Largest guest memory, in MiB (a guest that needs more fails with 500).
+    #[arg(long, env = "REALM_GUEST_MEMORY_MIB", default_value_t = 64)]
+    guest_memory_mib: usize,
 }
 
 #[derive(Subcommand)]
@@ -207,12 +213,13 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     };
     let limits = Limits { card_bytes: args.card_limit, file_bytes: args.file_limit };
     let locks = Arc::new(Locks::new(args.lock_timeout, limits));
-    let engine = runtime::engine().map_err(|e| format!("cannot start wasmtime: {e}"))?;
+    let sandbox = runtime::Sandbox { cpu: args.guest_timeout, memory_bytes: args.guest_memory_mib << 20 };
+    let engine = runtime::engine(sandbox).map_err(|e| format!("cannot start wasmtime: {e}"))?;
     let bytes = match &args.guest {
         Some(path) => std::fs::read(path).map_err(|e| format!("cannot read guest {}: {e}", path.display()))?,
         None => runtime::BUILTIN_GUEST.to_vec(),
     };
-    let guest = runtime::Guest::load(&engine, &bytes, db.clone(), locks)
+    let guest = runtime::Guest::load(&engine, &bytes, db.clone(), locks, sandbox)
         .map_err(|e| format!("the guest does not fit the realm-core world: {e:#}"))?;
     tracing::info!(guest = %guest.short_hash, "guest loaded");
     let app = Arc::new(http::App::new(db, Arc::new(guest), secret, limits).await.map_err(|e| e.to_string())?);

@@ -3,9 +3,10 @@
 //! the guest lock-free reads and a realm's write lock — nothing else.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
 
 use crate::db::{etag_of, Database};
 use crate::write_lock::{IndexRow, Locks, WriteError, WriteTxn};
@@ -26,6 +27,19 @@ use boxel::realm::types::{AtomicError, CardIndex, StoredFile};
 /// The built-in guest, compiled from `guest/` by `build.rs`.
 pub static BUILTIN_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/realm_guest.wasm"));
 
+/// How much a guest call may use.
+#[derive(Clone, Copy, Debug)]
+pub struct Sandbox {
+    /// Time the guest itself may run per call (time spent in host imports,
+    /// such as waiting for a lock, does not count).
+    pub cpu: Duration,
+    /// Largest linear memory of a guest instance.
+    pub memory_bytes: usize,
+}
+
+/// How often the engine's epoch advances; the granularity of `Sandbox::cpu`.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
 /// What the host lets one guest call touch.
 pub struct CallState {
     table: ResourceTable,
@@ -33,6 +47,10 @@ pub struct CallState {
     locks: Arc<Locks>,
     /// Realms whose lock this call holds, with the handle's table slot.
     held: Vec<(String, u32)>,
+    started: Instant,
+    /// Time spent inside host imports so far.
+    in_host: Duration,
+    cpu_budget: Duration,
 }
 
 /// A loaded guest, ready to be instantiated per call.
@@ -41,6 +59,7 @@ pub struct Guest {
     pre: RealmCorePre<CallState>,
     db: Database,
     locks: Arc<Locks>,
+    sandbox: Sandbox,
     /// First 12 hex digits of the component's SHA-256.
     pub short_hash: String,
 }
@@ -64,37 +83,72 @@ pub enum Answer {
     Done,
 }
 
-pub fn engine() -> wasmtime::Result<Engine> {
+/// The process's one engine: pooling allocator, epoch interruption (with a
+/// ticker thread), guest memories capped at `sandbox.memory_bytes`.
+pub fn engine(sandbox: Sandbox) -> wasmtime::Result<Engine> {
     let mut pooling = PoolingAllocationConfig::default();
     pooling.total_component_instances(1000);
     pooling.total_core_instances(1000);
     pooling.total_memories(1000);
     pooling.total_tables(1000);
-    pooling.max_memory_size(64 << 20);
+    pooling.max_memory_size(sandbox.memory_bytes);
     let mut config = Config::new();
     config.wasm_component_model(true);
+    config.epoch_interruption(true);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
-    Engine::new(&config)
+    let engine = Engine::new(&config)?;
+    let ticking = engine.weak();
+    std::thread::Builder::new()
+        .name("epoch-ticker".into())
+        .spawn(move || {
+            while let Some(engine) = ticking.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .map_err(|e| wasmtime::format_err!("cannot start the epoch ticker: {e}"))?;
+    Ok(engine)
 }
 
 impl Guest {
     /// Compiles and links a component; fails if it does not fit the world.
-    pub fn load(engine: &Engine, bytes: &[u8], db: Database, locks: Arc<Locks>) -> wasmtime::Result<Guest> {
+    pub fn load(engine: &Engine, bytes: &[u8], db: Database, locks: Arc<Locks>, sandbox: Sandbox) -> wasmtime::Result<Guest> {
         use sha2::{Digest, Sha256};
         let component = Component::new(engine, bytes)?;
         let mut linker = Linker::<CallState>::new(engine);
         RealmCore::add_to_linker::<_, HasSelf<CallState>>(&mut linker, |state| state)?;
         let pre = RealmCorePre::new(linker.instantiate_pre(&component)?)?;
         let short_hash = hex::encode(Sha256::digest(bytes))[..12].to_string();
-        Ok(Guest { engine: engine.clone(), pre, db, locks, short_hash })
+        Ok(Guest { engine: engine.clone(), pre, db, locks, sandbox, short_hash })
     }
 
     /// Runs one call in a fresh store. `Ok(Err(_))` is the guest's own
     /// answer; `Err(_)` is a trap or a host failure. Any write lock the
     /// guest still holds afterwards is rolled back before this returns.
     pub async fn run(&self, call: Call) -> wasmtime::Result<Result<Answer, GuestError>> {
-        let state = CallState { table: ResourceTable::new(), db: self.db.clone(), locks: self.locks.clone(), held: Vec::new() };
+        let state = CallState {
+            table: ResourceTable::new(),
+            db: self.db.clone(),
+            locks: self.locks.clone(),
+            held: Vec::new(),
+            started: Instant::now(),
+            in_host: Duration::ZERO,
+            cpu_budget: self.sandbox.cpu,
+        };
         let mut store = Store::new(&self.engine, state);
+        // At every epoch tick, check the guest's own running time; yield to
+        // the executor so a busy guest never starves other requests.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|context| {
+            let state = context.data();
+            let ran = state.started.elapsed().saturating_sub(state.in_host);
+            if ran > state.cpu_budget {
+                Err(wasmtime::format_err!("the guest ran for more than its {:?} budget", state.cpu_budget))
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
         let outcome = self.invoke(&mut store, call).await;
         store.data_mut().release_all().await;
         outcome
@@ -171,7 +225,10 @@ impl boxel::realm::store::Host for CallState {
                 "this call already holds the write lock of {realm}; use that handle"
             ))));
         }
-        let txn = match self.locks.acquire(&self.db, &realm).await {
+        let waited = Instant::now();
+        let acquired = self.locks.acquire(&self.db, &realm).await;
+        self.in_host += waited.elapsed();
+        let txn = match acquired {
             Ok(txn) => txn,
             Err(e) => return Ok(Err(guest_error(e))),
         };
@@ -181,7 +238,10 @@ impl boxel::realm::store::Host for CallState {
     }
 
     async fn read_file(&mut self, realm: String, path: String) -> wasmtime::Result<Result<Option<StoredFile>, GuestError>> {
-        Ok(match self.db.read_file(&realm, &path).await {
+        let started = Instant::now();
+        let read = self.db.read_file(&realm, &path).await;
+        self.in_host += started.elapsed();
+        Ok(match read {
             Ok(row) => Ok(row.map(stored)),
             Err(e) if e.is_unavailable() => Err(GuestError::Unavailable(e.to_string())),
             Err(e) => Err(GuestError::Storage(e.to_string())),
@@ -191,11 +251,17 @@ impl boxel::realm::store::Host for CallState {
 
 impl boxel::realm::store::HostWriteLock for CallState {
     async fn read(&mut self, lock: Resource<WriteTxn>, path: String) -> wasmtime::Result<Result<Option<StoredFile>, GuestError>> {
-        Ok(self.txn(&lock)?.read(&path).await.map(|row| row.map(stored)).map_err(guest_error))
+        let started = Instant::now();
+        let read = self.txn(&lock)?.read(&path).await;
+        self.in_host += started.elapsed();
+        Ok(read.map(|row| row.map(stored)).map_err(guest_error))
     }
 
     async fn exists(&mut self, lock: Resource<WriteTxn>, path: String) -> wasmtime::Result<Result<bool, GuestError>> {
-        Ok(self.txn(&lock)?.exists(&path).await.map_err(guest_error))
+        let started = Instant::now();
+        let found = self.txn(&lock)?.exists(&path).await;
+        self.in_host += started.elapsed();
+        Ok(found.map_err(guest_error))
     }
 
     async fn write(
@@ -206,7 +272,10 @@ impl boxel::realm::store::HostWriteLock for CallState {
         index: Option<CardIndex>,
     ) -> wasmtime::Result<Result<FileMeta, GuestError>> {
         let index = index.map(|i| IndexRow { card_id: i.id, card_type: i.card_type, search_doc: i.search_doc });
-        Ok(self.txn(&lock)?.write(&path, &content, index).await.map_err(guest_error).map(|w| FileMeta {
+        let started = Instant::now();
+        let written = self.txn(&lock)?.write(&path, &content, index).await;
+        self.in_host += started.elapsed();
+        Ok(written.map_err(guest_error).map(|w| FileMeta {
             etag: etag_of(&w.content_hash),
             created: w.created,
             last_modified: w.last_modified,
@@ -215,21 +284,29 @@ impl boxel::realm::store::HostWriteLock for CallState {
     }
 
     async fn delete(&mut self, lock: Resource<WriteTxn>, path: String) -> wasmtime::Result<Result<bool, GuestError>> {
-        Ok(self.txn(&lock)?.delete(&path).await.map_err(guest_error))
+        let started = Instant::now();
+        let deleted = self.txn(&lock)?.delete(&path).await;
+        self.in_host += started.elapsed();
+        Ok(deleted.map_err(guest_error))
     }
 
     async fn commit(&mut self, lock: Resource<WriteTxn>) -> wasmtime::Result<Result<(), GuestError>> {
         self.forget(lock.rep());
         let txn = self.table.delete(lock)?;
-        Ok(txn.commit().await.map_err(guest_error))
+        let started = Instant::now();
+        let committed = txn.commit().await;
+        self.in_host += started.elapsed();
+        Ok(committed.map_err(guest_error))
     }
 
     async fn drop(&mut self, lock: Resource<WriteTxn>) -> wasmtime::Result<()> {
         self.forget(lock.rep());
         let txn = self.table.delete(lock)?;
+        let started = Instant::now();
         if let Err(e) = txn.rollback().await {
             tracing::warn!(error = %e, "rollback of a dropped write lock failed");
         }
+        self.in_host += started.elapsed();
         Ok(())
     }
 }
