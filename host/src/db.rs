@@ -12,14 +12,17 @@ use sqlx::Row;
 
 /// Runs the same statement on whichever backend `$db` is; the SQL uses
 /// `$N` placeholders, which both backends accept.
+/// The in-memory store has no SQL; admin queries refuse it.
 macro_rules! on_pool {
     ($db:expr, $pool:ident => $body:expr) => {
         match $db {
             $crate::db::Database::Sqlite($pool) => $body,
             $crate::db::Database::Postgres($pool) => $body,
+            $crate::db::Database::Memory(_) => return Err($crate::db::DbError::NotInMemory),
         }
     };
 }
+pub(crate) use on_pool;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -33,6 +36,8 @@ pub enum DbError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("realm {0} does not exist; create it with `realm-host realm create {0}`")]
     NoSuchRealm(String),
+    #[error("the in-memory store only holds files")]
+    NotInMemory,
 }
 
 impl DbError {
@@ -46,10 +51,12 @@ impl DbError {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub enum Database {
     Sqlite(SqlitePool),
     Postgres(PgPool),
+    /// Files only, no persistence: for running a guest in isolation.
+    Memory(std::sync::Arc<crate::memory::MemoryStore>),
 }
 
 /// Who may do what in a realm.
@@ -168,6 +175,9 @@ impl Database {
 
     /// Lock-free read of the last committed version of a file.
     pub async fn read_file(&self, realm: &str, path: &str) -> Result<Option<FileRow>, DbError> {
+        if let Database::Memory(store) = self {
+            return Ok(store.read(realm, path));
+        }
         let sql = "SELECT content, content_hash, created_at, last_modified FROM files WHERE realm_url = $1 AND path = $2";
         let row = on_pool!(self, pool => sqlx::query(sql).bind(realm).bind(path).fetch_optional(pool).await?
             .map(|r| file_row(&r)).transpose()?);

@@ -4,7 +4,9 @@ mod auth;
 mod db;
 mod http;
 mod lock_key;
+mod memory;
 mod realm_url;
+mod registry;
 mod runtime;
 mod write_lock;
 
@@ -219,8 +221,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         Some(path) => std::fs::read(path).map_err(|e| format!("cannot read guest {}: {e}", path.display()))?,
         None => runtime::BUILTIN_GUEST.to_vec(),
     };
-    let guest = runtime::Guest::load(&engine, &bytes, db.clone(), locks, sandbox)
-        .map_err(|e| format!("the guest does not fit the realm-core world: {e:#}"))?;
+    let compiled = runtime::compile(&engine, &bytes).map_err(|e| format!("the guest does not fit the realm-core world: {e:#}"))?;
+    let guest = runtime::Guest::new(&engine, &compiled, db.clone(), locks, sandbox);
     tracing::info!(guest = %guest.short_hash, "guest loaded");
     let app = Arc::new(http::App::new(db, Arc::new(guest), secret, limits).await.map_err(|e| e.to_string())?);
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -73,6 +73,9 @@ pub enum Call {
     WriteSource { realm: String, path: String, content: String, if_match: Option<String> },
     DeleteSource { realm: String, path: String, if_match: Option<String> },
     Atomic { realm: String, body: String },
+    Merge { original: String, patch: String, card_url: String },
+    Serialize { resource: String, file_url: String, realm: String },
+    ValidateAtomic { realm: String, body: String },
 }
 
 /// What the guest answered.
@@ -111,16 +114,35 @@ pub fn engine(sandbox: Sandbox) -> wasmtime::Result<Engine> {
     Ok(engine)
 }
 
+/// A compiled component that type-checks against the `realm-core` world.
+#[derive(Clone)]
+pub struct Compiled {
+    pre: RealmCorePre<CallState>,
+    /// Hex SHA-256 of the component bytes.
+    pub hash: String,
+}
+
+/// Compiles and links a component; fails with the reason when the bytes are
+/// not a component or do not fit the world (imports and exports type-check).
+pub fn compile(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Compiled> {
+    let component = Component::new(engine, bytes)?;
+    let mut linker = Linker::<CallState>::new(engine);
+    RealmCore::add_to_linker::<_, HasSelf<CallState>>(&mut linker, |state| state)?;
+    let pre = RealmCorePre::new(linker.instantiate_pre(&component)?)?;
+    Ok(Compiled { pre, hash: crate::registry::hash_of(bytes) })
+}
+
 impl Guest {
-    /// Compiles and links a component; fails if it does not fit the world.
-    pub fn load(engine: &Engine, bytes: &[u8], db: Database, locks: Arc<Locks>, sandbox: Sandbox) -> wasmtime::Result<Guest> {
-        use sha2::{Digest, Sha256};
-        let component = Component::new(engine, bytes)?;
-        let mut linker = Linker::<CallState>::new(engine);
-        RealmCore::add_to_linker::<_, HasSelf<CallState>>(&mut linker, |state| state)?;
-        let pre = RealmCorePre::new(linker.instantiate_pre(&component)?)?;
-        let short_hash = hex::encode(Sha256::digest(bytes))[..12].to_string();
-        Ok(Guest { engine: engine.clone(), pre, db, locks, sandbox, short_hash })
+    /// A compiled guest bound to a store.
+    pub fn new(engine: &Engine, compiled: &Compiled, db: Database, locks: Arc<Locks>, sandbox: Sandbox) -> Guest {
+        Guest {
+            engine: engine.clone(),
+            pre: compiled.pre.clone(),
+            db,
+            locks,
+            sandbox,
+            short_hash: compiled.hash[..12].to_string(),
+        }
     }
 
     /// Runs one call in a fresh store. `Ok(Err(_))` is the guest's own
@@ -177,6 +199,18 @@ impl Guest {
                 h.call_delete_source(&mut *store, &realm, &path, if_match.as_deref()).await?.map(|()| Answer::Done)
             }
             Call::Atomic { realm, body } => h.call_atomic(&mut *store, &realm, &body).await?.map(Answer::Text),
+            Call::Merge { original, patch, card_url } => {
+                let logic = guest.boxel_realm_logic();
+                logic.call_merge(&mut *store, &original, &patch, &card_url).await?.map(Answer::Text)
+            }
+            Call::Serialize { resource, file_url, realm } => {
+                let logic = guest.boxel_realm_logic();
+                logic.call_serialize(&mut *store, &resource, &file_url, &realm).await?.map(Answer::Text)
+            }
+            Call::ValidateAtomic { realm, body } => {
+                let logic = guest.boxel_realm_logic();
+                logic.call_validate_atomic(&mut *store, &realm, &body).await?.map(Answer::Text)
+            }
         })
     }
 }

@@ -16,6 +16,7 @@ use sqlx::{Postgres, Row, Sqlite, Transaction};
 use tokio::sync::OwnedMutexGuard;
 
 use crate::db::{self, Database, DbError, FileRow};
+use crate::memory::{MemoryStore, Staged};
 use crate::lock_key::advisory_lock_key;
 
 /// Size limits on what may be stored.
@@ -85,6 +86,7 @@ impl Locks {
             .map_err(|_| WriteError::LockTimeout(realm.to_string()))?;
         let remaining = self.timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
         let tx = match db {
+            Database::Memory(store) => Tx::Memory(store.clone(), Staged::default()),
             Database::Sqlite(pool) => Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
             Database::Postgres(pool) => {
                 let mut tx = tokio::time::timeout(remaining, pool.begin())
@@ -111,11 +113,14 @@ impl Locks {
 enum Tx {
     Sqlite(Transaction<'static, Sqlite>),
     Postgres(Transaction<'static, Postgres>),
+    /// The in-memory store and the writes staged until commit.
+    Memory(Arc<MemoryStore>, Staged),
 }
 
-/// Runs a statement on the open transaction, whichever backend it is.
+/// Runs a statement on the open SQL transaction; `$memory` is the same
+/// operation on the in-memory store.
 macro_rules! on_tx {
-    ($tx:expr, $conn:ident => $body:expr) => {
+    ($tx:expr, $conn:ident => $body:expr, ($store:ident, $staged:ident) => $memory:expr) => {
         match $tx {
             Tx::Sqlite(t) => {
                 let $conn = &mut **t;
@@ -125,6 +130,7 @@ macro_rules! on_tx {
                 let $conn = &mut **t;
                 $body
             }
+            Tx::Memory($store, $staged) => $memory,
         }
     };
 }
@@ -158,14 +164,16 @@ impl WriteTxn {
         let sql = "SELECT content, content_hash, created_at, last_modified FROM files WHERE realm_url = $1 AND path = $2";
         let realm = &self.realm;
         let row = on_tx!(&mut self.tx, conn => sqlx::query(sql).bind(realm).bind(path).fetch_optional(conn).await?
-            .map(|r| db::file_row(&r)).transpose()?);
+            .map(|r| db::file_row(&r)).transpose()?,
+            (store, staged) => staged.read(store, realm, path));
         Ok(row)
     }
 
     pub async fn exists(&mut self, path: &str) -> Result<bool, WriteError> {
         let sql = "SELECT 1 FROM files WHERE realm_url = $1 AND path = $2";
         let realm = &self.realm;
-        let found = on_tx!(&mut self.tx, conn => sqlx::query(sql).bind(realm).bind(path).fetch_optional(conn).await?.is_some());
+        let found = on_tx!(&mut self.tx, conn => sqlx::query(sql).bind(realm).bind(path).fetch_optional(conn).await?.is_some(),
+            (store, staged) => staged.read(store, realm, path).is_some());
         Ok(found)
     }
 
@@ -188,7 +196,8 @@ impl WriteTxn {
         let existing_sql = "SELECT content_hash, created_at, last_modified FROM files WHERE realm_url = $1 AND path = $2";
         let existing: Option<(String, i64, i64)> = on_tx!(&mut self.tx, conn => sqlx::query(existing_sql)
             .bind(realm).bind(path).fetch_optional(conn).await?
-            .map(|r| Ok::<_, sqlx::Error>((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).transpose()?);
+            .map(|r| Ok::<_, sqlx::Error>((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).transpose()?,
+            (store, staged) => staged.read(store, realm, path).map(|f| (f.content_hash, f.created, f.last_modified)));
         if let Some((hash, created, last_modified)) = &existing {
             if *hash == content_hash {
                 return Ok(Written { content_hash, created: *created, last_modified: *last_modified, existed: true });
@@ -199,9 +208,13 @@ impl WriteTxn {
                       ON CONFLICT (realm_url, path) DO UPDATE
                       SET content = excluded.content, content_hash = excluded.content_hash,
                           last_modified = excluded.last_modified";
+        let created = existing.as_ref().map(|(_, created, _)| *created).unwrap_or(now);
         on_tx!(&mut self.tx, conn => { sqlx::query(upsert)
             .bind(realm).bind(path).bind(content).bind(&content_hash).bind(now)
-            .execute(conn).await?; });
+            .execute(conn).await?; },
+            (_store, staged) => staged.put(path, FileRow {
+                content: content.to_string(), content_hash: content_hash.clone(), created, last_modified: now,
+            }));
         match index {
             Some(row) => {
                 let sql = "INSERT INTO card_index (realm_url, path, card_id, card_type, search_doc, updated_at)
@@ -211,19 +224,20 @@ impl WriteTxn {
                                search_doc = excluded.search_doc, updated_at = excluded.updated_at";
                 on_tx!(&mut self.tx, conn => { sqlx::query(sql)
                     .bind(realm).bind(path).bind(&row.card_id).bind(&row.card_type).bind(&row.search_doc).bind(now)
-                    .execute(conn).await?; });
+                    .execute(conn).await?; },
+                    (_store, _staged) => ());
             }
             None => self.delete_index_row(path).await?,
         }
         let existed = existing.is_some();
-        let created = existing.map(|(_, created, _)| created).unwrap_or(now);
         Ok(Written { content_hash, created, last_modified: now, existed })
     }
 
     async fn delete_index_row(&mut self, path: &str) -> Result<(), WriteError> {
         let sql = "DELETE FROM card_index WHERE realm_url = $1 AND path = $2";
         let realm = &self.realm;
-        on_tx!(&mut self.tx, conn => { sqlx::query(sql).bind(realm).bind(path).execute(conn).await?; });
+        on_tx!(&mut self.tx, conn => { sqlx::query(sql).bind(realm).bind(path).execute(conn).await?; },
+            (_store, _staged) => ());
         Ok(())
     }
 
@@ -231,7 +245,12 @@ impl WriteTxn {
     pub async fn delete(&mut self, path: &str) -> Result<bool, WriteError> {
         let sql = "DELETE FROM files WHERE realm_url = $1 AND path = $2";
         let realm = &self.realm;
-        let removed = on_tx!(&mut self.tx, conn => sqlx::query(sql).bind(realm).bind(path).execute(conn).await?.rows_affected());
+        let removed = on_tx!(&mut self.tx, conn => sqlx::query(sql).bind(realm).bind(path).execute(conn).await?.rows_affected(),
+            (store, staged) => {
+                let existed = staged.read(store, realm, path).is_some();
+                staged.remove(path);
+                u64::from(existed)
+            });
         self.delete_index_row(path).await?;
         Ok(removed > 0)
     }
@@ -241,6 +260,7 @@ impl WriteTxn {
         match self.tx {
             Tx::Sqlite(t) => t.commit().await?,
             Tx::Postgres(t) => t.commit().await?,
+            Tx::Memory(store, staged) => staged.apply(&store, &self.realm),
         }
         Ok(())
     }
@@ -251,6 +271,7 @@ impl WriteTxn {
         match self.tx {
             Tx::Sqlite(t) => t.rollback().await?,
             Tx::Postgres(t) => t.rollback().await?,
+            Tx::Memory(..) => {}
         }
         Ok(())
     }
