@@ -55,6 +55,7 @@ pub fn parse_permissions<'a>(names: impl IntoIterator<Item = &'a str>) -> Result
     for name in names {
         match name.trim() {
             "read" => p.read = true,
+            GUEST_ADMIN => {}
             "write" => p.write = true,
             "realm-owner" => p.realm_owner = true,
             "" => {}
@@ -80,6 +81,42 @@ pub fn issue(secret: &str, user: &str, realm: &str, permissions: Permissions, tt
     encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes())).map_err(|e| e.to_string())
 }
 
+/// The permission that lets a token deploy and switch guests.
+pub const GUEST_ADMIN: &str = "guest-admin";
+
+/// Issues a server-wide admin token (not tied to a realm).
+pub fn issue_admin(secret: &str, user: &str, ttl_secs: u64) -> Result<String, String> {
+    let now = crate::db::now_unix().max(0) as u64;
+    let claims = Claims { user: user.into(), realm: String::new(), permissions: vec![GUEST_ADMIN.into()], exp: now + ttl_secs, iat: now };
+    encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes())).map_err(|e| e.to_string())
+}
+
+fn verify(secret: &str, authorization: Option<&str>) -> Result<Claims, Denied> {
+    let header = authorization.ok_or_else(|| Denied::Unauthenticated("Missing Authorization header".into()))?;
+    let token = header
+        .strip_prefix("Bearer ")
+        .ok_or_else(|| Denied::Unauthenticated("Authorization header must be `Bearer <token>`".into()))?;
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.set_required_spec_claims(&["exp"]);
+    validation.leeway = 0;
+    decode::<Claims>(token.trim(), &DecodingKey::from_secret(secret.as_bytes()), &validation)
+        .map(|data| data.claims)
+        .map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => Denied::Unauthenticated("Token expired".into()),
+            _ => Denied::Unauthenticated("Token invalid".into()),
+        })
+}
+
+/// Admits a guest admin (a valid token carrying `guest-admin`); answers the user.
+pub fn authorize_admin(secret: &str, authorization: Option<&str>) -> Result<String, Denied> {
+    let claims = verify(secret, authorization)?;
+    if claims.permissions.iter().any(|p| p == GUEST_ADMIN) {
+        Ok(claims.user)
+    } else {
+        Err(Denied::Forbidden(format!("{} may not deploy guests: the token lacks '{GUEST_ADMIN}'", claims.user)))
+    }
+}
+
 /// Decides whether a request may proceed. `public` is what `*` may do;
 /// `user_grants` looks up a named user's permissions in the realm.
 pub async fn authorize<F, Fut>(
@@ -97,19 +134,7 @@ where
     if need.granted_by(public) {
         return Ok(());
     }
-    let header = authorization.ok_or_else(|| Denied::Unauthenticated("Missing Authorization header".into()))?;
-    let token = header
-        .strip_prefix("Bearer ")
-        .ok_or_else(|| Denied::Unauthenticated("Authorization header must be `Bearer <token>`".into()))?;
-    let mut validation = Validation::new(Algorithm::HS256);
-    validation.set_required_spec_claims(&["exp"]);
-    validation.leeway = 0;
-    let claims = decode::<Claims>(token.trim(), &DecodingKey::from_secret(secret.as_bytes()), &validation)
-        .map_err(|e| match e.kind() {
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => Denied::Unauthenticated("Token expired".into()),
-            _ => Denied::Unauthenticated("Token invalid".into()),
-        })?
-        .claims;
+    let claims = verify(secret, authorization)?;
     let token_realm = crate::realm_url::canonical_realm_url(&claims.realm).unwrap_or_default();
     if token_realm != realm {
         return Err(Denied::Forbidden(format!("this token is for realm {}, not {realm}", claims.realm)));

@@ -17,6 +17,7 @@ use tokio::sync::RwLock;
 use crate::auth::{self, Denied, Need};
 use crate::db::{Database, Permissions};
 use crate::realm_url::{self, check_local_path};
+use crate::guests::Guests;
 use crate::runtime::{atomic_status, Answer, Call, CardResponse, Guest, GuestError};
 use crate::write_lock::Limits;
 
@@ -27,7 +28,7 @@ pub const JSON_API: &str = "application/vnd.api+json";
 /// Everything a request handler needs.
 pub struct App {
     pub db: Database,
-    pub guest: Arc<Guest>,
+    pub guests: Arc<Guests>,
     pub secret: String,
     pub limits: Limits,
     /// Canonical realm URLs; reloaded from the database when a request
@@ -36,9 +37,9 @@ pub struct App {
 }
 
 impl App {
-    pub async fn new(db: Database, guest: Arc<Guest>, secret: String, limits: Limits) -> Result<App, crate::db::DbError> {
+    pub async fn new(db: Database, guests: Arc<Guests>, secret: String, limits: Limits) -> Result<App, crate::db::DbError> {
         let realms = RwLock::new(db.realms().await?);
-        Ok(App { db, guest, secret, limits, realms })
+        Ok(App { db, guests, secret, limits, realms })
     }
 }
 
@@ -93,20 +94,26 @@ struct Target {
 
 async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
     let mut realm_header = None::<String>;
-    let reply = route(&app, request, &mut realm_header).await;
+    // The guest this whole request runs on, even if a swap happens meanwhile.
+    let guest = app.guests.current();
+    let reply = if request.uri().path() == "/_guest" {
+        guest_admin(&app, request).await
+    } else {
+        route(&app, &guest, request, &mut realm_header).await
+    };
     let mut response = reply.unwrap_or_else(|refusal| refusal);
     let headers = response.headers_mut();
     if let Some(realm) = realm_header.and_then(|r| HeaderValue::from_str(&r).ok()) {
         headers.insert("x-boxel-realm-url", realm);
     }
     headers.insert(header::VARY, HeaderValue::from_static("Accept"));
-    if let Ok(hash) = HeaderValue::from_str(&app.guest.short_hash) {
+    if let Ok(hash) = HeaderValue::from_str(&guest.short_hash) {
         headers.insert("x-realm-guest", hash);
     }
     response
 }
 
-async fn route(app: &App, request: Request, realm_header: &mut Option<String>) -> Reply {
+async fn route(app: &App, guest: &Arc<Guest>, request: Request, realm_header: &mut Option<String>) -> Reply {
     let (parts, body) = request.into_parts();
     let method = parts.method.clone();
     let headers = parts.headers;
@@ -141,7 +148,7 @@ async fn route(app: &App, request: Request, realm_header: &mut Option<String>) -
             if let Some(id) = local.strip_suffix(".json") {
                 return Ok(redirect(&format!("{realm}{id}")));
             }
-            let card = card_answer(run(app, Call::GetCard { realm, path: local }).await?)?;
+            let card = card_answer(run(guest, Call::GetCard { realm, path: local }).await?)?;
             card_response(StatusCode::OK, card, &target, &headers)
         }
         (Method::GET, _) => source(app, &target, &headers).await?,
@@ -151,7 +158,7 @@ async fn route(app: &App, request: Request, realm_header: &mut Option<String>) -
             }
             let body = read_text(body, app.limits.card_bytes).await?;
             let new_name = uuid::Uuid::new_v4().to_string();
-            let card = card_answer(run(app, Call::CreateCard { realm, dir: local, new_name, body }).await?)?;
+            let card = card_answer(run(guest, Call::CreateCard { realm, dir: local, new_name, body }).await?)?;
             let location = card.id.clone();
             let mut response = card_response(StatusCode::CREATED, card, &target, &HeaderMap::new());
             if let Ok(location) = HeaderValue::from_str(&location) {
@@ -162,17 +169,17 @@ async fn route(app: &App, request: Request, realm_header: &mut Option<String>) -
         (Method::PATCH, Media::Card) => {
             let body = read_text(body, app.limits.card_bytes).await?;
             let path = local.strip_suffix(".json").unwrap_or(&local).to_string();
-            let card = card_answer(run(app, Call::PatchCard { realm, path, body, if_match }).await?)?;
+            let card = card_answer(run(guest, Call::PatchCard { realm, path, body, if_match }).await?)?;
             card_response(StatusCode::OK, card, &target, &HeaderMap::new())
         }
         (Method::DELETE, Media::Card) => {
             let path = local.strip_suffix(".json").unwrap_or(&local).to_string();
-            run(app, Call::DeleteCard { realm, path, if_match }).await?;
+            run(guest, Call::DeleteCard { realm, path, if_match }).await?;
             StatusCode::NO_CONTENT.into_response()
         }
         (Method::POST, Media::Source) => {
             let content = read_text(body, app.limits.file_bytes).await?;
-            match run(app, Call::WriteSource { realm, path: local, content, if_match }).await? {
+            match run(guest, Call::WriteSource { realm, path: local, content, if_match }).await? {
                 Answer::File(meta) => {
                     let mut response = StatusCode::NO_CONTENT.into_response();
                     set_file_headers(response.headers_mut(), &meta.etag, meta.created, meta.last_modified);
@@ -182,7 +189,7 @@ async fn route(app: &App, request: Request, realm_header: &mut Option<String>) -
             }
         }
         (Method::DELETE, Media::Source) => {
-            run(app, Call::DeleteSource { realm, path: local, if_match }).await?;
+            run(guest, Call::DeleteSource { realm, path: local, if_match }).await?;
             StatusCode::NO_CONTENT.into_response()
         }
         (Method::POST, Media::JsonApi) if local == "_atomic" => {
@@ -191,7 +198,7 @@ async fn route(app: &App, request: Request, realm_header: &mut Option<String>) -
                 let doc = json!({"errors": [{"title": "Invalid atomic:operations format", "detail": "Request body is not valid JSON"}]});
                 return Err(json_response(StatusCode::BAD_REQUEST, JSON_API, &doc));
             }
-            match run(app, Call::Atomic { realm, body }).await? {
+            match run(guest, Call::Atomic { realm, body }).await? {
                 Answer::Text(results) => text_response(StatusCode::CREATED, JSON_API, results),
                 _ => return Err(error(StatusCode::INTERNAL_SERVER_ERROR, "the guest answered an unexpected shape")),
             }
@@ -260,17 +267,17 @@ fn best_realm(realms: &[String], url: &str) -> Option<Found> {
 
 /// Runs a guest call in its own task: the critical section finishes even
 /// if the client disconnects and this request future is dropped.
-async fn run(app: &App, call: Call) -> Result<Answer, Response> {
-    let guest = app.guest.clone();
-    let outcome = tokio::spawn(async move { guest.run(call).await }).await;
+async fn run(guest: &Arc<Guest>, call: Call) -> Result<Answer, Response> {
+    let running = guest.clone();
+    let outcome = tokio::spawn(async move { running.run(call).await }).await;
     match outcome {
         Ok(Ok(Ok(answer))) => Ok(answer),
         Ok(Ok(Err(guest_error))) => Err(guest_error_response(guest_error)),
         Ok(Err(trap)) => {
-            tracing::error!(guest = %app.guest.short_hash, error = ?trap, "guest call failed");
+            tracing::error!(guest = %guest.short_hash, error = ?trap, "guest call failed");
             Err(error(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                &format!("the card logic (guest {}) failed: {trap}", app.guest.short_hash),
+                &format!("the card logic (guest {}) failed: {trap}", guest.short_hash),
             ))
         }
         Err(join_error) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, &format!("request task failed: {join_error}"))),
@@ -329,6 +336,43 @@ fn storage_error(e: &crate::db::DbError) -> Response {
         response
     } else {
         error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
+    }
+}
+
+/// Largest guest component accepted by `PUT /_guest`.
+const GUEST_UPLOAD_LIMIT: usize = 64 << 20;
+
+/// `PUT /_guest` (component bytes) deploys and activates a guest;
+/// `GET /_guest` lists the registry. Both need a guest-admin token.
+async fn guest_admin(app: &App, request: Request) -> Reply {
+    let (parts, body) = request.into_parts();
+    let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let admin = auth::authorize_admin(&app.secret, authorization).map_err(|denied| match denied {
+        Denied::Unauthenticated(m) => error(StatusCode::UNAUTHORIZED, &m),
+        Denied::Forbidden(m) => error(StatusCode::FORBIDDEN, &m),
+    })?;
+    match parts.method {
+        Method::PUT => {
+            let bytes = axum::body::to_bytes(body, GUEST_UPLOAD_LIMIT)
+                .await
+                .map_err(|_| error(StatusCode::PAYLOAD_TOO_LARGE, &format!("a guest may be at most {GUEST_UPLOAD_LIMIT} bytes")))?
+                .to_vec();
+            let size = bytes.len();
+            let hash = app.guests.switch_to(bytes.clone()).await.map_err(|why| error(StatusCode::BAD_REQUEST, &why))?;
+            app.db.store_guest(&bytes, &admin).await.map_err(|e| storage_error(&e))?;
+            app.db.activate_guest(&hash, &admin).await.map_err(|e| storage_error(&e))?;
+            tracing::info!(guest = %&hash[..12], by = %admin, "guest deployed over HTTP");
+            Ok(json_response(StatusCode::OK, "application/json", &json!({"hash": hash, "size": size, "active": true})))
+        }
+        Method::GET => {
+            let versions = app.db.list_guests().await.map_err(|e| storage_error(&e))?;
+            let listed: Vec<_> = versions
+                .iter()
+                .map(|g| json!({"hash": g.hash, "size": g.size, "deployedAt": g.deployed_at, "deployedBy": g.deployed_by, "active": g.active}))
+                .collect();
+            Ok(json_response(StatusCode::OK, "application/json", &json!({ "guests": listed })))
+        }
+        method => Err(error(StatusCode::METHOD_NOT_ALLOWED, &format!("{method} not allowed for /_guest (use PUT or GET)"))),
     }
 }
 

@@ -2,12 +2,14 @@
 
 mod auth;
 mod db;
+mod guests;
 mod http;
 mod lock_key;
 mod memory;
 mod realm_url;
 mod registry;
 mod runtime;
+mod selftest;
 mod write_lock;
 
 use std::net::SocketAddr;
@@ -37,8 +39,46 @@ enum Command {
     /// Create realms and grant permissions.
     #[command(subcommand)]
     Realm(RealmCommand),
-    /// Print a JWT for a user of a realm.
+    /// Print a JWT for a user of a realm (or a guest-admin token).
     Token(TokenArgs),
+    /// Deploy, list, switch and test guest components.
+    #[command(subcommand)]
+    Guest(GuestCommand),
+}
+
+#[derive(Subcommand)]
+enum GuestCommand {
+    /// Validate a component (world + self-test), store it and make it active.
+    Deploy {
+        file: PathBuf,
+        #[arg(long, env = "REALM_DATABASE_URL", default_value = DEFAULT_DATABASE)]
+        database: String,
+        /// Who deploys (recorded in the registry).
+        #[arg(long, env = "USER", default_value = "cli")]
+        by: String,
+    },
+    /// List deployed guests: hash, size, deployed at, active.
+    List {
+        #[arg(long, env = "REALM_DATABASE_URL", default_value = DEFAULT_DATABASE)]
+        database: String,
+    },
+    /// Make a deployed guest active again (hash or unique prefix).
+    Activate {
+        hash: String,
+        #[arg(long, env = "REALM_DATABASE_URL", default_value = DEFAULT_DATABASE)]
+        database: String,
+        #[arg(long, env = "USER", default_value = "cli")]
+        by: String,
+    },
+    /// Go back to the guest that was active before the current one.
+    Rollback {
+        #[arg(long, env = "REALM_DATABASE_URL", default_value = DEFAULT_DATABASE)]
+        database: String,
+        #[arg(long, env = "USER", default_value = "cli")]
+        by: String,
+    },
+    /// Run the self-test suite against a component, in memory; exit 1 on failure.
+    Test { file: PathBuf },
 }
 
 #[derive(Args)]
@@ -53,6 +93,9 @@ struct ServeArgs {
     /// A guest component to run instead of the built-in one.
     #[arg(long, env = "REALM_GUEST")]
     guest: Option<PathBuf>,
+    /// With --guest: reload the guest whenever the file changes.
+    #[arg(long, requires = "guest")]
+    watch: bool,
     /// Secret that signs tokens (HS256). Without it a random one is used,
     /// and only public realms are usable.
     #[arg(long, env = "REALM_SECRET")]
@@ -116,8 +159,12 @@ impl Public {
 struct TokenArgs {
     #[arg(long)]
     user: String,
-    #[arg(long)]
-    realm: String,
+    /// The realm the token is for (required unless --admin).
+    #[arg(long, required_unless_present = "admin")]
+    realm: Option<String>,
+    /// A server-wide token that may deploy guests (`PUT /_guest`).
+    #[arg(long, conflicts_with = "realm")]
+    admin: bool,
     /// Comma-separated: read, write, realm-owner.
     #[arg(long, default_value = "read,write")]
     permissions: String,
@@ -185,9 +232,75 @@ async fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Token(args) => {
-            let realm = realm_url::canonical_realm_url(&args.realm).map_err(|e| e.to_string())?;
-            let permissions = auth::parse_permissions(args.permissions.split(','))?;
-            println!("{}", auth::issue(&args.secret, &args.user, &realm, permissions, args.expires_in.as_secs())?);
+            let token = match &args.realm {
+                Some(realm) => {
+                    let realm = realm_url::canonical_realm_url(realm).map_err(|e| e.to_string())?;
+                    let permissions = auth::parse_permissions(args.permissions.split(','))?;
+                    auth::issue(&args.secret, &args.user, &realm, permissions, args.expires_in.as_secs())?
+                }
+                None => auth::issue_admin(&args.secret, &args.user, args.expires_in.as_secs())?,
+            };
+            println!("{token}");
+            Ok(())
+        }
+        Command::Guest(command) => guest_command(command).await,
+    }
+}
+
+const DEFAULT_SANDBOX: runtime::Sandbox = runtime::Sandbox { cpu: Duration::from_secs(1), memory_bytes: 64 << 20 };
+
+async fn guest_command(command: GuestCommand) -> Result<(), String> {
+    match command {
+        GuestCommand::Test { file } => {
+            let bytes = std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let engine = runtime::engine(DEFAULT_SANDBOX).map_err(|e| format!("cannot start wasmtime: {e}"))?;
+            let compiled = runtime::compile(&engine, &bytes).map_err(|e| format!("not a component of the realm-core world: {e:#}"))?;
+            let report = selftest::run(&engine, &compiled, DEFAULT_SANDBOX).await;
+            print!("{}", report.table());
+            if report.failed() > 0 {
+                return Err(format!("{} self-test case(s) failed", report.failed()));
+            }
+            Ok(())
+        }
+        GuestCommand::Deploy { file, database, by } => {
+            let bytes = std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let engine = runtime::engine(DEFAULT_SANDBOX).map_err(|e| format!("cannot start wasmtime: {e}"))?;
+            let compiled = guests::validate(&engine, DEFAULT_SANDBOX, bytes.clone()).await?;
+            let db = connect(&database).await?;
+            db.store_guest(&bytes, &by).await.map_err(|e| e.to_string())?;
+            db.activate_guest(&compiled.hash, &by).await.map_err(|e| e.to_string())?;
+            println!("deployed and activated {}", compiled.hash);
+            Ok(())
+        }
+        GuestCommand::List { database } => {
+            let db = connect(&database).await?;
+            println!("{:<64}  {:>10}  {:<29}  {:<12}  active", "hash", "size", "deployed at", "by");
+            for g in db.list_guests().await.map_err(|e| e.to_string())? {
+                let at = httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_secs(g.deployed_at.max(0) as u64));
+                println!("{:<64}  {:>10}  {:<29}  {:<12}  {}", g.hash, g.size, at, g.deployed_by, if g.active { "*" } else { "" });
+            }
+            Ok(())
+        }
+        GuestCommand::Activate { hash, database, by } => {
+            let db = connect(&database).await?;
+            let (full, _) = db
+                .guest_bytes(&hash)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("no deployed guest matches '{hash}' uniquely; see `realm-host guest list`"))?;
+            db.activate_guest(&full, &by).await.map_err(|e| e.to_string())?;
+            println!("activated {full}");
+            Ok(())
+        }
+        GuestCommand::Rollback { database, by } => {
+            let db = connect(&database).await?;
+            let previous = db
+                .previous_guest()
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "there is no earlier guest to roll back to".to_string())?;
+            db.activate_guest(&previous, &by).await.map_err(|e| e.to_string())?;
+            println!("rolled back to {previous}");
             Ok(())
         }
     }
@@ -217,14 +330,33 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let locks = Arc::new(Locks::new(args.lock_timeout, limits));
     let sandbox = runtime::Sandbox { cpu: args.guest_timeout, memory_bytes: args.guest_memory_mib << 20 };
     let engine = runtime::engine(sandbox).map_err(|e| format!("cannot start wasmtime: {e}"))?;
-    let bytes = match &args.guest {
-        Some(path) => std::fs::read(path).map_err(|e| format!("cannot read guest {}: {e}", path.display()))?,
-        None => runtime::BUILTIN_GUEST.to_vec(),
+    let (bytes, source) = match &args.guest {
+        Some(path) => {
+            let bytes = std::fs::read(path).map_err(|e| format!("cannot read guest {}: {e}", path.display()))?;
+            (bytes, format!("file {}", path.display()))
+        }
+        None => match db.active_guest().await.map_err(|e| e.to_string())? {
+            Some(active) => {
+                let (_, bytes) = db
+                    .guest_bytes(&active)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| format!("the active guest {active} is missing from the registry"))?;
+                (bytes, "registry".to_string())
+            }
+            None => (runtime::BUILTIN_GUEST.to_vec(), "built-in".to_string()),
+        },
     };
     let compiled = runtime::compile(&engine, &bytes).map_err(|e| format!("the guest does not fit the realm-core world: {e:#}"))?;
-    let guest = runtime::Guest::new(&engine, &compiled, db.clone(), locks, sandbox);
-    tracing::info!(guest = %guest.short_hash, "guest loaded");
-    let app = Arc::new(http::App::new(db, Arc::new(guest), secret, limits).await.map_err(|e| e.to_string())?);
+    let guest = runtime::Guest::new(&engine, &compiled, db.clone(), locks.clone(), sandbox);
+    tracing::info!(guest = %guest.short_hash, %source, "guest loaded");
+    let guests = Arc::new(guests::Guests::new(engine, db.clone(), locks, sandbox, guest));
+    match (&args.guest, args.watch) {
+        (Some(path), true) => drop(tokio::spawn(guests.clone().watch_file(path.clone()))),
+        (Some(_), false) => {}
+        (None, _) => drop(tokio::spawn(guests.clone().follow_registry())),
+    }
+    let app = Arc::new(http::App::new(db, guests, secret, limits).await.map_err(|e| e.to_string())?);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
