@@ -1,1 +1,15 @@
-pub fn placeholder() {}
+//! Card logic of a realm: PATCH merge, card serialisation, `/_atomic`
+//! validation and the request handlers built on them. Plain Rust with no
+//! I/O; `component` adapts it to the WIT world when built for wasm32.
+
+pub mod atomic;
+pub mod error;
+pub mod handlers;
+pub mod memory;
+pub mod merge;
+pub mod paths;
+pub mod serialize;
+pub mod store;
+
+#[cfg(target_arch = "wasm32")]
+mod component;

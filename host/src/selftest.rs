@@ -31,7 +31,7 @@ impl Report {
         let mut out = String::new();
         for (name, result) in &self.results {
             match result {
-                Ok(()) => out.push_str(&format!("PASS  {name:width$}\n")),
+                Ok(()) => out.push_str(&format!("PASS  {name}\n")),
                 Err(why) => out.push_str(&format!("FAIL  {name:width$}  {why}\n")),
             }
         }
@@ -232,9 +232,9 @@ impl Tester {
         }
     }
 
-    async fn create(&self) -> Result<crate::runtime::CardResponse, String> {
+    async fn create(&self, name: &str) -> Result<crate::runtime::CardResponse, String> {
         let body = json!({"data": {"type": "card", "attributes": {"first": "Ada"}, "meta": {"adoptsFrom": {"module": "./person", "name": "Person"}}}});
-        self.card(Call::CreateCard { realm: REALM.into(), dir: String::new(), new_name: "ada".into(), body: body.to_string() }).await
+        self.card(Call::CreateCard { realm: REALM.into(), dir: String::new(), new_name: name.into(), body: body.to_string() }).await
     }
 
     fn patch_call(&self, id: &str, attributes: Value, if_match: Option<String>) -> Call {
@@ -243,7 +243,7 @@ impl Tester {
     }
 
     async fn create_patch_get(&self) -> Outcome {
-        let created = self.create().await?;
+        let created = self.create("ada").await?;
         check(created.id == format!("{REALM}Person/ada"), || format!("id {}", created.id))?;
         self.card(self.patch_call(&created.id, json!({"last": "Lovelace"}), None)).await?;
         let got = self.card(Call::GetCard { realm: REALM.into(), path: "Person/ada".into() }).await?;
@@ -252,14 +252,14 @@ impl Tester {
     }
 
     async fn noop_patch(&self) -> Outcome {
-        let created = self.create().await?;
+        let created = self.create("grace").await?;
         let first = self.card(self.patch_call(&created.id, json!({"first": "Grace"}), None)).await?;
         let again = self.card(self.patch_call(&created.id, json!({"first": "Grace"}), None)).await?;
         check(first.etag == again.etag && first.last_modified == again.last_modified, || format!("etag {} then {}", first.etag, again.etag))
     }
 
     async fn if_match(&self) -> Outcome {
-        let created = self.create().await?;
+        let created = self.create("alan").await?;
         match self.call(self.patch_call(&created.id, json!({"first": "X"}), Some("\"not-the-etag\"".into()))).await? {
             Err(GuestError::PreconditionFailed(_)) => Ok(()),
             other => Err(format!("expected precondition-failed, got {:?}", other.map(|_| "success"))),
@@ -267,10 +267,10 @@ impl Tester {
     }
 
     async fn atomic_all_or_nothing(&self) -> Outcome {
-        self.create().await?;
+        self.create("edsger").await?;
         let body = json!({"atomic:operations": [
             {"op": "add", "href": "./fresh.txt", "data": {"type": "source", "attributes": {"content": "x"}}},
-            {"op": "add", "href": "./Person/ada.json", "data": person(json!({}))}
+            {"op": "add", "href": "./Person/edsger.json", "data": person(json!({}))}
         ]});
         match self.call(Call::Atomic { realm: REALM.into(), body: body.to_string() }).await? {
             Err(GuestError::Atomic(_)) => {}

@@ -1,0 +1,954 @@
+//! Card serialisation: the stored file text of a card (spec §2 "File
+//! serialisation"), the card document answered to clients (spec §2 "Card
+//! document"), the card's index row, and the card-resource shape check.
+//!
+//! Without the card definition we cannot drop unknown or computed
+//! attributes as Boxel does; attributes are stored as given.
+
+use serde_json::{json, Map, Value};
+use url::Url;
+
+use crate::error::{Error, Result};
+use crate::merge::SERVER_META_KEYS;
+use crate::paths;
+use crate::store::CardIndex;
+
+/// Whether `v` is a card resource: an object whose `meta.adoptsFrom` has a
+/// string `module` and `name`, whose `attributes` (if present) is an object
+/// and whose `relationships` (if present) is an object.
+pub fn is_card_resource(v: &Value) -> bool {
+    let Some(obj) = v.as_object() else {
+        return false;
+    };
+    let adopts = obj.get("meta").and_then(|m| m.get("adoptsFrom"));
+    let code_ref_ok = adopts.is_some_and(|a| {
+        a.get("module").is_some_and(Value::is_string) && a.get("name").is_some_and(Value::is_string)
+    });
+    code_ref_ok
+        && obj.get("attributes").is_none_or(Value::is_object)
+        && obj.get("relationships").is_none_or(Value::is_object)
+}
+
+/// Accept either a resource or a `{"data": resource}` document (a value
+/// with `data` and no `meta` is taken as a document).
+fn resource_of(v: &Value) -> &Value {
+    match v.as_object() {
+        Some(o) if o.contains_key("data") && !o.contains_key("meta") => &o["data"],
+        _ => v,
+    }
+}
+
+/// The stored text of the card `resource` at `file_url` in `realm`:
+/// `{"data":{"type":"card","attributes","relationships"?,"meta"}}`,
+/// pretty-printed with 2 spaces, no trailing newline. `resource` may also
+/// be a `{"data": …}` document, so serialising a stored file is idempotent.
+///
+/// - `type` is forced to `card`; only `attributes` (default `{}`),
+///   `relationships` (if present) and `meta` are kept, so `id`, `lid`,
+///   `links`, `included` go; the server-owned `meta` keys go too.
+/// - Each relationship becomes `{"links":{"self":…}}` (+ its `meta`):
+///   `links.self` if present, else `data.id`, else `null` for a `data.lid`
+///   (else no `links`); URLs are resolved against `file_url` and made
+///   relative when in the same realm; `data` is never stored. An
+///   array-valued relationship, or one whose `data` is an array, is fanned
+///   out to `field.0…n`; a `null` relationship is `{"links":{"self":null}}`.
+/// - `meta.adoptsFrom.module` and every `meta.fields…adoptsFrom.module` are
+///   made relative to the file and lose their executable extension.
+///
+/// A non-card resource or an unusable URL → `BadRequest`.
+pub fn serialize_card_file(resource: &Value, file_url: &str, realm: &str) -> Result<String> {
+    let doc = serialize_card_value(resource, file_url, realm)?;
+    serde_json::to_string_pretty(&doc).map_err(|e| Error::Storage(e.to_string()))
+}
+
+/// Text form of [`serialize_card_file`] for the `logic.serialize` export.
+pub fn serialize_card_text(resource: &str, file_url: &str, realm: &str) -> Result<String> {
+    let v: Value = serde_json::from_str(resource)
+        .map_err(|e| Error::BadRequest(format!("resource is not valid JSON: {e}")))?;
+    serialize_card_file(&v, file_url, realm)
+}
+
+/// [`serialize_card_file`] before printing: the `{"data": …}` value.
+pub fn serialize_card_value(resource: &Value, file_url: &str, realm: &str) -> Result<Value> {
+    let resource = resource_of(resource);
+    if !is_card_resource(resource) {
+        return Err(Error::BadRequest(
+            "The resource is not a card resource (meta.adoptsFrom with module and name is required)".into(),
+        ));
+    }
+    let ctx = Ctx {
+        file: paths::parse_url(file_url)?,
+        realm: paths::parse_realm(realm)?,
+    };
+    let mut out = Map::new();
+    out.insert("type".into(), json!("card"));
+    out.insert(
+        "attributes".into(),
+        resource
+            .get("attributes")
+            .cloned()
+            .unwrap_or_else(|| json!({})),
+    );
+    if let Some(Value::Object(rels)) = resource.get("relationships") {
+        out.insert(
+            "relationships".into(),
+            Value::Object(ctx.relationships(rels)?),
+        );
+    }
+    let mut meta = resource
+        .get("meta")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    for key in SERVER_META_KEYS {
+        meta.shift_remove(key);
+    }
+    ctx.field_meta(&mut meta)?;
+    out.insert("meta".into(), Value::Object(meta));
+    Ok(json!({ "data": Value::Object(out) }))
+}
+
+struct Ctx {
+    file: Url,
+    realm: Url,
+}
+
+impl Ctx {
+    /// A URL reference resolved against the file and made realm-relative.
+    fn link(&self, reference: &str) -> Result<String> {
+        let url = paths::resolve(reference, &self.file)?;
+        Ok(paths::maybe_relative_url(
+            &url,
+            &self.file,
+            Some(&self.realm),
+        ))
+    }
+
+    fn module(&self, module: &str) -> Result<String> {
+        let url = paths::resolve_module(module, &self.file)?;
+        Ok(paths::maybe_relative_url(
+            &url,
+            &self.file,
+            Some(&self.realm),
+        ))
+    }
+
+    /// `links.self` for one relationship object, or `None` for no links.
+    fn self_link(&self, key: &str, rel: &Map<String, Value>) -> Result<Option<Value>> {
+        if let Some(links) = rel.get("links").and_then(Value::as_object) {
+            if let Some(s) = links.get("self") {
+                return match s {
+                    Value::Null => Ok(Some(Value::Null)),
+                    Value::String(s) => Ok(Some(Value::String(self.link(s)?))),
+                    _ => Err(Error::BadRequest(format!(
+                        "relationship '{key}': links.self must be a string or null"
+                    ))),
+                };
+            }
+        }
+        match rel.get("data") {
+            Some(data) => self.data_link(key, data),
+            None => Ok(None),
+        }
+    }
+
+    fn data_link(&self, key: &str, data: &Value) -> Result<Option<Value>> {
+        match data.get("id") {
+            Some(Value::String(id)) => return Ok(Some(Value::String(self.link(id)?))),
+            Some(Value::Null) | None => {}
+            Some(_) => {
+                return Err(Error::BadRequest(format!(
+                    "relationship '{key}': data.id must be a string"
+                )))
+            }
+        }
+        Ok(data.get("lid").map(|_| Value::Null))
+    }
+
+    fn stored(self_link: Option<Value>, meta: Option<&Value>) -> Value {
+        let mut out = Map::new();
+        if let Some(s) = self_link {
+            out.insert("links".into(), json!({ "self": s }));
+        }
+        if let Some(m) = meta {
+            out.insert("meta".into(), m.clone());
+        }
+        Value::Object(out)
+    }
+
+    fn relationships(&self, rels: &Map<String, Value>) -> Result<Map<String, Value>> {
+        let mut out = Map::new();
+        for (key, value) in rels {
+            match value {
+                Value::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        let k = format!("{key}.{i}");
+                        let v = self.single(&k, item)?;
+                        out.insert(k, v);
+                    }
+                }
+                Value::Object(rel) if rel.get("data").is_some_and(Value::is_array) => {
+                    let items = rel
+                        .get("data")
+                        .and_then(Value::as_array)
+                        .map(Vec::as_slice)
+                        .unwrap_or(&[]);
+                    for (i, d) in items.iter().enumerate() {
+                        let k = format!("{key}.{i}");
+                        let link = self.data_link(&k, d)?;
+                        out.insert(k, Self::stored(link, rel.get("meta")));
+                    }
+                }
+                _ => {
+                    let v = self.single(key, value)?;
+                    out.insert(key.clone(), v);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn single(&self, key: &str, value: &Value) -> Result<Value> {
+        match value {
+            Value::Null => Ok(json!({"links": {"self": null}})),
+            Value::Object(rel) => Ok(Self::stored(self.self_link(key, rel)?, rel.get("meta"))),
+            _ => Err(Error::BadRequest(format!(
+                "relationship '{key}' is not an object"
+            ))),
+        }
+    }
+
+    /// Relativise `adoptsFrom.module` of this meta object and recurse into
+    /// its `fields` (each an object or an array of objects).
+    fn field_meta(&self, meta: &mut Map<String, Value>) -> Result<()> {
+        if let Some(Value::Object(adopts)) = meta.get_mut("adoptsFrom") {
+            if let Some(Value::String(module)) = adopts.get("module") {
+                let rel = self.module(module)?;
+                adopts.insert("module".into(), Value::String(rel));
+            }
+        }
+        if let Some(Value::Object(fields)) = meta.get_mut("fields") {
+            for (_, field) in fields.iter_mut() {
+                match field {
+                    Value::Object(m) => self.field_meta(m)?,
+                    Value::Array(items) => {
+                        for item in items.iter_mut() {
+                            if let Value::Object(m) = item {
+                                self.field_meta(m)?;
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Make the URL references of a card resource absolute against `base`:
+/// `meta.adoptsFrom.module` (and those under `meta.fields`), relationship
+/// `links.self` and `data.id` (also in array `data` and array-valued
+/// relationships). Used when a resource is written somewhere other than
+/// the URL its references were written relative to (POST bodies are
+/// relative to the URL posted to; side-loaded cards to the primary card).
+pub fn absolutize_refs(resource: &mut Value, base: &str) -> Result<()> {
+    let base = paths::parse_url(base)?;
+    let abs = |s: &mut String| -> Result<()> {
+        *s = paths::resolve(s, &base)?.to_string();
+        Ok(())
+    };
+    fn field_meta(
+        meta: &mut Map<String, Value>,
+        abs: &dyn Fn(&mut String) -> Result<()>,
+    ) -> Result<()> {
+        if let Some(Value::String(module)) =
+            meta.get_mut("adoptsFrom").and_then(|a| a.get_mut("module"))
+        {
+            abs(module)?;
+        }
+        if let Some(Value::Object(fields)) = meta.get_mut("fields") {
+            for (_, field) in fields.iter_mut() {
+                match field {
+                    Value::Object(m) => field_meta(m, abs)?,
+                    Value::Array(items) => {
+                        for item in items.iter_mut() {
+                            if let Value::Object(m) = item {
+                                field_meta(m, abs)?;
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+    fn relationship(rel: &mut Value, abs: &dyn Fn(&mut String) -> Result<()>) -> Result<()> {
+        if let Some(Value::String(s)) = rel.get_mut("links").and_then(|l| l.get_mut("self")) {
+            abs(s)?;
+        }
+        match rel.get_mut("data") {
+            Some(Value::Array(items)) => {
+                for d in items.iter_mut() {
+                    if let Some(Value::String(id)) = d.get_mut("id") {
+                        abs(id)?;
+                    }
+                }
+            }
+            Some(d) => {
+                if let Some(Value::String(id)) = d.get_mut("id") {
+                    abs(id)?;
+                }
+            }
+            None => {}
+        }
+        Ok(())
+    }
+    if let Some(Value::Object(meta)) = resource.get_mut("meta") {
+        field_meta(meta, &abs)?;
+    }
+    if let Some(Value::Object(rels)) = resource.get_mut("relationships") {
+        for (_, rel) in rels.iter_mut() {
+            match rel {
+                Value::Array(items) => {
+                    for item in items.iter_mut() {
+                        relationship(item, &abs)?;
+                    }
+                }
+                other => relationship(other, &abs)?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The stored card resource (`data`) of a stored file's text, if the text
+/// is a `{"data": <card resource>}` document.
+pub fn parse_stored_card(stored: &str) -> Option<Map<String, Value>> {
+    let doc: Value = serde_json::from_str(stored).ok()?;
+    let data = doc.get("data")?;
+    if is_card_resource(data) {
+        data.as_object().cloned()
+    } else {
+        None
+    }
+}
+
+/// The card document answered by GET/POST/PATCH (spec §2 "Card document"):
+/// `{"data":{"type":"card","id","attributes","relationships"?,"meta":{
+/// "adoptsFrom", …other stored meta…, "lastModified","resourceCreatedAt",
+/// "realmURL"},"links":{"self":id}}}`. Attributes, relationships and
+/// adoptsFrom are as stored (relationships only when stored).
+/// `stored` not a card document → `UnsupportedMediaType`.
+pub fn card_document(
+    stored: &str,
+    id: &str,
+    realm: &str,
+    created: i64,
+    last_modified: i64,
+) -> Result<Value> {
+    let data = parse_stored_card(stored)
+        .ok_or_else(|| Error::UnsupportedMediaType(format!("{id} is not a card document")))?;
+    let mut out = Map::new();
+    out.insert("type".into(), json!("card"));
+    out.insert("id".into(), json!(id));
+    out.insert(
+        "attributes".into(),
+        data.get("attributes").cloned().unwrap_or_else(|| json!({})),
+    );
+    if let Some(rels) = data.get("relationships") {
+        out.insert("relationships".into(), rels.clone());
+    }
+    let stored_meta = data
+        .get("meta")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let mut meta = Map::new();
+    if let Some(adopts) = stored_meta.get("adoptsFrom") {
+        meta.insert("adoptsFrom".into(), adopts.clone());
+    }
+    for (k, v) in &stored_meta {
+        if k != "adoptsFrom" && !SERVER_META_KEYS.contains(&k.as_str()) {
+            meta.insert(k.clone(), v.clone());
+        }
+    }
+    meta.insert("lastModified".into(), json!(last_modified));
+    meta.insert("resourceCreatedAt".into(), json!(created));
+    meta.insert(
+        "realmURL".into(),
+        json!(paths::ensure_trailing_slash(realm)),
+    );
+    out.insert("meta".into(), Value::Object(meta));
+    out.insert("links".into(), json!({ "self": id }));
+    Ok(json!({ "data": Value::Object(out) }))
+}
+
+/// The index row of a card: `card_type` is the module resolved against
+/// `card_url` without executable extension, `#`, and the name (the raw
+/// module when it cannot be resolved); `search_doc` is the attributes as
+/// compact JSON (`{}` when absent). `resource` may be a `{"data":…}` document.
+pub fn card_index(resource: &Value, id: &str, card_url: &str) -> CardIndex {
+    let resource = resource_of(resource);
+    let adopts = resource.get("meta").and_then(|m| m.get("adoptsFrom"));
+    let module = adopts
+        .and_then(|a| a.get("module"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let name = adopts
+        .and_then(|a| a.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let card_type = paths::parse_url(card_url)
+        .and_then(|base| paths::type_key(module, name, &base))
+        .unwrap_or_else(|_| format!("{}#{name}", paths::trim_executable_extension(module)));
+    let search_doc = match resource.get("attributes") {
+        Some(a) => serde_json::to_string(a).unwrap_or_else(|_| "{}".into()),
+        None => "{}".into(),
+    };
+    CardIndex {
+        id: id.to_string(),
+        card_type,
+        search_doc,
+    }
+}
+
+/// The index row for a file written verbatim at the realm-local `path`:
+/// `Some` when `path` ends in `.json` and `content` is a card document.
+pub fn index_for_file(realm: &str, path: &str, content: &str) -> Option<CardIndex> {
+    if !path.ends_with(".json") {
+        return None;
+    }
+    let data = parse_stored_card(content)?;
+    let id = paths::card_id(realm, path);
+    Some(card_index(&Value::Object(data), &id, &id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const REALM: &str = "http://localhost:4201/test/";
+    const FILE: &str = "http://localhost:4201/test/Person/1.json";
+
+    fn card(extra: Value) -> Value {
+        crate::merge::deep_merge(
+            &json!({"type": "card", "attributes": {"firstName": "Mango"},
+                    "meta": {"adoptsFrom": {"module": "../person", "name": "Person"}}}),
+            &extra,
+        )
+    }
+
+    fn data_of(resource: Value) -> Value {
+        let text = serialize_card_file(&resource, FILE, REALM).unwrap();
+        let doc: Value = serde_json::from_str(&text).unwrap();
+        doc["data"].clone()
+    }
+
+    #[test]
+    fn serialisation_rules() {
+        // (name, resource, json pointer, expected value at pointer; `null` pointer target absent = Value::Null)
+        let cases: Vec<(&str, Value, &str, Value)> = vec![
+            (
+                "type forced to card",
+                card(json!({"type": "other"})),
+                "/type",
+                json!("card"),
+            ),
+            (
+                "id removed",
+                card(json!({"id": "http://localhost:4201/test/Person/1"})),
+                "/id",
+                Value::Null,
+            ),
+            (
+                "lid removed",
+                card(json!({"lid": "abc"})),
+                "/lid",
+                Value::Null,
+            ),
+            (
+                "links removed",
+                card(json!({"links": {"self": "x"}})),
+                "/links",
+                Value::Null,
+            ),
+            (
+                "unknown top-level key removed",
+                card(json!({"extra": 1})),
+                "/extra",
+                Value::Null,
+            ),
+            (
+                "meta.realmURL removed",
+                card(json!({"meta": {"realmURL": REALM}})),
+                "/meta/realmURL",
+                Value::Null,
+            ),
+            (
+                "meta.realmInfo removed",
+                card(json!({"meta": {"realmInfo": {}}})),
+                "/meta/realmInfo",
+                Value::Null,
+            ),
+            (
+                "meta.lastModified removed",
+                card(json!({"meta": {"lastModified": 1}})),
+                "/meta/lastModified",
+                Value::Null,
+            ),
+            (
+                "meta.resourceCreatedAt removed",
+                card(json!({"meta": {"resourceCreatedAt": 1}})),
+                "/meta/resourceCreatedAt",
+                Value::Null,
+            ),
+            (
+                "attributes default to {}",
+                json!({"meta": {"adoptsFrom": {"module": "../person", "name": "Person"}}}),
+                "/attributes",
+                json!({}),
+            ),
+            (
+                "attributes kept verbatim",
+                card(json!({"attributes": {"a": [1, {"b": null}]}})),
+                "/attributes/a",
+                json!([1, {"b": null}]),
+            ),
+            (
+                "module extension trimmed and relative",
+                card(
+                    json!({"meta": {"adoptsFrom": {"module": "http://localhost:4201/test/person.gts"}}}),
+                ),
+                "/meta/adoptsFrom/module",
+                json!("../person"),
+            ),
+            (
+                "relative module with extension trimmed",
+                card(json!({"meta": {"adoptsFrom": {"module": "./pet.gts"}}})),
+                "/meta/adoptsFrom/module",
+                json!("./pet"),
+            ),
+            (
+                "cross-origin module absolute, extension trimmed",
+                card(
+                    json!({"meta": {"adoptsFrom": {"module": "https://cardstack.com/base/card-api.gts", "name": "CardDef"}}}),
+                ),
+                "/meta/adoptsFrom/module",
+                json!("https://cardstack.com/base/card-api"),
+            ),
+            (
+                "other realm module stays absolute",
+                card(
+                    json!({"meta": {"adoptsFrom": {"module": "http://localhost:4201/other/person.gts"}}}),
+                ),
+                "/meta/adoptsFrom/module",
+                json!("http://localhost:4201/other/person"),
+            ),
+            (
+                "meta.fields adoptsFrom relativised",
+                card(
+                    json!({"meta": {"fields": {"pet": {"adoptsFrom": {"module": "http://localhost:4201/test/pet.gts", "name": "Pet"}}}}}),
+                ),
+                "/meta/fields/pet/adoptsFrom/module",
+                json!("../pet"),
+            ),
+            (
+                "meta.fields array entries relativised",
+                card(
+                    json!({"meta": {"fields": {"pets": [{"adoptsFrom": {"module": "http://localhost:4201/test/Person/pet.js", "name": "Pet"}}]}}}),
+                ),
+                "/meta/fields/pets/0/adoptsFrom/module",
+                json!("./pet"),
+            ),
+            (
+                "nested meta.fields relativised",
+                card(
+                    json!({"meta": {"fields": {"a": {"fields": {"b": {"adoptsFrom": {"module": "http://localhost:4201/test/b.ts", "name": "B"}}}}}}}),
+                ),
+                "/meta/fields/a/fields/b/adoptsFrom/module",
+                json!("../b"),
+            ),
+            (
+                "relationship links.self made relative",
+                card(
+                    json!({"relationships": {"friend": {"links": {"self": "http://localhost:4201/test/Person/2"}}}}),
+                ),
+                "/relationships/friend",
+                json!({"links": {"self": "./2"}}),
+            ),
+            (
+                "relationship data.id → links.self, data dropped",
+                card(
+                    json!({"relationships": {"pet": {"data": {"type": "card", "id": "http://localhost:4201/test/Pet/mango"}}}}),
+                ),
+                "/relationships/pet",
+                json!({"links": {"self": "../Pet/mango"}}),
+            ),
+            (
+                "links.self preferred over data.id",
+                card(
+                    json!({"relationships": {"pet": {"links": {"self": "../Pet/a"}, "data": {"type": "card", "id": "../Pet/b"}}}}),
+                ),
+                "/relationships/pet",
+                json!({"links": {"self": "../Pet/a"}}),
+            ),
+            (
+                "links.self null is kept",
+                card(
+                    json!({"relationships": {"pet": {"links": {"self": null}, "data": {"id": "../Pet/b"}}}}),
+                ),
+                "/relationships/pet",
+                json!({"links": {"self": null}}),
+            ),
+            (
+                "data.lid → links.self null",
+                card(
+                    json!({"relationships": {"pet": {"data": {"type": "card", "lid": "new-pet"}}}}),
+                ),
+                "/relationships/pet",
+                json!({"links": {"self": null}}),
+            ),
+            (
+                "cross-realm link stays absolute",
+                card(
+                    json!({"relationships": {"pet": {"links": {"self": "http://localhost:4201/other/Pet/1"}}}}),
+                ),
+                "/relationships/pet",
+                json!({"links": {"self": "http://localhost:4201/other/Pet/1"}}),
+            ),
+            (
+                "cross-origin link stays absolute",
+                card(
+                    json!({"relationships": {"pet": {"data": {"id": "https://elsewhere.example/Pet/1"}}}}),
+                ),
+                "/relationships/pet",
+                json!({"links": {"self": "https://elsewhere.example/Pet/1"}}),
+            ),
+            (
+                "relationship meta kept, other links dropped",
+                card(
+                    json!({"relationships": {"pet": {"links": {"self": "../Pet/a", "related": "x"}, "meta": {"m": 1}}}}),
+                ),
+                "/relationships/pet",
+                json!({"links": {"self": "../Pet/a"}, "meta": {"m": 1}}),
+            ),
+            (
+                "relationship without links or data is empty",
+                card(json!({"relationships": {"pet": {}}})),
+                "/relationships/pet",
+                json!({}),
+            ),
+            (
+                "null relationship → links.self null",
+                card(json!({"relationships": {"pet": null}})),
+                "/relationships/pet",
+                json!({"links": {"self": null}}),
+            ),
+            (
+                "array-valued relationship fanned out",
+                card(
+                    json!({"relationships": {"pets": [{"links": {"self": "../Pet/a"}}, {"data": {"id": "../Pet/b"}}]}}),
+                ),
+                "/relationships",
+                json!({"pets.0": {"links": {"self": "../Pet/a"}}, "pets.1": {"links": {"self": "../Pet/b"}}}),
+            ),
+            (
+                "array data fanned out",
+                card(
+                    json!({"relationships": {"pets": {"data": [{"type": "card", "id": "../Pet/a"}, {"type": "card", "lid": "x"}]}}}),
+                ),
+                "/relationships",
+                json!({"pets.0": {"links": {"self": "../Pet/a"}}, "pets.1": {"links": {"self": null}}}),
+            ),
+        ];
+        for (name, resource, pointer, want) in cases {
+            let data = data_of(resource);
+            assert_eq!(
+                data.pointer(pointer).cloned().unwrap_or(Value::Null),
+                want,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn exact_file_text() {
+        let resource = json!({
+            "id": "http://localhost:4201/test/Person/1",
+            "type": "card",
+            "links": {"self": "http://localhost:4201/test/Person/1"},
+            "attributes": {"firstName": "Mango"},
+            "relationships": {"pet": {"links": {"self": "http://localhost:4201/test/Pet/a"}, "data": {"type": "card", "id": "http://localhost:4201/test/Pet/a"}}},
+            "meta": {"adoptsFrom": {"module": "http://localhost:4201/test/person.gts", "name": "Person"},
+                     "lastModified": 5, "realmURL": REALM}
+        });
+        let want = r#"{
+  "data": {
+    "type": "card",
+    "attributes": {
+      "firstName": "Mango"
+    },
+    "relationships": {
+      "pet": {
+        "links": {
+          "self": "../Pet/a"
+        }
+      }
+    },
+    "meta": {
+      "adoptsFrom": {
+        "module": "../person",
+        "name": "Person"
+      }
+    }
+  }
+}"#;
+        assert_eq!(serialize_card_file(&resource, FILE, REALM).unwrap(), want);
+        // a document is accepted too and gives the same text
+        assert_eq!(
+            serialize_card_file(&json!({"data": resource, "included": []}), FILE, REALM).unwrap(),
+            want
+        );
+        assert_eq!(
+            serialize_card_text(&resource.to_string(), FILE, REALM).unwrap(),
+            want
+        );
+    }
+
+    #[test]
+    fn serialisation_errors() {
+        let cases = [
+            ("no meta", json!({"attributes": {}})),
+            (
+                "adoptsFrom without name",
+                json!({"meta": {"adoptsFrom": {"module": "./x"}}}),
+            ),
+            (
+                "attributes not an object",
+                json!({"attributes": [], "meta": {"adoptsFrom": {"module": "./x", "name": "X"}}}),
+            ),
+            (
+                "relationship not an object",
+                card(json!({"relationships": {"x": 3}})),
+            ),
+            (
+                "links.self not a string",
+                card(json!({"relationships": {"x": {"links": {"self": 3}}}})),
+            ),
+            ("not an object", json!("card")),
+        ];
+        for (name, resource) in cases {
+            assert!(
+                matches!(
+                    serialize_card_file(&resource, FILE, REALM),
+                    Err(Error::BadRequest(_))
+                ),
+                "{name}"
+            );
+        }
+        assert!(matches!(
+            serialize_card_text("{", FILE, REALM),
+            Err(Error::BadRequest(_))
+        ));
+    }
+
+    #[test]
+    fn card_resource_shape() {
+        let ok = json!({"meta": {"adoptsFrom": {"module": "./x", "name": "X"}}});
+        assert!(is_card_resource(&ok));
+        assert!(is_card_resource(&card(json!({"relationships": {}}))));
+        for bad in [
+            json!(null),
+            json!({}),
+            json!({"meta": {}}),
+            json!({"meta": {"adoptsFrom": {"module": 1, "name": "X"}}}),
+            json!({"meta": {"adoptsFrom": {"module": "./x", "name": "X"}}, "attributes": null}),
+            json!({"meta": {"adoptsFrom": {"module": "./x", "name": "X"}}, "relationships": []}),
+        ] {
+            assert!(!is_card_resource(&bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn document_of_a_stored_card() {
+        let stored = serialize_card_file(
+            &card(json!({"relationships": {"pet": {"links": {"self": "../Pet/a"}}},
+                         "meta": {"fields": {"x": {"adoptsFrom": {"module": "../x", "name": "X"}}}}})),
+            FILE,
+            REALM,
+        )
+        .unwrap();
+        let id = "http://localhost:4201/test/Person/1";
+        let doc = card_document(&stored, id, REALM, 100, 200).unwrap();
+        let want = json!({"data": {
+            "type": "card",
+            "id": id,
+            "attributes": {"firstName": "Mango"},
+            "relationships": {"pet": {"links": {"self": "../Pet/a"}}},
+            "meta": {
+                "adoptsFrom": {"module": "../person", "name": "Person"},
+                "fields": {"x": {"adoptsFrom": {"module": "../x", "name": "X"}}},
+                "lastModified": 200,
+                "resourceCreatedAt": 100,
+                "realmURL": REALM
+            },
+            "links": {"self": id}
+        }});
+        assert_eq!(
+            serde_json::to_string(&doc).unwrap(),
+            serde_json::to_string(&want).unwrap()
+        );
+        for bad in ["not json", "{}", r#"{"data": {"attributes": {}}}"#] {
+            assert!(
+                matches!(
+                    card_document(bad, id, REALM, 0, 0),
+                    Err(Error::UnsupportedMediaType(_))
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn absolutizing_refs() {
+        let mut r = card(json!({
+            "relationships": {
+                "a": {"links": {"self": "./x"}, "data": {"id": "../y"}},
+                "b": [{"links": {"self": "z"}}],
+                "c": {"data": [{"id": "./w"}, {"lid": "l"}]},
+                "d": {"links": {"self": null}}
+            },
+            "meta": {"adoptsFrom": {"module": "./person.gts"}, "fields": {"f": [{"adoptsFrom": {"module": "./f", "name": "F"}}]}}
+        }));
+        absolutize_refs(&mut r, "http://localhost:4201/test/dir/").unwrap();
+        let base = "http://localhost:4201/test/dir/";
+        assert_eq!(
+            r["relationships"]["a"],
+            json!({"links": {"self": format!("{base}x")}, "data": {"id": "http://localhost:4201/test/y"}})
+        );
+        assert_eq!(
+            r["relationships"]["b"],
+            json!([{"links": {"self": format!("{base}z")}}])
+        );
+        assert_eq!(
+            r["relationships"]["c"],
+            json!({"data": [{"id": format!("{base}w")}, {"lid": "l"}]})
+        );
+        assert_eq!(r["relationships"]["d"], json!({"links": {"self": null}}));
+        assert_eq!(
+            r["meta"]["adoptsFrom"]["module"],
+            format!("{base}person.gts")
+        );
+        assert_eq!(
+            r["meta"]["fields"]["f"][0]["adoptsFrom"]["module"],
+            format!("{base}f")
+        );
+    }
+
+    #[test]
+    fn index_rows() {
+        let id = "http://localhost:4201/test/Person/1";
+        let idx = card_index(
+            &card(json!({"meta": {"adoptsFrom": {"module": "../person.gts"}}})),
+            id,
+            id,
+        );
+        assert_eq!(idx.id, id);
+        assert_eq!(idx.card_type, "http://localhost:4201/test/person#Person");
+        assert_eq!(idx.search_doc, r#"{"firstName":"Mango"}"#);
+        let idx = card_index(
+            &json!({"meta": {"adoptsFrom": {"module": "https://cardstack.com/base/card-api", "name": "CardDef"}}}),
+            id,
+            id,
+        );
+        assert_eq!(idx.card_type, "https://cardstack.com/base/card-api#CardDef");
+        assert_eq!(idx.search_doc, "{}");
+    }
+
+    // ---- properties ----
+
+    fn link() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(json!(null)),
+            "[a-c]{1,2}".prop_map(|s| json!(format!("./{s}"))),
+            "[a-c]{1,2}".prop_map(|s| json!(format!("../../{s}"))),
+            "[a-c]{1,2}".prop_map(|s| json!(format!("http://localhost:4201/test/{s}/x"))),
+            "[a-c]{1,2}".prop_map(|s| json!(format!("http://localhost:4201/other/{s}"))),
+            "[a-c]{1,2}".prop_map(|s| json!(format!("https://else.example/{s}.gts"))),
+            Just(json!("http://localhost:4201/test/")),
+            Just(json!("http://localhost:4201/test/Person")),
+        ]
+    }
+
+    fn relationship() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            link().prop_map(|l| json!({"links": {"self": l}})),
+            link()
+                .prop_filter("string", Value::is_string)
+                .prop_map(|l| json!({"data": {"type": "card", "id": l}})),
+            Just(json!({"data": {"type": "card", "lid": "l1"}})),
+            link().prop_map(|l| json!({"links": {"self": l}, "meta": {"k": 1}})),
+            Just(json!(null)),
+            prop::collection::vec(link().prop_map(|l| json!({"links": {"self": l}})), 0..3)
+                .prop_map(Value::Array),
+        ]
+    }
+
+    fn module() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("./person.gts".to_string()),
+            Just("../person".to_string()),
+            Just("http://localhost:4201/test/a/b.js".to_string()),
+            Just("https://cardstack.com/base/card-api".to_string()),
+            Just("http://localhost:4201/other/x.gjs".to_string()),
+        ]
+    }
+
+    fn resource() -> impl Strategy<Value = Value> {
+        (
+            prop::collection::vec(("[a-e]", relationship()), 0..4),
+            module(),
+            prop::option::of(module()),
+            any::<bool>(),
+        )
+            .prop_map(|(rels, m, field_module, with_id)| {
+                let mut r = json!({
+                    "type": "card",
+                    "attributes": {"n": 1},
+                    "relationships": Value::Object(rels.into_iter().collect()),
+                    "meta": {"adoptsFrom": {"module": m, "name": "T"}, "realmURL": REALM, "lastModified": 3}
+                });
+                if let Some(fm) = field_module {
+                    r["meta"]["fields"] = json!({"f": {"adoptsFrom": {"module": fm, "name": "F"}}, "g": [{"adoptsFrom": {"module": "./g.gts", "name": "G"}}]});
+                }
+                if with_id {
+                    r["id"] = json!("http://localhost:4201/test/Person/1");
+                    r["links"] = json!({"self": "http://localhost:4201/test/Person/1"});
+                }
+                r
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn serialising_is_idempotent(r in resource()) {
+            let once = serialize_card_file(&r, FILE, REALM).unwrap();
+            let parsed: Value = serde_json::from_str(&once).unwrap();
+            let twice = serialize_card_file(&parsed, FILE, REALM).unwrap();
+            prop_assert_eq!(twice, once);
+        }
+
+        #[test]
+        fn document_round_trips_to_same_file(r in resource()) {
+            // GET doc → stored again gives the stored text (what a PATCH of the
+            // GET body would write).
+            let once = serialize_card_file(&r, FILE, REALM).unwrap();
+            let doc = card_document(&once, "http://localhost:4201/test/Person/1", REALM, 1, 2).unwrap();
+            let again = serialize_card_file(&doc["data"], FILE, REALM).unwrap();
+            prop_assert_eq!(again, once);
+        }
+    }
+}
