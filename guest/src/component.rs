@@ -64,6 +64,11 @@ impl WriteLock for HostLock {
 
 impl exports::boxel::realm::handlers::Guest for Component {
     fn get_card(realm: String, path: String) -> Result<wit::CardResponse, wit::Error> {
+        #[cfg(feature = "fault-injection")]
+        if let Some(outcome) = crate::faults::inject(&HostStore, &realm, &path) {
+            outcome.map_err(to_wit)?;
+            return Err(wit::Error::NotFound(format!("fault {path} finished")));
+        }
         handlers::get_card(&HostStore, &realm, &path).map(card_to_wit).map_err(to_wit)
     }
 
@@ -98,6 +103,9 @@ impl exports::boxel::realm::handlers::Guest for Component {
 
 impl exports::boxel::realm::logic::Guest for Component {
     fn merge(original: String, patch: String, card_url: String) -> Result<String, wit::Error> {
+        #[cfg(feature = "fault-broken-merge")]
+        return Ok(original);
+        #[allow(unreachable_code)]
         let original = parse_json(&original)?;
         let patch = parse_json(&patch)?;
         merge::merge_patch(&original, &patch, &card_url)

@@ -4,6 +4,8 @@
 
 pub mod atomic;
 pub mod error;
+#[cfg(feature = "fault-injection")]
+pub mod faults;
 pub mod handlers;
 pub mod memory;
 pub mod merge;

@@ -9,25 +9,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use wasmtime::Engine;
 
 use crate::db::Database;
 use crate::registry::GUEST_CHANNEL;
-use crate::runtime::{self, Guest, Sandbox};
+use crate::runtime::{self, Guest, Sandbox, Wasm};
 use crate::selftest;
 use crate::write_lock::Locks;
 
 /// The running guest and what is needed to build the next one.
 pub struct Guests {
     current: ArcSwap<Guest>,
-    engine: Engine,
+    engine: Wasm,
     db: Database,
     locks: Arc<Locks>,
     sandbox: Sandbox,
 }
 
 impl Guests {
-    pub fn new(engine: Engine, db: Database, locks: Arc<Locks>, sandbox: Sandbox, first: Guest) -> Guests {
+    pub fn new(engine: Wasm, db: Database, locks: Arc<Locks>, sandbox: Sandbox, first: Guest) -> Guests {
         Guests { current: ArcSwap::from_pointee(first), engine, db, locks, sandbox }
     }
 
@@ -131,7 +130,7 @@ impl Guests {
 
 /// Checks that `bytes` is a component of the `realm-core` world that
 /// passes the built-in self-test; answers it compiled, or why not.
-pub async fn validate(engine: &Engine, sandbox: Sandbox, bytes: Vec<u8>) -> Result<runtime::Compiled, String> {
+pub async fn validate(engine: &Wasm, sandbox: Sandbox, bytes: Vec<u8>) -> Result<runtime::Compiled, String> {
     if !bytes.starts_with(b"\0asm") {
         return Err("not a WebAssembly binary (no \\0asm header)".into());
     }

@@ -55,7 +55,7 @@ pub struct CallState {
 
 /// A loaded guest, ready to be instantiated per call.
 pub struct Guest {
-    engine: Engine,
+    wasm: Wasm,
     pre: RealmCorePre<CallState>,
     db: Database,
     locks: Arc<Locks>,
@@ -86,14 +86,28 @@ pub enum Answer {
     Done,
 }
 
+/// Component instances the pool holds; guest calls beyond this wait for a slot.
+const INSTANCE_SLOTS: u32 = 1000;
+
+/// The process's one wasmtime engine and the slots of its instance pool.
+#[derive(Clone)]
+pub struct Wasm {
+    pub engine: Engine,
+    /// One permit per pooled component instance: a call waits here rather
+    /// than fail when every instance is in use (e.g. waiting for locks).
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
 /// The process's one engine: pooling allocator, epoch interruption (with a
 /// ticker thread), guest memories capped at `sandbox.memory_bytes`.
-pub fn engine(sandbox: Sandbox) -> wasmtime::Result<Engine> {
+pub fn engine(sandbox: Sandbox) -> wasmtime::Result<Wasm> {
     let mut pooling = PoolingAllocationConfig::default();
-    pooling.total_component_instances(1000);
-    pooling.total_core_instances(1000);
-    pooling.total_memories(1000);
-    pooling.total_tables(1000);
+    // A component instance holds a few core instances (the module and its
+    // adapter shims) but one linear memory.
+    pooling.total_component_instances(INSTANCE_SLOTS);
+    pooling.total_core_instances(INSTANCE_SLOTS * 8);
+    pooling.total_memories(INSTANCE_SLOTS);
+    pooling.total_tables(INSTANCE_SLOTS * 2);
     pooling.max_memory_size(sandbox.memory_bytes);
     let mut config = Config::new();
     config.wasm_component_model(true);
@@ -111,7 +125,7 @@ pub fn engine(sandbox: Sandbox) -> wasmtime::Result<Engine> {
             }
         })
         .map_err(|e| wasmtime::format_err!("cannot start the epoch ticker: {e}"))?;
-    Ok(engine)
+    Ok(Wasm { engine, slots: Arc::new(tokio::sync::Semaphore::new(INSTANCE_SLOTS as usize)) })
 }
 
 /// A compiled component that type-checks against the `realm-core` world.
@@ -124,9 +138,9 @@ pub struct Compiled {
 
 /// Compiles and links a component; fails with the reason when the bytes are
 /// not a component or do not fit the world (imports and exports type-check).
-pub fn compile(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Compiled> {
-    let component = Component::new(engine, bytes)?;
-    let mut linker = Linker::<CallState>::new(engine);
+pub fn compile(wasm: &Wasm, bytes: &[u8]) -> wasmtime::Result<Compiled> {
+    let component = Component::new(&wasm.engine, bytes)?;
+    let mut linker = Linker::<CallState>::new(&wasm.engine);
     RealmCore::add_to_linker::<_, HasSelf<CallState>>(&mut linker, |state| state)?;
     let pre = RealmCorePre::new(linker.instantiate_pre(&component)?)?;
     Ok(Compiled { pre, hash: crate::registry::hash_of(bytes) })
@@ -134,9 +148,9 @@ pub fn compile(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Compiled> {
 
 impl Guest {
     /// A compiled guest bound to a store.
-    pub fn new(engine: &Engine, compiled: &Compiled, db: Database, locks: Arc<Locks>, sandbox: Sandbox) -> Guest {
+    pub fn new(wasm: &Wasm, compiled: &Compiled, db: Database, locks: Arc<Locks>, sandbox: Sandbox) -> Guest {
         Guest {
-            engine: engine.clone(),
+            wasm: wasm.clone(),
             pre: compiled.pre.clone(),
             db,
             locks,
@@ -158,7 +172,13 @@ impl Guest {
             in_host: Duration::ZERO,
             cpu_budget: self.sandbox.cpu,
         };
-        let mut store = Store::new(&self.engine, state);
+        let _slot = self
+            .wasm
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| wasmtime::format_err!("the guest runtime is shutting down"))?;
+        let mut store = Store::new(&self.wasm.engine, state);
         // At every epoch tick, check the guest's own running time; yield to
         // the executor so a busy guest never starves other requests.
         store.set_epoch_deadline(1);

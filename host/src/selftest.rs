@@ -6,11 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use wasmtime::Engine;
 
 use crate::db::Database;
 use crate::memory::MemoryStore;
-use crate::runtime::{atomic_status, Answer, Call, Compiled, Guest, GuestError, Sandbox};
+use crate::runtime::{atomic_status, Answer, Call, Compiled, Guest, GuestError, Sandbox, Wasm};
 use crate::write_lock::{Limits, Locks};
 
 const REALM: &str = "http://selftest.invalid/realm/";
@@ -41,7 +40,7 @@ impl Report {
 }
 
 /// Runs every case against a fresh in-memory realm.
-pub async fn run(engine: &Engine, compiled: &Compiled, sandbox: Sandbox) -> Report {
+pub async fn run(engine: &Wasm, compiled: &Compiled, sandbox: Sandbox) -> Report {
     let store = Arc::new(MemoryStore::default());
     let db = Database::Memory(store);
     let limits = Limits { card_bytes: 512 * 1024, file_bytes: 5 * 1024 * 1024 };

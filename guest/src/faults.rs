@@ -1,0 +1,40 @@
+//! Deliberate misbehaviour for the host's sandbox tests, compiled only with
+//! the `fault-injection` feature (never into the built-in guest). A GET of
+//! a card under `_fault/` triggers it.
+
+use crate::error::Result;
+use crate::store::{Store, WriteLock};
+
+/// Misbehaves when `path` asks for it; otherwise answers `None`.
+pub fn inject<S: Store>(store: &S, realm: &str, path: &str) -> Option<Result<()>> {
+    match path {
+        "_fault/loop" => loop {
+            std::hint::black_box(());
+        },
+        "_fault/bomb" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1u8; 1 << 20]);
+                std::hint::black_box(&hoard);
+            }
+        }
+        "_fault/trap" => panic!("deliberate trap"),
+        "_fault/trap-in-lock" => {
+            let mut lock = match store.with_write_lock(realm) {
+                Ok(lock) => lock,
+                Err(e) => return Some(Err(e)),
+            };
+            if let Err(e) = lock.write("half-written.txt", "must never be committed", None) {
+                return Some(Err(e));
+            }
+            panic!("deliberate trap while holding the write lock");
+        }
+        "_fault/lock-twice" => {
+            let first = store.with_write_lock(realm);
+            let second = store.with_write_lock(realm).map(|_| ());
+            drop(first);
+            Some(second)
+        }
+        _ => None,
+    }
+}
