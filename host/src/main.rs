@@ -79,6 +79,8 @@ enum GuestCommand {
     },
     /// Run the self-test suite against a component, in memory; exit 1 on failure.
     Test { file: PathBuf },
+    /// Write the built-in guest component to a file (a starting point).
+    Builtin { output: PathBuf },
 }
 
 #[derive(Args)]
@@ -260,6 +262,11 @@ async fn guest_command(command: GuestCommand) -> Result<(), String> {
             if report.failed() > 0 {
                 return Err(format!("{} self-test case(s) failed", report.failed()));
             }
+            Ok(())
+        }
+        GuestCommand::Builtin { output } => {
+            std::fs::write(&output, runtime::BUILTIN_GUEST).map_err(|e| format!("cannot write {}: {e}", output.display()))?;
+            println!("wrote the built-in guest ({} bytes) to {}", runtime::BUILTIN_GUEST.len(), output.display());
             Ok(())
         }
         GuestCommand::Deploy { file, database, by } => {
