@@ -1,16 +1,6 @@
 //! `realm-host`: the realm server and its admin commands (spec §6).
 
-mod auth;
-mod db;
-mod guests;
-mod http;
-mod lock_key;
-mod memory;
-mod realm_url;
-mod registry;
-mod runtime;
-mod selftest;
-mod write_lock;
+use realm_host::{auth, db, guests, http, realm_url, runtime, selftest, write_lock};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
