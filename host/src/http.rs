@@ -19,7 +19,7 @@ use crate::db::{Database, Permissions};
 use crate::realm_url::{self, check_local_path};
 use crate::guests::Guests;
 use crate::runtime::{atomic_status, Answer, Call, CardResponse, Guest, GuestError};
-use crate::write_lock::Limits;
+use crate::write_lock::{BatchStats, Limits};
 
 pub const CARD_JSON: &str = "application/vnd.card+json";
 pub const CARD_SOURCE: &str = "application/vnd.card+source";
@@ -31,15 +31,23 @@ pub struct App {
     pub guests: Arc<Guests>,
     pub secret: String,
     pub limits: Limits,
+    /// Counters of coalesced commits, for `/_metrics`.
+    stats: Arc<BatchStats>,
     /// Canonical realm URLs; reloaded from the database when a request
     /// matches none (a realm may have been created by another process).
     realms: RwLock<Vec<String>>,
 }
 
 impl App {
-    pub async fn new(db: Database, guests: Arc<Guests>, secret: String, limits: Limits) -> Result<App, crate::db::DbError> {
+    pub async fn new(
+        db: Database,
+        guests: Arc<Guests>,
+        secret: String,
+        limits: Limits,
+        stats: Arc<BatchStats>,
+    ) -> Result<App, crate::db::DbError> {
         let realms = RwLock::new(db.realms().await?);
-        Ok(App { db, guests, secret, limits, realms })
+        Ok(App { db, guests, secret, limits, stats, realms })
     }
 }
 
@@ -98,6 +106,8 @@ async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
     let guest = app.guests.current();
     let reply = if request.uri().path() == "/_guest" {
         guest_admin(&app, request).await
+    } else if request.uri().path() == "/_metrics" {
+        Ok(metrics(&app))
     } else {
         route(&app, &guest, request, &mut realm_header).await
     };
@@ -337,6 +347,19 @@ fn storage_error(e: &crate::db::DbError) -> Response {
     } else {
         error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
     }
+}
+
+/// Prometheus text: how many coalesced commits, and how many requests
+/// they carried (members / batches is the mean batch size).
+fn metrics(app: &App) -> Response {
+    use std::sync::atomic::Ordering;
+    let batches = app.stats.batches.load(Ordering::Relaxed);
+    let members = app.stats.members.load(Ordering::Relaxed);
+    let body = format!(
+        "# TYPE realm_write_commits_total counter\nrealm_write_commits_total {batches}\n\
+         # TYPE realm_write_requests_committed_total counter\nrealm_write_requests_committed_total {members}\n"
+    );
+    text_response(StatusCode::OK, "text/plain; version=0.0.4", body)
 }
 
 /// Largest guest component accepted by `PUT /_guest`.

@@ -104,6 +104,12 @@ struct ServeArgs {
     /// Time the guest itself may run per request before it is stopped (500).
     #[arg(long, env = "REALM_GUEST_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     guest_timeout: Duration,
+    /// Most requests whose writes share one commit (1 turns coalescing off).
+    #[arg(long, env = "REALM_COALESCE_MAX_BATCH", default_value_t = 64)]
+    coalesce_max_batch: usize,
+    /// Longest a shared commit waits for more requests after its first.
+    #[arg(long, env = "REALM_COALESCE_MAX_WAIT", default_value = "20ms", value_parser = parse_duration)]
+    coalesce_max_wait: Duration,
     /// Largest guest memory, in MiB (a guest that needs more fails with 500).
     #[arg(long, env = "REALM_GUEST_MEMORY_MIB", default_value_t = 64)]
     guest_memory_mib: usize,
@@ -324,7 +330,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         }
     };
     let limits = Limits { card_bytes: args.card_limit, file_bytes: args.file_limit };
-    let locks = Arc::new(Locks::new(args.lock_timeout, limits));
+    let coalescing = write_lock::Coalescing { max_batch: args.coalesce_max_batch, max_wait: args.coalesce_max_wait };
+    let locks = Arc::new(Locks::with_coalescing(args.lock_timeout, limits, coalescing));
     let sandbox = runtime::Sandbox { cpu: args.guest_timeout, memory_bytes: args.guest_memory_mib << 20 };
     let engine = runtime::engine(sandbox).map_err(|e| format!("cannot start wasmtime: {e}"))?;
     let (bytes, source) = match &args.guest {
@@ -347,13 +354,14 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let compiled = runtime::compile(&engine, &bytes).map_err(|e| format!("the guest does not fit the realm-core world: {e:#}"))?;
     let guest = runtime::Guest::new(&engine, &compiled, db.clone(), locks.clone(), sandbox);
     tracing::info!(guest = %guest.short_hash, %source, "guest loaded");
+    let stats = locks.stats.clone();
     let guests = Arc::new(guests::Guests::new(engine, db.clone(), locks, sandbox, guest));
     match (&args.guest, args.watch) {
         (Some(path), true) => drop(tokio::spawn(guests.clone().watch_file(path.clone()))),
         (Some(_), false) => {}
         (None, _) => drop(tokio::spawn(guests.clone().follow_registry())),
     }
-    let app = Arc::new(http::App::new(db, guests, secret, limits).await.map_err(|e| e.to_string())?);
+    let app = Arc::new(http::App::new(db, guests, secret, limits, stats).await.map_err(|e| e.to_string())?);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;

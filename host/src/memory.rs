@@ -27,13 +27,17 @@ impl MemoryStore {
     }
 }
 
-/// Writes staged by one held lock: `None` marks a deletion.
-#[derive(Default)]
+/// Writes staged by one held lock of `realm`: `None` marks a deletion.
 pub struct Staged {
+    realm: String,
     changes: BTreeMap<String, Option<FileRow>>,
 }
 
 impl Staged {
+    pub fn new(realm: &str) -> Staged {
+        Staged { realm: realm.to_string(), changes: BTreeMap::new() }
+    }
+
     pub fn read(&self, store: &MemoryStore, realm: &str, path: &str) -> Option<FileRow> {
         match self.changes.get(path) {
             Some(change) => change.clone(),
@@ -49,10 +53,10 @@ impl Staged {
         self.changes.insert(path.to_string(), None);
     }
 
-    pub fn apply(self, store: &MemoryStore, realm: &str) {
+    pub fn apply(self, store: &MemoryStore) {
         let mut files = store.committed();
         for (path, change) in self.changes {
-            let key = (realm.to_string(), path);
+            let key = (self.realm.clone(), path);
             match change {
                 Some(row) => files.insert(key, row),
                 None => files.remove(&key),
