@@ -36,9 +36,14 @@ fn brief(value: &Value) -> String {
     value.to_string().chars().take(200).collect()
 }
 
-/// A started server, its `test` realm URL and an anonymous client.
+/// A started server (SQLite), its `test` realm URL and an anonymous client.
 async fn test_realm() -> (Server, String, Client) {
-    let srv = Server::start().await;
+    test_realm_on(Backend::Sqlite).await
+}
+
+/// A started server on `backend`, its `test` realm URL and an anonymous client.
+async fn test_realm_on(backend: Backend) -> (Server, String, Client) {
+    let srv = backend.start().await;
     let realm = srv.realm("test");
     let http = srv.client();
     (srv, realm, http)
@@ -51,9 +56,8 @@ async fn assert_absent(http: &Client, realm: &str, paths: &[&str]) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn add_update_remove_succeed_with_results_in_request_order() {
-    let (_srv, realm, http) = test_realm().await;
+async fn add_update_remove_succeed_with_results_in_request_order(backend: Backend) {
+    let (_srv, realm, http) = test_realm_on(backend).await;
     http.seed(&format!("{realm}existing.gts"), "export const v = 1;").await;
     http.seed(&format!("{realm}gone.txt"), "bye").await;
 
@@ -90,9 +94,8 @@ async fn add_update_remove_succeed_with_results_in_request_order() {
     assert_eq!(http.read(&format!("{realm}notes/readme.md")).await, "# hi\n");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn added_card_is_stored_with_the_file_serialisation() {
-    let (_srv, realm, http) = test_realm().await;
+async fn added_card_is_stored_with_the_file_serialisation(backend: Backend) {
+    let (_srv, realm, http) = test_realm_on(backend).await;
     let data = card_resource(
         &format!("{realm}person.gts"),
         "Person",
@@ -115,9 +118,8 @@ async fn added_card_is_stored_with_the_file_serialisation() {
     assert_eq!(http.read(&format!("{realm}people/mango.json")).await, file_text(&expected));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn update_of_a_card_replaces_it_entirely() {
-    let (_srv, realm, http) = test_realm().await;
+async fn update_of_a_card_replaces_it_entirely(backend: Backend) {
+    let (_srv, realm, http) = test_realm_on(backend).await;
     let original = card_resource(
         &format!("{realm}person.gts"),
         "Person",
@@ -215,9 +217,8 @@ async fn missing_href_and_bad_resource_type_are_400_listing_every_error() {
     assert_absent(&http, &realm, &["widget.json", "fine.txt"]).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn add_of_an_existing_file_is_409_and_writes_nothing() {
-    let (_srv, realm, http) = test_realm().await;
+async fn add_of_an_existing_file_is_409_and_writes_nothing(backend: Backend) {
+    let (_srv, realm, http) = test_realm_on(backend).await;
     http.seed(&format!("{realm}taken.gts"), "original").await;
     let body = operations(vec![op("add", "fresh.txt", source("fresh")), op("add", "taken.gts", source("replaced"))]);
     let resp = http.atomic(&realm, &body).fetch().await;
@@ -229,9 +230,8 @@ async fn add_of_an_existing_file_is_409_and_writes_nothing() {
     assert_absent(&http, &realm, &["fresh.txt"]).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn update_or_remove_of_a_missing_file_is_404() {
-    let (_srv, realm, http) = test_realm().await;
+async fn update_or_remove_of_a_missing_file_is_404(backend: Backend) {
+    let (_srv, realm, http) = test_realm_on(backend).await;
     for body in [
         operations(vec![op("add", "fresh.txt", source("fresh")), op("update", "missing.txt", source("x"))]),
         operations(vec![op("add", "fresh.txt", source("fresh")), remove("missing.txt")]),
@@ -244,9 +244,8 @@ async fn update_or_remove_of_a_missing_file_is_404() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn mixed_404_and_409_answer_404_listing_both() {
-    let (_srv, realm, http) = test_realm().await;
+async fn mixed_404_and_409_answer_404_listing_both(backend: Backend) {
+    let (_srv, realm, http) = test_realm_on(backend).await;
     http.seed(&format!("{realm}taken.txt"), "original").await;
     let body = operations(vec![
         op("add", "taken.txt", source("replaced")),
@@ -260,11 +259,11 @@ async fn mixed_404_and_409_answer_404_listing_both() {
     assert_absent(&http, &realm, &["missing.txt", "fresh.txt"]).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_failing_last_op_leaves_no_trace_of_the_earlier_ops() {
-    let (_srv, realm, http) = test_realm().await;
+async fn a_failing_last_op_leaves_no_trace_of_the_earlier_ops(backend: Backend) {
+    let (_srv, realm, http) = test_realm_on(backend).await;
     http.seed(&format!("{realm}taken.txt"), "original").await;
     http.seed(&format!("{realm}victim.txt"), "keep me").await;
+    http.seed(&format!("{realm}existing.txt"), "untouched").await;
     let earlier = || {
         vec![
             op("add", "first.json", person(&realm, json!({ "firstName": "First" }))),
@@ -279,7 +278,7 @@ async fn a_failing_last_op_leaves_no_trace_of_the_earlier_ops() {
         (op("add", "last.json", json!({ "type": "card", "attributes": [], "meta": { "adoptsFrom": { "module": "./person", "name": "Person" } } })), 400, 422),
         (op("add", "last.txt", json!({ "type": "source", "attributes": { "content": 42 }, "meta": {} })), 400, 422),
         (json!({ "op": "add", "href": "last.txt" }), 400, 422),
-        (op("add", "taken.txt", source("conflict")), 409, 409),
+        (op("add", "existing.txt", source("conflict")), 409, 409),
         (op("add", "last.json", person(&realm, json!({ "bio": "x".repeat(600 * 1024) }))), 413, 413),
     ];
     for (last, http_status, error_status) in failing_lasts {
@@ -292,12 +291,12 @@ async fn a_failing_last_op_leaves_no_trace_of_the_earlier_ops() {
         http.get_card(&format!("{realm}first")).fetch().await.card_error(404);
         assert_eq!(http.read(&format!("{realm}taken.txt")).await, "original");
         assert_eq!(http.read(&format!("{realm}victim.txt")).await, "keep me");
+        assert_eq!(http.read(&format!("{realm}existing.txt")).await, "untouched");
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn href_outside_the_realm_is_a_404_error() {
-    let srv = Server::start().await;
+async fn href_outside_the_realm_is_a_404_error(backend: Backend) {
+    let srv = backend.start().await;
     let (realm, http) = (srv.realm("test"), srv.client());
     let private_file = srv.url("private/escaped.txt");
     for href in ["../../outside.txt", "../private/escaped.txt", private_file.as_str(), "http://example.com/test/x.txt"] {
@@ -309,3 +308,15 @@ async fn href_outside_the_realm_is_a_404_error() {
     assert_eq!(alice.source_status(&private_file).await, 404, "nothing lands in another realm");
     assert_eq!(http.source_status(&srv.url("outside.txt")).await, 404);
 }
+
+// The same behaviour on both storage backends.
+on_both_backends!(
+    add_update_remove_succeed_with_results_in_request_order,
+    added_card_is_stored_with_the_file_serialisation,
+    update_of_a_card_replaces_it_entirely,
+    add_of_an_existing_file_is_409_and_writes_nothing,
+    update_or_remove_of_a_missing_file_is_404,
+    mixed_404_and_409_answer_404_listing_both,
+    a_failing_last_op_leaves_no_trace_of_the_earlier_ops,
+    href_outside_the_realm_is_a_404_error,
+);
