@@ -44,10 +44,15 @@ impl DbError {
     /// True when the database could not be reached (as opposed to a query
     /// that failed): the request should be retried later.
     pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self,
-            DbError::Sqlx(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_))
-        )
+        match self {
+            DbError::Sqlx(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_)) => true,
+            // Postgres going away: connection exceptions (class 08), admin or
+            // crash shutdown and "cannot connect now" (57P01–57P03).
+            DbError::Sqlx(sqlx::Error::Database(e)) => {
+                e.code().is_some_and(|code| code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03"))
+            }
+            _ => false,
+        }
     }
 }
 
