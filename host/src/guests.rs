@@ -19,6 +19,9 @@ use crate::write_lock::Locks;
 /// The running guest and what is needed to build the next one.
 pub struct Guests {
     current: ArcSwap<Guest>,
+    /// Every guest compiled so far, by full hash: switching back to one is
+    /// instant, and registry guests are compiled before they are activated.
+    compiled: std::sync::Mutex<std::collections::HashMap<String, runtime::Compiled>>,
     engine: Wasm,
     db: Database,
     locks: Arc<Locks>,
@@ -26,8 +29,40 @@ pub struct Guests {
 }
 
 impl Guests {
-    pub fn new(engine: Wasm, db: Database, locks: Arc<Locks>, sandbox: Sandbox, first: Guest) -> Guests {
-        Guests { current: ArcSwap::from_pointee(first), engine, db, locks, sandbox }
+    pub fn new(engine: Wasm, db: Database, locks: Arc<Locks>, sandbox: Sandbox, first: runtime::Compiled) -> Guests {
+        let guest = Guest::new(&engine, &first, db.clone(), locks.clone(), sandbox);
+        let compiled = std::sync::Mutex::new(std::collections::HashMap::from([(first.hash.clone(), first)]));
+        Guests { current: ArcSwap::from_pointee(guest), compiled, engine, db, locks, sandbox }
+    }
+
+    fn cached(&self, hash: &str) -> Option<runtime::Compiled> {
+        self.compiled.lock().ok().and_then(|cache| cache.get(hash).cloned())
+    }
+
+    fn remember(&self, compiled: &runtime::Compiled) {
+        if let Ok(mut cache) = self.compiled.lock() {
+            cache.insert(compiled.hash.clone(), compiled.clone());
+        }
+    }
+
+    /// Compiles a registry guest (off the executor), or takes it from the cache.
+    async fn compile_registered(&self, hash: &str) -> Result<runtime::Compiled, String> {
+        if let Some(compiled) = self.cached(hash) {
+            return Ok(compiled);
+        }
+        let (_, bytes) = self
+            .db
+            .guest_bytes(hash)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("guest {hash} is not in the registry"))?;
+        let engine = self.engine.clone();
+        let compiled = tokio::task::spawn_blocking(move || runtime::compile(&engine, &bytes))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("{e:#}"))?;
+        self.remember(&compiled);
+        Ok(compiled)
     }
 
     /// The guest new requests run on.
@@ -39,6 +74,7 @@ impl Guests {
     /// Compilation and the self-test run off the async executor.
     pub async fn switch_to(&self, bytes: Vec<u8>) -> Result<String, String> {
         let compiled = validate(&self.engine, self.sandbox, bytes).await?;
+        self.remember(&compiled);
         let guest = Guest::new(&self.engine, &compiled, self.db.clone(), self.locks.clone(), self.sandbox);
         let short = guest.short_hash.clone();
         self.current.store(Arc::new(guest));
@@ -88,24 +124,20 @@ impl Guests {
 
     async fn catch_up(&self) -> Result<(), String> {
         let Some(active) = self.db.active_guest().await.map_err(|e| e.to_string())? else { return Ok(()) };
-        if active.starts_with(&self.running_hash()) {
-            return Ok(());
+        if !active.starts_with(&self.running_hash()) {
+            // The deployer validated it; compile only, so every replica switches fast.
+            let compiled = self.compile_registered(&active).await?;
+            let guest = Guest::new(&self.engine, &compiled, self.db.clone(), self.locks.clone(), self.sandbox);
+            tracing::info!(guest = %guest.short_hash, "switched to the registry's active guest");
+            self.current.store(Arc::new(guest));
         }
-        let (_, bytes) = self
-            .db
-            .guest_bytes(&active)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("active guest {active} is not in the registry"))?;
-        // The deployer validated it; compile only, so every replica switches fast.
-        let engine = self.engine.clone();
-        let compiled = tokio::task::spawn_blocking(move || runtime::compile(&engine, &bytes))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("{e:#}"))?;
-        let guest = Guest::new(&self.engine, &compiled, self.db.clone(), self.locks.clone(), self.sandbox);
-        tracing::info!(guest = %guest.short_hash, "switched to the registry's active guest");
-        self.current.store(Arc::new(guest));
+        // Compile what was deployed but is not active yet, so activating
+        // (or rolling back to) it later is instant.
+        for deployed in self.db.list_guests().await.map_err(|e| e.to_string())? {
+            if self.cached(&deployed.hash).is_none() {
+                self.compile_registered(&deployed.hash).await?;
+            }
+        }
         Ok(())
     }
 

@@ -352,10 +352,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         },
     };
     let compiled = runtime::compile(&engine, &bytes).map_err(|e| format!("the guest does not fit the realm-core world: {e:#}"))?;
-    let guest = runtime::Guest::new(&engine, &compiled, db.clone(), locks.clone(), sandbox);
-    tracing::info!(guest = %guest.short_hash, %source, "guest loaded");
+    tracing::info!(guest = %&compiled.hash[..12], %source, "guest loaded");
     let stats = locks.stats.clone();
-    let guests = Arc::new(guests::Guests::new(engine, db.clone(), locks, sandbox, guest));
+    let guests = Arc::new(guests::Guests::new(engine, db.clone(), locks, sandbox, compiled));
     match (&args.guest, args.watch) {
         (Some(path), true) => drop(tokio::spawn(guests.clone().watch_file(path.clone()))),
         (Some(_), false) => {}

@@ -4,12 +4,21 @@
 //!
 //! Build the server first: `cargo build -p realm-host && cargo test -p realm-tests`
 //! (or set `REALM_HOST_BIN`).
+//!
+//! Postgres tests (`cargo test -p realm-tests -- postgres`) run on a
+//! throw-away cluster this binary starts and stops itself (see [`pg`]), or
+//! on the server of `DATABASE_URL` when it is set.
 
+#[macro_use]
 mod harness;
+#[macro_use]
+mod pg;
 
 mod atomic;
 mod auth;
 mod cli;
 mod concurrency;
+mod guests;
 mod merge;
+mod postgres;
 mod routes;
