@@ -2,6 +2,8 @@
 //! request, checks permissions, picks the route by media type, runs the
 //! guest (in its own task, so a client that goes away cannot cancel a
 //! critical section halfway) and turns its answer into a response.
+//! Early refusals travel as `Err(Response)`: they are the response.
+#![allow(clippy::result_large_err)]
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};

@@ -335,8 +335,12 @@ impl WriteTxn {
     /// not coalesce, so it needs none).
     async fn savepoint(&mut self, statement: &str) -> Result<(), WriteError> {
         match tx_of(&mut self.batch)? {
-            Tx::Sqlite(t) => drop(sqlx::query(statement).execute(&mut **t).await?),
-            Tx::Postgres(t) => drop(sqlx::query(statement).execute(&mut **t).await?),
+            Tx::Sqlite(t) => {
+                sqlx::query(statement).execute(&mut **t).await?;
+            }
+            Tx::Postgres(t) => {
+                sqlx::query(statement).execute(&mut **t).await?;
+            }
             Tx::Memory(..) => {}
         }
         Ok(())
