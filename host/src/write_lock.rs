@@ -481,7 +481,7 @@ impl WriteTxn {
             let settled = outcome.wait_for(Option::is_some).await.map(|o| o.clone());
             return match settled {
                 Ok(Some(result)) => result,
-                _ => Err(WriteError::Storage("the shared transaction was abandoned before it committed".into())),
+                _ => Err(WriteError::Unavailable("the shared transaction was lost before it committed; nothing was written, retry".into())),
             };
         }
         if batch.members > 0 {

@@ -36,9 +36,8 @@ where
     join_all(tasks).await.into_iter().map(|joined| joined.expect("task panicked")).collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn concurrent_patches_of_distinct_attributes_all_land() {
-    let srv = Server::start().await;
+async fn concurrent_patches_of_distinct_attributes_all_land(backend: Backend) {
+    let srv = backend.start().await;
     let realm = srv.realm("test");
     let (id, _) = srv.client().create(&realm, &person_doc(&realm, json!({ "firstName": "Counter" }))).await;
 
@@ -80,9 +79,8 @@ async fn concurrent_patches_of_distinct_attributes_all_land() {
     assert_eq!(stored_count, 1 + CLIENTS * PATCHES_PER_CLIENT, "the stored file has every attribute");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn racing_atomic_adds_of_one_href_let_exactly_one_win() {
-    let srv = Server::start().await;
+async fn racing_atomic_adds_of_one_href_let_exactly_one_win(backend: Backend) {
+    let srv = backend.start().await;
     let realm = srv.realm("test");
     let contenders = ["AddA", "AddB"];
     for round in 0..RACE_ROUNDS {
@@ -115,9 +113,8 @@ async fn racing_atomic_adds_of_one_href_let_exactly_one_win() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn concurrent_creates_get_distinct_ids() {
-    let srv = Server::start().await;
+async fn concurrent_creates_get_distinct_ids(backend: Backend) {
+    let srv = backend.start().await;
     let realm = srv.realm("test");
     let ids = together(32, |i, http| {
         let request = http.create_card(&realm, &person_doc(&realm, json!({ "n": i })));
@@ -131,3 +128,9 @@ async fn concurrent_creates_get_distinct_ids() {
         assert_eq!(card.json()["data"]["attributes"]["n"], json!(i));
     }
 }
+
+on_both_backends!(
+    concurrent_patches_of_distinct_attributes_all_land,
+    racing_atomic_adds_of_one_href_let_exactly_one_win,
+    concurrent_creates_get_distinct_ids,
+);

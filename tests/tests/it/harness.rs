@@ -172,6 +172,8 @@ pub fn free_port() -> u16 {
 pub struct TestDb {
     url: String,
     _dir: Option<TempDir>,
+    /// Drops a database created on an external Postgres server.
+    _pg: Option<crate::pg::DropDatabase>,
 }
 
 impl TestDb {
@@ -179,17 +181,74 @@ impl TestDb {
     pub fn sqlite() -> Arc<TestDb> {
         let dir = tempfile::Builder::new().prefix("realm-db-").tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("realm.db").display());
-        Arc::new(TestDb { url, _dir: Some(dir) })
+        Arc::new(TestDb { url, _dir: Some(dir), _pg: None })
+    }
+
+    /// A fresh Postgres database of its own (see [`crate::pg`]).
+    pub async fn postgres_fresh() -> Arc<TestDb> {
+        crate::pg::fresh_database().await
+    }
+
+    /// A Postgres database URL, with what drops the database when done.
+    pub(crate) fn postgres(url: String, drop: Option<crate::pg::DropDatabase>) -> Arc<TestDb> {
+        Arc::new(TestDb { url, _dir: None, _pg: drop })
     }
 
     /// Any database URL the caller manages (e.g. a Postgres database).
     pub fn external(url: impl Into<String>) -> Arc<TestDb> {
-        Arc::new(TestDb { url: url.into(), _dir: None })
+        Arc::new(TestDb { url: url.into(), _dir: None, _pg: None })
     }
 
     pub fn url(&self) -> &str {
         &self.url
     }
+}
+
+/// The storage backend a test runs on: the same behaviour is proven on both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// A fresh database of this backend.
+    pub async fn db(self) -> Arc<TestDb> {
+        match self {
+            Backend::Sqlite => TestDb::sqlite(),
+            Backend::Postgres => TestDb::postgres_fresh().await,
+        }
+    }
+
+    /// A server with the default realms on a fresh database of this backend.
+    pub async fn start(self) -> Server {
+        self.start_with(ServerOptions::default()).await
+    }
+
+    /// A server on a fresh database of this backend.
+    pub async fn start_with(self, options: ServerOptions) -> Server {
+        Server::start_on(self.db().await, options).await
+    }
+}
+
+/// Turns `async fn name(backend: Backend)` test bodies into one test per
+/// backend: `name::sqlite` and `name::postgres`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread")]
+                async fn sqlite() {
+                    super::$name($crate::harness::Backend::Sqlite).await
+                }
+
+                #[tokio::test(flavor = "multi_thread")]
+                async fn postgres() {
+                    super::$name($crate::harness::Backend::Postgres).await
+                }
+            }
+        )*
+    };
 }
 
 // ---------------------------------------------------------------------------
@@ -279,11 +338,14 @@ pub struct Server {
     /// `http://127.0.0.1:<port>/`
     pub base: String,
     pub secret: String,
-    db: Arc<TestDb>,
     log_path: PathBuf,
     http: Client,
-    // Field order matters: the child dies before its log dir goes.
+    /// The extra `serve` arguments; replicas get the same.
+    serve_args: Vec<String>,
+    // Field order matters: the child dies before its log dir and its
+    // database go.
     child: ChildGuard,
+    db: Arc<TestDb>,
     _log_dir: TempDir,
 }
 
@@ -319,11 +381,35 @@ impl Server {
         Self::spawn(db, port, &options.secret, &options.serve_args, &probe).await
     }
 
-    /// Another server (replica) on the same database, on its own port.
+    /// Another server (replica) on the same database, on its own port, with
+    /// the same extra `serve` arguments.
     pub async fn replica(&self) -> Server {
+        let args = self.serve_args.clone();
+        self.replica_with(&args).await
+    }
+
+    /// A replica on the same database with these extra `serve` arguments.
+    pub async fn replica_with<S: AsRef<str>>(&self, serve_args: &[S]) -> Server {
         let port = free_port();
         let probe = format!("http://127.0.0.1:{port}/");
-        Self::spawn(self.db.clone(), port, &self.secret, &[], &probe).await
+        let args: Vec<String> = serve_args.iter().map(|a| a.as_ref().to_string()).collect();
+        Self::spawn(self.db.clone(), port, &self.secret, &args, &probe).await
+    }
+
+    /// The server process id.
+    pub fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
+    /// `kill -9` the server and reap it.
+    pub fn kill(&mut self) {
+        self.child.0.kill().expect("SIGKILL realm-host");
+        self.child.0.wait().expect("reap realm-host");
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.0.try_wait(), Ok(None))
     }
 
     async fn spawn(db: Arc<TestDb>, port: u16, secret: &str, extra: &[String], probe: &str) -> Server {
@@ -347,10 +433,11 @@ impl Server {
             port,
             base: format!("http://127.0.0.1:{port}/"),
             secret: secret.into(),
-            db,
             log_path,
             http: Client::new(),
+            serve_args: extra.to_vec(),
             child,
+            db,
             _log_dir: log_dir,
         };
         server.wait_until_ready(probe).await;
@@ -451,6 +538,9 @@ impl Drop for Server {
 pub struct Client {
     http: reqwest::Client,
     token: Option<String>,
+    /// A `Host` header to send instead of the URL's (a replica behind a
+    /// load balancer sees the public host of the realms).
+    host: Option<String>,
 }
 
 impl Default for Client {
@@ -467,17 +557,25 @@ impl Client {
             .timeout(REQUEST_TIMEOUT)
             .build()
             .expect("build reqwest client");
-        Client { http, token: None }
+        Client { http, token: None, host: None }
     }
 
     /// The same client, presenting `Authorization: Bearer <token>`.
     pub fn with_token(&self, token: &str) -> Client {
-        Client { http: self.http.clone(), token: Some(token.into()) }
+        Client { http: self.http.clone(), token: Some(token.into()), host: self.host.clone() }
+    }
+
+    /// The same client, sending `Host: host` (e.g. `127.0.0.1:4201`).
+    pub fn with_host(&self, host: &str) -> Client {
+        Client { http: self.http.clone(), token: self.token.clone(), host: Some(host.into()) }
     }
 
     /// `method url` with `Accept: accept` and the token if any.
     pub fn request(&self, method: Method, url: &str, accept: &str) -> RequestBuilder {
-        let builder = self.http.request(method, url).header(ACCEPT, accept);
+        let mut builder = self.http.request(method, url).header(ACCEPT, accept);
+        if let Some(host) = &self.host {
+            builder = builder.header(reqwest::header::HOST, host);
+        }
         match &self.token {
             Some(token) => builder.header(AUTHORIZATION, format!("Bearer {token}")),
             None => builder,
@@ -556,20 +654,28 @@ impl Client {
 
 /// Sends a request and collects the whole response.
 pub trait Fetch {
+    /// Panics when no complete response arrives.
     fn fetch(self) -> impl Future<Output = Resp> + Send;
+    /// `Err` (describing the request and the error) when no complete
+    /// response arrives, e.g. because the server was killed.
+    fn try_fetch(self) -> impl Future<Output = Result<Resp, String>> + Send;
 }
 
 impl Fetch for RequestBuilder {
     async fn fetch(self) -> Resp {
+        self.try_fetch().await.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    async fn try_fetch(self) -> Result<Resp, String> {
         let (client, request) = self.build_split();
         let request = request.expect("valid request");
         let method = request.method().clone();
         let url = request.url().to_string();
-        let response = client.execute(request).await.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let response = client.execute(request).await.map_err(|e| format!("{method} {url}: {e}"))?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let body = response.text().await.unwrap_or_else(|e| panic!("{method} {url}: reading body: {e}"));
-        Resp { method, url, status, headers, body }
+        let body = response.text().await.map_err(|e| format!("{method} {url}: reading body: {e}"))?;
+        Ok(Resp { method, url, status, headers, body })
     }
 }
 

@@ -46,7 +46,11 @@ struct Fixture {
 
 impl Fixture {
     async fn new() -> Fixture {
-        let srv = Server::start().await;
+        Self::on(Backend::Sqlite).await
+    }
+
+    async fn on(backend: Backend) -> Fixture {
+        let srv = backend.start().await;
         let realm = srv.realm("test");
         let http = srv.client();
         let id = format!("{realm}person-1");
@@ -123,9 +127,8 @@ async fn key_order_is_kept_and_new_keys_are_appended() {
     fx.assert_stored(&want).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn patch_response_and_get_show_the_merged_card() {
-    let fx = Fixture::new().await;
+async fn patch_response_and_get_show_the_merged_card(backend: Backend) {
+    let fx = Fixture::on(backend).await;
     let resp = fx.patch(Some(json!({ "age": 8, "nicknames": ["m"] })), None).await.expect_status(200);
     let mut want = seeded();
     want["data"]["attributes"]["age"] = json!(8);
@@ -197,9 +200,8 @@ async fn relationship_data_is_stored_as_links_self() {
     fx.assert_stored(&want).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn changing_the_card_type_is_400_and_writes_nothing() {
-    let fx = Fixture::new().await;
+async fn changing_the_card_type_is_400_and_writes_nothing(backend: Backend) {
+    let fx = Fixture::on(backend).await;
     for (module, name) in [("./pet", "Pet"), ("./person", "Employee"), ("http://example.com/person", "Person")] {
         let doc = card_doc(module, name, Some(json!({ "firstName": "Changed" })), None);
         let error = fx.patch_doc(&doc).await.card_error(400);
@@ -222,9 +224,8 @@ async fn equivalent_module_spellings_are_the_same_type_and_stored_relative() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn noop_patch_keeps_etag_and_last_modified() {
-    let fx = Fixture::new().await;
+async fn noop_patch_keeps_etag_and_last_modified(backend: Backend) {
+    let fx = Fixture::on(backend).await;
     let before = fx.http.get_card(&fx.id).fetch().await.expect_status(200);
     let etag = before.etag();
     let last_modified = before.must_header("last-modified").to_string();
@@ -244,3 +245,10 @@ async fn noop_patch_keeps_etag_and_last_modified() {
     let resp = fx.patch(Some(json!({ "firstName": "Real change" })), None).await.expect_status(200);
     assert_ne!(resp.etag(), etag, "a real change changes the etag");
 }
+
+// The same behaviour on both storage backends.
+on_both_backends!(
+    patch_response_and_get_show_the_merged_card,
+    changing_the_card_type_is_400_and_writes_nothing,
+    noop_patch_keeps_etag_and_last_modified,
+);
