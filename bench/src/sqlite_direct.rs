@@ -1,0 +1,200 @@
+//! `realm-bench sqlite-direct`: the PATCH transaction done directly with
+//! sqlx on SQLite — the baseline of the embedded default. Same pool as the
+//! host (`realm_host::db::Database::connect`: WAL, 8 connections, 30 s busy
+//! timeout, the host's migrations), same statements as the host's write
+//! path, no HTTP, no guest, no JSON work:
+//! `BEGIN IMMEDIATE; SELECT the file row; upsert files; upsert card_index; COMMIT`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use realm_host::db::{Database, Permissions};
+use sha2::{Digest, Sha256};
+use sqlx::SqlitePool;
+
+use crate::cards;
+use crate::cpu::Watch;
+use crate::record::Record;
+use crate::stats::Rng;
+
+#[derive(Args, Debug)]
+pub struct DirectArgs {
+    /// SQLite file (created).
+    #[arg(long)]
+    pub db: PathBuf,
+    #[arg(long)]
+    pub clients: usize,
+    #[arg(long, default_value_t = 8)]
+    pub cards: usize,
+    #[arg(long, default_value_t = 1024)]
+    pub card_bytes: usize,
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    #[arg(long)]
+    pub key: String,
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+const REALM: &str = "http://127.0.0.1:1/direct/";
+
+struct Ctx {
+    pool: SqlitePool,
+    paths: Vec<String>,
+    /// The stored card text, split where the counter goes.
+    content: (String, String),
+    sequence: AtomicU64,
+}
+
+pub async fn run(args: DirectArgs) -> Result<(), String> {
+    let url = format!("sqlite://{}", args.db.display());
+    let db = Database::connect(&url).await.map_err(|e| format!("{url}: {e}"))?;
+    db.create_realm(REALM, Permissions::default()).await.map_err(|e| e.to_string())?;
+    let Database::Sqlite(pool) = db else { return Err("not a SQLite database".into()) };
+
+    let mut resource = cards::person_resource(args.card_bytes, "../person");
+    resource["attributes"]["counter"] = serde_json::json!(-987654321);
+    let text = serde_json::to_string_pretty(&serde_json::json!({"data": resource})).map_err(|e| e.to_string())?;
+    let (a, b) = text.split_once("-987654321").ok_or("no counter in the card")?;
+    let ctx = Arc::new(Ctx {
+        pool,
+        paths: (0..args.cards).map(|i| format!("Person/{i}.json")).collect(),
+        content: (a.to_string(), b.to_string()),
+        sequence: AtomicU64::new(1),
+    });
+    // Seed the rows every transaction updates.
+    for i in 0..args.cards {
+        transaction(&ctx, i, 0).await.map_err(|e| format!("seeding: {e}"))?;
+    }
+
+    let watch = Watch::default();
+    if args.warmup > 0.0 {
+        one_run(&ctx, args.clients, Duration::from_secs_f64(args.warmup)).await;
+    }
+    for run in 0..args.runs {
+        let tracker = watch.track();
+        let started = Instant::now();
+        let outs = one_run(&ctx, args.clients, Duration::from_secs_f64(args.seconds)).await;
+        let elapsed = started.elapsed().as_secs_f64().min(args.seconds);
+        let mut record = Record {
+            kind: "sqlite-direct".into(),
+            key: args.key.clone(),
+            run,
+            clients: args.clients,
+            realms: 1,
+            replicas: 1,
+            seconds: elapsed,
+            cpu: Some(tracker.finish()),
+            note: "sqlx on SQLite, same pool and statements as the host".into(),
+            ..Record::default()
+        };
+        let mut latencies = Vec::new();
+        for (lat, errors) in outs {
+            latencies.extend(lat);
+            for (k, n) in errors {
+                *record.error_kinds.entry(k).or_default() += n;
+            }
+        }
+        record.ok = latencies.len() as u64;
+        record.errors = record.error_kinds.values().sum();
+        record.tps = record.ok as f64 / elapsed;
+        record.set_latencies(latencies);
+        eprintln!("{}", record.summary());
+        record.append_to(&args.out)?;
+    }
+    Ok(())
+}
+
+type Out = (Vec<u64>, BTreeMap<String, u64>);
+
+async fn one_run(ctx: &Arc<Ctx>, clients: usize, length: Duration) -> Vec<Out> {
+    let deadline = Instant::now() + length;
+    let tasks: Vec<_> = (0..clients)
+        .map(|client| {
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                let mut rng = Rng::new(client as u64 + 7);
+                let mut out: Out = Default::default();
+                while Instant::now() < deadline {
+                    let card = rng.below(ctx.paths.len());
+                    let n = ctx.sequence.fetch_add(1, Ordering::Relaxed);
+                    let started = Instant::now();
+                    let result = transaction(&ctx, card, n).await;
+                    let finished = Instant::now();
+                    if finished > deadline {
+                        break;
+                    }
+                    match result {
+                        Ok(()) => out.0.push((finished - started).as_micros() as u64),
+                        Err(e) => *out.1.entry(e.chars().take(60).collect()).or_default() += 1,
+                    }
+                }
+                out
+            })
+        })
+        .collect();
+    let mut outs = Vec::new();
+    for t in tasks {
+        if let Ok(out) = t.await {
+            outs.push(out);
+        }
+    }
+    outs
+}
+
+/// One PATCH-equivalent transaction on card `card`, writing counter `n`.
+async fn transaction(ctx: &Ctx, card: usize, n: u64) -> Result<(), String> {
+    let path = &ctx.paths[card];
+    let content = format!("{}{n}{}", ctx.content.0, ctx.content.1);
+    let hash = hex::encode(Sha256::digest(content.as_bytes()));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let e = |e: sqlx::Error| e.to_string();
+    let mut tx = ctx.pool.begin_with("BEGIN IMMEDIATE").await.map_err(e)?;
+    sqlx::query("SELECT content, content_hash, created_at, last_modified FROM files WHERE realm_url = $1 AND path = $2")
+        .bind(REALM)
+        .bind(path)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(e)?;
+    sqlx::query(
+        "INSERT INTO files (realm_url, path, content, content_hash, created_at, last_modified)
+         VALUES ($1, $2, $3, $4, $5, $5)
+         ON CONFLICT (realm_url, path) DO UPDATE
+         SET content = excluded.content, content_hash = excluded.content_hash, last_modified = excluded.last_modified",
+    )
+    .bind(REALM)
+    .bind(path)
+    .bind(&content)
+    .bind(&hash)
+    .bind(now)
+    .execute(&mut *tx)
+    .await
+    .map_err(e)?;
+    let card_id = format!("{REALM}{}", path.trim_end_matches(".json"));
+    let search_doc = format!("{{\"firstName\":\"Mango\",\"counter\":{n}}}");
+    sqlx::query(
+        "INSERT INTO card_index (realm_url, path, card_id, card_type, search_doc, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (realm_url, path) DO UPDATE
+         SET card_id = excluded.card_id, card_type = excluded.card_type,
+             search_doc = excluded.search_doc, updated_at = excluded.updated_at",
+    )
+    .bind(REALM)
+    .bind(path)
+    .bind(&card_id)
+    .bind(format!("{REALM}person/Person"))
+    .bind(&search_doc)
+    .bind(now)
+    .execute(&mut *tx)
+    .await
+    .map_err(e)?;
+    tx.commit().await.map_err(e)
+}
