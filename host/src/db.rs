@@ -141,6 +141,18 @@ impl Database {
         self.set_permissions(realm, "*", public).await
     }
 
+    /// Tells every replica to drop what it cached about `realm`.
+    async fn announce_change(&self, realm: &str) -> Result<(), DbError> {
+        if let Database::Postgres(pool) = self {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(crate::realm_cache::REALM_CHANNEL)
+                .bind(realm)
+                .execute(pool)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Adds permissions for a user in an existing realm.
     pub async fn grant(&self, realm: &str, user: &str, granted: Permissions) -> Result<(), DbError> {
         if !self.realms().await?.iter().any(|r| r == realm) {
@@ -158,7 +170,7 @@ impl Database {
         on_pool!(self, pool => { sqlx::query(sql)
             .bind(realm).bind(user).bind(p.read).bind(p.write).bind(p.realm_owner)
             .execute(pool).await?; });
-        Ok(())
+        self.announce_change(realm).await
     }
 
     /// Every realm URL, canonical.

@@ -14,10 +14,10 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use serde_json::json;
-use tokio::sync::RwLock;
 
 use crate::auth::{self, Denied, Need};
 use crate::db::{Database, Permissions};
+use crate::realm_cache::RealmCache;
 use crate::realm_url::{self, check_local_path};
 use crate::guests::Guests;
 use crate::runtime::{atomic_status, Answer, Call, CardResponse, Guest, GuestError};
@@ -35,9 +35,8 @@ pub struct App {
     pub limits: Limits,
     /// Counters of coalesced commits, for `/_metrics`.
     stats: Arc<BatchStats>,
-    /// Canonical realm URLs; reloaded from the database when a request
-    /// matches none (a realm may have been created by another process).
-    realms: RwLock<Vec<String>>,
+    /// Realm list and permissions.
+    pub realms: Arc<RealmCache>,
 }
 
 impl App {
@@ -48,7 +47,7 @@ impl App {
         limits: Limits,
         stats: Arc<BatchStats>,
     ) -> Result<App, crate::db::DbError> {
-        let realms = RwLock::new(db.realms().await?);
+        let realms = Arc::new(RealmCache::load(db.clone()).await?);
         Ok(App { db, guests, secret, limits, stats, realms })
     }
 }
@@ -139,10 +138,10 @@ async fn route(app: &App, guest: &Arc<Guest>, request: Request, realm_header: &m
         _ => Need::Write,
     };
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let db = &app.db;
+    let cache = &app.realms;
     let realm = target.realm.clone();
     auth::authorize(&app.secret, &target.realm, need, target.public, authorization, |user| async move {
-        db.user_permissions(&realm, &user).await.unwrap_or_default()
+        cache.permissions(&realm, &user).await.unwrap_or_default()
     })
     .await
     .map_err(|denied| match denied {
@@ -240,17 +239,16 @@ enum Resolved {
 async fn resolve(app: &App, headers: &HeaderMap, raw_path: &str) -> Result<Resolved, Response> {
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
     let path = realm_url::decode(raw_path).map_err(|e| error(StatusCode::BAD_REQUEST, &e.to_string()))?;
-    let mut found = best_realm(&app.realms.read().await, &host, &path);
+    let mut found = best_realm(&app.realms.realms().await, &host, &path);
     if found.is_none() {
-        let fresh = app.db.realms().await.map_err(|e| storage_error(&e))?;
+        let fresh = app.realms.reload_realms().await.map_err(|e| storage_error(&e))?;
         found = best_realm(&fresh, &host, &path);
-        *app.realms.write().await = fresh;
     }
     match found {
         Some(Found::Redirect(realm)) => Ok(Resolved::Redirect(realm)),
         Some(Found::Realm { realm, local }) => {
             check_local_path(&local).map_err(|e| error(StatusCode::BAD_REQUEST, &format!("invalid path '{local}': {e}")))?;
-            let public = app.db.user_permissions(&realm, "*").await.map_err(|e| storage_error(&e))?;
+            let public = app.realms.permissions(&realm, "*").await.map_err(|e| storage_error(&e))?;
             Ok(Resolved::Target(Target { realm, local, public }))
         }
         None => Err(error(StatusCode::NOT_FOUND, &format!("no realm serves {path}"))),

@@ -8,6 +8,7 @@ pub mod guests;
 pub mod http;
 pub mod lock_key;
 pub mod memory;
+pub mod realm_cache;
 pub mod realm_url;
 pub mod registry;
 pub mod runtime;

@@ -361,6 +361,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         (None, _) => drop(tokio::spawn(guests.clone().follow_registry())),
     }
     let app = Arc::new(http::App::new(db, guests, secret, limits, stats).await.map_err(|e| e.to_string())?);
+    drop(tokio::spawn(app.realms.clone().follow_changes()));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;

@@ -172,6 +172,7 @@ impl Locks {
             coalescing: self.coalescing,
             stats: self.stats.clone(),
             limits: self.limits,
+            known: HashMap::new(),
         };
         if let Err(e) = txn.savepoint("SAVEPOINT realm_member").await {
             txn.end_turn(false).await.ok();
@@ -190,9 +191,12 @@ async fn open_locked_tx(db: &Database, realm: &str, remaining: Duration) -> Resu
             let mut tx = tokio::time::timeout(remaining, pool.begin())
                 .await
                 .map_err(|_| WriteError::Unavailable("no database connection became free in time".into()))??;
+            // One prepared statement whatever the values (SET LOCAL cannot
+            // take parameters, so its text would change every time).
             let ms = remaining.as_millis().max(1);
-            sqlx::query(&format!("SET LOCAL lock_timeout = '{ms}ms'")).execute(&mut *tx).await?;
-            sqlx::query(&format!("SET LOCAL statement_timeout = '{}ms'", ms + 30_000))
+            sqlx::query("SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)")
+                .bind(format!("{ms}ms"))
+                .bind(format!("{}ms", ms + 30_000))
                 .execute(&mut *tx)
                 .await?;
             // Its own statement: under READ COMMITTED every later
@@ -313,6 +317,10 @@ pub struct WriteTxn {
     coalescing: Coalescing,
     stats: Arc<BatchStats>,
     limits: Limits,
+    /// What this turn has read or written of each path's row (hash,
+    /// created, last modified), so `write` need not read it again. Valid
+    /// for the whole turn: nobody else can change the realm meanwhile.
+    known: HashMap<String, Option<(String, i64, i64)>>,
 }
 
 /// The card index row to store with a card file.
@@ -352,6 +360,8 @@ impl WriteTxn {
         let row = on_tx!(tx_of(&mut self.batch)?, conn => sqlx::query(sql).bind(realm).bind(path).fetch_optional(conn).await?
             .map(|r| db::file_row(&r)).transpose()?,
             (store, staged) => staged.read(store, realm, path));
+        let summary = row.as_ref().map(|f| (f.content_hash.clone(), f.created, f.last_modified));
+        self.known.insert(path.to_string(), summary);
         Ok(row)
     }
 
@@ -380,10 +390,13 @@ impl WriteTxn {
         let now = db::now_unix();
         let realm = &self.realm;
         let existing_sql = "SELECT content_hash, created_at, last_modified FROM files WHERE realm_url = $1 AND path = $2";
-        let existing: Option<(String, i64, i64)> = on_tx!(tx_of(&mut self.batch)?, conn => sqlx::query(existing_sql)
-            .bind(realm).bind(path).fetch_optional(conn).await?
-            .map(|r| Ok::<_, sqlx::Error>((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).transpose()?,
-            (store, staged) => staged.read(store, realm, path).map(|f| (f.content_hash, f.created, f.last_modified)));
+        let existing: Option<(String, i64, i64)> = match self.known.get(path) {
+            Some(known) => known.clone(),
+            None => on_tx!(tx_of(&mut self.batch)?, conn => sqlx::query(existing_sql)
+                .bind(realm).bind(path).fetch_optional(conn).await?
+                .map(|r| Ok::<_, sqlx::Error>((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).transpose()?,
+                (store, staged) => staged.read(store, realm, path).map(|f| (f.content_hash, f.created, f.last_modified))),
+        };
         if let Some((hash, created, last_modified)) = &existing {
             if *hash == content_hash {
                 return Ok(Written { content_hash, created: *created, last_modified: *last_modified, existed: true });
@@ -416,6 +429,7 @@ impl WriteTxn {
             None => self.delete_index_row(path).await?,
         }
         let existed = existing.is_some();
+        self.known.insert(path.to_string(), Some((content_hash.clone(), created, now)));
         Ok(Written { content_hash, created, last_modified: now, existed })
     }
 
@@ -438,6 +452,7 @@ impl WriteTxn {
                 u64::from(existed)
             });
         self.delete_index_row(path).await?;
+        self.known.insert(path.to_string(), None);
         Ok(removed > 0)
     }
 

@@ -835,3 +835,33 @@ async fn postgres_restarted_under_load_gives_503s_then_recovers_by_itself() {
     assert!(problems.is_empty(), "{} bad answers, e.g. {:#?}\n{statuses:#?}", problems.len(), &problems[..problems.len().min(3)]);
     assert!(recovered.iter().all(|r| *r), "every client has 200s again after the restart by itself: {recovered:?}\n{statuses:#?}");
 }
+
+/// Permissions are cached per replica on Postgres; a grant made by another
+/// process (the CLI) must reach every replica through NOTIFY, so a user
+/// refused a moment ago is let in right after the grant, on both replicas.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_grants_reach_every_replica_at_once() {
+    let a = Backend::Postgres.start().await;
+    let b = a.replica().await;
+    let private = a.realm("private");
+    let carol_a = a.client_as("carol", &private, &["read"]).await;
+    let carol_b = b.client_as("carol", &private, &["read"]).await;
+    let on_b = private.replace(&a.base, &b.base);
+    // Both replicas look carol up (and cache that she may do nothing).
+    carol_a.head(&private, CARD_JSON).fetch().await.expect_status(403);
+    carol_b.head(&on_b, CARD_JSON).fetch().await.expect_status(403);
+
+    cli(&["realm", "grant", &private, "carol", "read", "--database", a.db_url()]).await.expect_success();
+    for (client, url) in [(&carol_a, &private), (&carol_b, &on_b)] {
+        let started = std::time::Instant::now();
+        loop {
+            let status = client.head(url, CARD_JSON).fetch().await.status;
+            if status == 200 {
+                break;
+            }
+            assert_eq!(status, 403, "before the grant lands");
+            assert!(started.elapsed() < std::time::Duration::from_secs(2), "the grant did not reach {url} within 2 s");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
