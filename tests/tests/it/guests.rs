@@ -174,8 +174,9 @@ async fn http_deploys_need_a_guest_admin_and_bad_guests_are_refused() {
     assert_eq!(listed.json()["guests"][0]["deployedBy"], "ops", "{listed}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn runaway_guests_answer_500_roll_back_and_leave_the_server_healthy() {
+on_both_backends!(runaway_guests_answer_500_roll_back_and_leave_the_server_healthy);
+
+async fn runaway_guests_answer_500_roll_back_and_leave_the_server_healthy(backend: Backend) {
     let f = fixtures().await;
     let options = ServerOptions {
         serve_args: ["--guest", f.faulty.to_str().expect("path"), "--guest-timeout", "300ms", "--lock-timeout", "3s"]
@@ -183,7 +184,7 @@ async fn runaway_guests_answer_500_roll_back_and_leave_the_server_healthy() {
             .to_vec(),
         ..ServerOptions::default()
     };
-    let server = Server::start_with(options).await;
+    let server = backend.start_with(options).await;
     let client = server.client();
     let realm = server.realm("test");
     let faulty = short_hash(&f.faulty);
