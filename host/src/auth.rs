@@ -65,8 +65,14 @@ pub fn parse_permissions<'a>(names: impl IntoIterator<Item = &'a str>) -> Result
     Ok(p)
 }
 
-pub fn issue(secret: &str, user: &str, realm: &str, permissions: Permissions, ttl_secs: u64) -> Result<String, String> {
+/// Signs a token for `user` with these claims, valid for `ttl_secs`.
+fn sign(secret: &str, user: &str, realm: String, permissions: Vec<String>, ttl_secs: u64) -> Result<String, String> {
     let now = crate::db::now_unix().max(0) as u64;
+    let claims = Claims { user: user.into(), realm, permissions, exp: now + ttl_secs, iat: now };
+    encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes())).map_err(|e| e.to_string())
+}
+
+pub fn issue(secret: &str, user: &str, realm: &str, permissions: Permissions, ttl_secs: u64) -> Result<String, String> {
     let mut names = Vec::new();
     if permissions.read {
         names.push("read".to_string());
@@ -77,8 +83,7 @@ pub fn issue(secret: &str, user: &str, realm: &str, permissions: Permissions, tt
     if permissions.realm_owner {
         names.push("realm-owner".to_string());
     }
-    let claims = Claims { user: user.into(), realm: realm.into(), permissions: names, exp: now + ttl_secs, iat: now };
-    encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes())).map_err(|e| e.to_string())
+    sign(secret, user, realm.to_string(), names, ttl_secs)
 }
 
 /// The permission that lets a token deploy and switch guests.
@@ -86,9 +91,7 @@ pub const GUEST_ADMIN: &str = "guest-admin";
 
 /// Issues a server-wide admin token (not tied to a realm).
 pub fn issue_admin(secret: &str, user: &str, ttl_secs: u64) -> Result<String, String> {
-    let now = crate::db::now_unix().max(0) as u64;
-    let claims = Claims { user: user.into(), realm: String::new(), permissions: vec![GUEST_ADMIN.into()], exp: now + ttl_secs, iat: now };
-    encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes())).map_err(|e| e.to_string())
+    sign(secret, user, String::new(), vec![GUEST_ADMIN.into()], ttl_secs)
 }
 
 fn verify(secret: &str, authorization: Option<&str>) -> Result<Claims, Denied> {
