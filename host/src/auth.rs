@@ -32,11 +32,13 @@ impl Need {
         }
     }
 
+    /// `realm-owner` implies read and write, as in Boxel.
     fn granted_by(self, p: Permissions) -> bool {
-        match self {
-            Need::Read => p.read,
-            Need::Write => p.write,
-        }
+        p.realm_owner
+            || match self {
+                Need::Read => p.read,
+                Need::Write => p.write,
+            }
     }
 }
 
@@ -96,16 +98,22 @@ pub fn issue_admin(secret: &str, user: &str, ttl_secs: u64) -> Result<String, St
 
 fn verify(secret: &str, authorization: Option<&str>) -> Result<Claims, Denied> {
     let header = authorization.ok_or_else(|| Denied::Unauthenticated("Missing Authorization header".into()))?;
+    // The scheme is case-insensitive (RFC 9110 §11.1).
     let token = header
-        .strip_prefix("Bearer ")
+        .trim_start()
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token)
         .ok_or_else(|| Denied::Unauthenticated("Authorization header must be `Bearer <token>`".into()))?;
     let mut validation = Validation::new(Algorithm::HS256);
     validation.set_required_spec_claims(&["exp"]);
+    validation.validate_nbf = true;
     validation.leeway = 0;
     decode::<Claims>(token.trim(), &DecodingKey::from_secret(secret.as_bytes()), &validation)
         .map(|data| data.claims)
         .map_err(|e| match e.kind() {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => Denied::Unauthenticated("Token expired".into()),
+            jsonwebtoken::errors::ErrorKind::ImmatureSignature => Denied::Unauthenticated("Token not valid yet (nbf)".into()),
             _ => Denied::Unauthenticated("Token invalid".into()),
         })
 }
@@ -189,6 +197,12 @@ mod tests {
         assert!(matches!(check(Need::Write, none, Some(format!("Bearer {read_only}")), rw()).await, Err(Denied::Forbidden(_))));
         let not_granted = issue(SECRET, "mallory", REALM, rw(), 60).unwrap();
         assert!(matches!(check(Need::Read, none, Some(format!("Bearer {not_granted}")), none).await, Err(Denied::Forbidden(_))));
+        let lower_case_scheme = check(Need::Write, none, Some(format!("bearer {good}")), rw()).await;
+        assert_eq!(lower_case_scheme, Ok(()));
+        let owner = Permissions { realm_owner: true, ..none };
+        let owner_token = issue(SECRET, "carol", REALM, owner, 60).unwrap();
+        assert_eq!(check(Need::Write, none, Some(format!("Bearer {owner_token}")), owner).await, Ok(()), "realm-owner may write");
+        assert_eq!(check(Need::Read, none, Some(format!("Bearer {owner_token}")), owner).await, Ok(()), "realm-owner may read");
         let wrong_secret = issue("other", "alice", REALM, rw(), 60).unwrap();
         assert!(matches!(check(Need::Read, none, Some(format!("Bearer {wrong_secret}")), rw()).await, Err(Denied::Unauthenticated(_))));
     }

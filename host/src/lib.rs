@@ -6,6 +6,7 @@ pub mod auth;
 pub mod db;
 pub mod guests;
 pub mod http;
+pub mod listener;
 pub mod lock_key;
 pub mod memory;
 pub mod realm_cache;

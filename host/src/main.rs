@@ -1,6 +1,6 @@
 //! `realm-host`: the realm server and its admin commands (spec §6).
 
-use realm_host::{auth, db, guests, http, realm_url, runtime, selftest, write_lock};
+use realm_host::{auth, db, guests, http, listener, realm_url, runtime, selftest, write_lock};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -111,8 +111,36 @@ struct ServeArgs {
     #[arg(long, env = "REALM_COALESCE_MAX_WAIT", default_value = "20ms", value_parser = parse_duration)]
     coalesce_max_wait: Duration,
     /// Largest guest memory, in MiB (a guest that needs more fails with 500).
-    #[arg(long, env = "REALM_GUEST_MEMORY_MIB", default_value_t = 64)]
+    #[arg(long, env = "REALM_GUEST_MEMORY_MIB", default_value_t = 128)]
     guest_memory_mib: usize,
+    /// Guest instances that may run at once; more calls wait for one.
+    #[arg(long, env = "REALM_GUEST_INSTANCES", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    guest_instances: u32,
+    /// How long a request waits for a free guest instance before answering 503.
+    #[arg(long, env = "REALM_GUEST_WAIT", default_value = "10s", value_parser = parse_duration)]
+    guest_wait: Duration,
+    /// Largest `/_atomic` request body, in bytes.
+    #[arg(long, env = "REALM_ATOMIC_LIMIT", default_value_t = 8 * 1024 * 1024)]
+    atomic_limit: usize,
+    /// Most operations in one `/_atomic` request (413 beyond).
+    #[arg(long, env = "REALM_ATOMIC_MAX_OPERATIONS", default_value_t = 1000)]
+    atomic_max_operations: usize,
+    /// Most values in one JSON body the guest parses (413 beyond): bounds
+    /// the guest memory a request can need, whatever the body's shape.
+    #[arg(long, env = "REALM_JSON_MAX_VALUES", default_value_t = 200_000)]
+    json_max_values: usize,
+    /// How long a client may take to send a request's headers, from its first byte.
+    #[arg(long, env = "REALM_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    header_read_timeout: Duration,
+    /// How long a client may take to send a request body (408 beyond).
+    #[arg(long, env = "REALM_BODY_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    body_read_timeout: Duration,
+    /// How long a connection may stay open with no request in progress.
+    #[arg(long, env = "REALM_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Most open client connections; past it the longest-waiting idle one is closed.
+    #[arg(long, env = "REALM_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
 }
 
 #[derive(Subcommand)]
@@ -245,7 +273,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
-const DEFAULT_SANDBOX: runtime::Sandbox = runtime::Sandbox { cpu: Duration::from_secs(1), memory_bytes: 64 << 20 };
+const DEFAULT_SANDBOX: runtime::Sandbox = runtime::Sandbox::DEFAULT;
 
 async fn guest_command(command: GuestCommand) -> Result<(), String> {
     match command {
@@ -314,6 +342,7 @@ async fn connect(url: &str) -> Result<Database, String> {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
+    let connection_limits = connection_limits(&args);
     let embedded_default = args.database.is_none();
     let database = args.database.unwrap_or_else(|| DEFAULT_DATABASE.to_string());
     let db = connect(&database).await?;
@@ -330,9 +359,22 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         }
     };
     let limits = Limits { card_bytes: args.card_limit, file_bytes: args.file_limit };
+    let request_limits = http::RequestLimits {
+        card_bytes: args.card_limit,
+        file_bytes: args.file_limit,
+        atomic_bytes: args.atomic_limit,
+        atomic_operations: args.atomic_max_operations,
+        json_values: args.json_max_values,
+        body_read: args.body_read_timeout,
+    };
     let coalescing = write_lock::Coalescing { max_batch: args.coalesce_max_batch, max_wait: args.coalesce_max_wait };
     let locks = Arc::new(Locks::with_coalescing(args.lock_timeout, limits, coalescing));
-    let sandbox = runtime::Sandbox { cpu: args.guest_timeout, memory_bytes: args.guest_memory_mib << 20 };
+    let sandbox = runtime::Sandbox {
+        cpu: args.guest_timeout,
+        memory_bytes: args.guest_memory_mib << 20,
+        instances: args.guest_instances,
+        instance_wait: args.guest_wait,
+    };
     let engine = runtime::engine(sandbox).map_err(|e| format!("cannot start wasmtime: {e}"))?;
     let (bytes, source) = match &args.guest {
         Some(path) => {
@@ -360,17 +402,52 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         (Some(_), false) => {}
         (None, _) => drop(tokio::spawn(guests.clone().follow_registry())),
     }
-    let app = Arc::new(http::App::new(db, guests, secret, limits, stats).await.map_err(|e| e.to_string())?);
+    let app = Arc::new(http::App::new(db, guests, secret, request_limits, stats).await.map_err(|e| e.to_string())?);
     drop(tokio::spawn(app.realms.clone().follow_changes()));
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let listener = bind(args.listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!("realm-host listening on http://{local}/");
-    axum::serve(listener, http::router(app))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-        .map_err(|e| format!("server error: {e}"))
+    listener::serve(listener, http::router(app), connection_limits, shutdown_signal()).await;
+    Ok(())
+}
+
+/// The connection cap, lowered to what the open-file limit allows.
+fn connection_limits(args: &ServeArgs) -> listener::ConnectionLimits {
+    // Database connections, the SQLite files and the listener need descriptors too.
+    const RESERVED_DESCRIPTORS: u64 = 256;
+    let files = listener::raise_open_file_limit();
+    let possible = files.saturating_sub(RESERVED_DESCRIPTORS).max(16) as usize;
+    let max_connections = args.max_connections.clamp(1, possible);
+    if max_connections < args.max_connections {
+        tracing::warn!(
+            requested = args.max_connections,
+            max_connections,
+            "the open-file limit ({files}) lowers --max-connections; raise `ulimit -n` to allow more"
+        );
+    }
+    listener::ConnectionLimits { header_read: args.header_read_timeout, idle: args.idle_timeout, max_connections }
+}
+
+/// A listening socket with a deep accept queue (bursts of new connections).
+fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if address.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(4096)
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
 }

@@ -1,13 +1,17 @@
 //! What a replica remembers about realms between requests: the realm list
-//! and permissions. On Postgres both are cached and dropped on every
-//! replica when any process changes them (`LISTEN/NOTIFY` on
-//! [`REALM_CHANNEL`]); on SQLite, where other processes cannot notify,
-//! permissions are read per request and the realm list is reloaded when a
-//! request matches no realm.
+//! and permissions. The realm list lives in memory, so routing a request
+//! (even one for a path under no realm) costs no query; it is reloaded on
+//! a short timer, and on Postgres also whenever any process changes a
+//! realm (`LISTEN/NOTIFY` on [`REALM_CHANNEL`]), which also drops the
+//! cached permissions. On SQLite, where other processes cannot notify,
+//! permissions are read per request.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::sync::RwLock;
 
 use crate::db::{Database, DbError, Permissions};
@@ -15,17 +19,25 @@ use crate::db::{Database, DbError, Permissions};
 /// Postgres channel announcing that a realm or its permissions changed.
 pub const REALM_CHANNEL: &str = "realm_changed";
 
+/// How often the realm list is re-read without being told to: often on
+/// SQLite (a `realm create` from another process cannot notify), rarely on
+/// Postgres (NOTIFY tells; the timer only repairs a lost notification).
+const SQLITE_REFRESH: Duration = Duration::from_secs(1);
+const POSTGRES_REFRESH: Duration = Duration::from_secs(10);
+
 pub struct RealmCache {
     db: Database,
-    realms: RwLock<Vec<String>>,
+    realms: ArcSwap<Vec<String>>,
+    /// How many times the realm list was read from the database.
+    loads: AtomicU64,
     /// `(realm, user)` → permissions; only used on Postgres.
     permissions: RwLock<HashMap<(String, String), Permissions>>,
 }
 
 impl RealmCache {
     pub async fn load(db: Database) -> Result<RealmCache, DbError> {
-        let realms = RwLock::new(db.realms().await?);
-        Ok(RealmCache { db, realms, permissions: RwLock::default() })
+        let realms = ArcSwap::from_pointee(db.realms().await?);
+        Ok(RealmCache { db, realms, loads: AtomicU64::new(1), permissions: RwLock::default() })
     }
 
     fn caches_permissions(&self) -> bool {
@@ -33,15 +45,38 @@ impl RealmCache {
     }
 
     /// The realm URLs, as last loaded.
-    pub async fn realms(&self) -> Vec<String> {
-        self.realms.read().await.clone()
+    pub fn realms(&self) -> Arc<Vec<String>> {
+        self.realms.load_full()
     }
 
-    /// Reloads the realm list (a request matched none of the known realms).
-    pub async fn reload_realms(&self) -> Result<Vec<String>, DbError> {
+    /// How many times the realm list has been read from the database.
+    pub fn loads(&self) -> u64 {
+        self.loads.load(Ordering::Relaxed)
+    }
+
+    /// Re-reads the realm list.
+    pub async fn reload_realms(&self) -> Result<(), DbError> {
         let fresh = self.db.realms().await?;
-        *self.realms.write().await = fresh.clone();
-        Ok(fresh)
+        self.loads.fetch_add(1, Ordering::Relaxed);
+        self.realms.store(Arc::new(fresh));
+        Ok(())
+    }
+
+    /// Re-reads the realm list on a timer, for as long as the server runs.
+    pub async fn refresh_periodically(self: Arc<Self>) {
+        let every = match self.db {
+            Database::Postgres(_) => POSTGRES_REFRESH,
+            _ => SQLITE_REFRESH,
+        };
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            if let Err(e) = self.reload_realms().await {
+                tracing::warn!(error = %e, "cannot reload the realm list");
+            }
+        }
     }
 
     /// What exactly this user (`*` is anyone) may do in the realm.
@@ -69,7 +104,8 @@ impl RealmCache {
     /// Drops the cache whenever any process changes a realm (Postgres).
     /// If the listening connection is lost, notifications may have been
     /// missed, so the cache is dropped then too.
-    pub async fn follow_changes(self: std::sync::Arc<Self>) {
+    pub async fn follow_changes(self: Arc<Self>) {
+        drop(tokio::spawn(self.clone().refresh_periodically()));
         let Database::Postgres(pool) = &self.db else { return };
         loop {
             let listener = match sqlx::postgres::PgListener::connect_with(pool).await {

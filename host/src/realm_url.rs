@@ -15,8 +15,34 @@ pub enum PathError {
     DotSegment,
     #[error("empty path segments are not allowed")]
     EmptySegment,
-    #[error("NUL bytes and backslashes are not allowed in a path")]
+    #[error("control characters (U+0000 to U+001F, U+007F) and backslashes are not allowed in a path")]
     BadCharacter,
+    #[error("paths whose first segment starts with '_' are reserved for realm endpoints")]
+    Reserved,
+}
+
+/// Characters no realm-local path may hold: control characters (CR/LF
+/// among them, which would also break headers) and backslashes.
+pub fn is_forbidden_in_path(c: char) -> bool {
+    c.is_ascii_control() || c == '\\'
+}
+
+/// Whether a realm-local path lies in the `_` namespace of realm endpoints.
+pub fn is_reserved(local: &str) -> bool {
+    local.starts_with('_')
+}
+
+/// Checks a path the guest asks to write or delete: a file path (not the
+/// root, not a directory), valid, and outside the reserved namespace.
+pub fn check_writable_path(local: &str) -> Result<(), PathError> {
+    if local.is_empty() || local.ends_with('/') {
+        return Err(PathError::EmptySegment);
+    }
+    check_local_path(local)?;
+    if is_reserved(local) {
+        return Err(PathError::Reserved);
+    }
+    Ok(())
 }
 
 /// Canonical form of a realm URL: lowercase scheme and host (by the URL
@@ -50,7 +76,7 @@ pub fn decode(path: &str) -> Result<String, PathError> {
 /// Checks a decoded realm-local path (no leading `/`; a trailing `/` marks a
 /// directory). The empty path is the realm root.
 pub fn check_local_path(local: &str) -> Result<(), PathError> {
-    if local.contains('\0') || local.contains('\\') {
+    if local.chars().any(is_forbidden_in_path) {
         return Err(PathError::BadCharacter);
     }
     if local.is_empty() {
@@ -92,5 +118,11 @@ mod tests {
         assert_eq!(check_local_path("/x"), Err(PathError::EmptySegment));
         assert_eq!(check_local_path("a\\x"), Err(PathError::BadCharacter));
         assert_eq!(check_local_path("a\0x"), Err(PathError::BadCharacter));
+        for control in ["x\r\n.json", "a\tb", "\u{1f}", "del\u{7f}"] {
+            assert_eq!(check_local_path(control), Err(PathError::BadCharacter), "{control:?}");
+        }
+        assert_eq!(check_writable_path("_x.json"), Err(PathError::Reserved));
+        assert_eq!(check_writable_path("dir/_x.json"), Ok(()));
+        assert_eq!(check_writable_path("dir/"), Err(PathError::EmptySegment));
     }
 }

@@ -2,7 +2,10 @@
 //! per process, a fresh `Store` per call, and the `store` imports that give
 //! the guest lock-free reads and a realm's write lock — nothing else.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
@@ -35,6 +38,121 @@ pub struct Sandbox {
     pub cpu: Duration,
     /// Largest linear memory of a guest instance.
     pub memory_bytes: usize,
+    /// Guest instances that may exist at once (the pool's size).
+    pub instances: u32,
+    /// How long a call waits for a free instance before it is refused (503).
+    pub instance_wait: Duration,
+}
+
+impl Sandbox {
+    pub const DEFAULT: Sandbox = Sandbox {
+        cpu: Duration::from_secs(1),
+        memory_bytes: 128 << 20,
+        instances: 1000,
+        instance_wait: Duration::from_secs(10),
+    };
+}
+
+/// The guest's own running time in one call: the time its future spends
+/// being polled, less the time spent inside host imports. Waiting for an
+/// instance, instantiation and time spent queued by the scheduler (the
+/// future is not being polled) are not charged.
+#[derive(Default)]
+struct GuestClock {
+    state: Mutex<ClockState>,
+}
+
+#[derive(Default)]
+struct ClockState {
+    charged: Duration,
+    /// When the guest started running in the current poll.
+    running_since: Option<Instant>,
+    in_host: bool,
+}
+
+impl GuestClock {
+    fn state(&self) -> std::sync::MutexGuard<'_, ClockState> {
+        match self.state.lock() {
+            Ok(state) => state,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn stop(state: &mut ClockState) {
+        if let Some(since) = state.running_since.take() {
+            state.charged += since.elapsed();
+        }
+    }
+
+    fn poll_started(&self) {
+        let mut state = self.state();
+        if !state.in_host {
+            state.running_since = Some(Instant::now());
+        }
+    }
+
+    fn poll_ended(&self) {
+        Self::stop(&mut self.state());
+    }
+
+    fn enter_host(&self) {
+        let mut state = self.state();
+        Self::stop(&mut state);
+        state.in_host = true;
+    }
+
+    /// Called inside a poll, when a host import returns to the guest.
+    fn leave_host(&self) {
+        let mut state = self.state();
+        state.in_host = false;
+        state.running_since = Some(Instant::now());
+    }
+
+    fn used(&self) -> Duration {
+        let state = self.state();
+        state.charged + state.running_since.map(|since| since.elapsed()).unwrap_or_default()
+    }
+
+    fn reset(&self) {
+        let mut state = self.state();
+        state.charged = Duration::ZERO;
+        if state.running_since.is_some() {
+            state.running_since = Some(Instant::now());
+        }
+    }
+}
+
+/// Stops the guest's clock for the time a host import runs.
+struct InHost(Arc<GuestClock>);
+
+impl InHost {
+    fn enter(clock: &Arc<GuestClock>) -> InHost {
+        clock.enter_host();
+        InHost(clock.clone())
+    }
+}
+
+impl Drop for InHost {
+    fn drop(&mut self) {
+        self.0.leave_host();
+    }
+}
+
+/// A guest call's future, timed by its [`GuestClock`].
+struct Charged<F> {
+    clock: Arc<GuestClock>,
+    call: Pin<Box<F>>,
+}
+
+impl<F: Future> Future for Charged<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.clock.poll_started();
+        let polled = self.call.as_mut().poll(cx);
+        self.clock.poll_ended();
+        polled
+    }
 }
 
 /// How often the engine's epoch advances; the granularity of `Sandbox::cpu`.
@@ -45,11 +163,12 @@ pub struct CallState {
     table: ResourceTable,
     db: Database,
     locks: Arc<Locks>,
+    /// The realm the request addressed: the only one whose lock the guest
+    /// may take (`None` for calls that write nothing).
+    realm: Option<String>,
     /// Realms whose lock this call holds, with the handle's table slot.
     held: Vec<(String, u32)>,
-    started: Instant,
-    /// Time spent inside host imports so far.
-    in_host: Duration,
+    clock: Arc<GuestClock>,
     cpu_budget: Duration,
 }
 
@@ -86,9 +205,6 @@ pub enum Answer {
     Done,
 }
 
-/// Component instances the pool holds; guest calls beyond this wait for a slot.
-const INSTANCE_SLOTS: u32 = 1000;
-
 /// The process's one wasmtime engine and the slots of its instance pool.
 #[derive(Clone)]
 pub struct Wasm {
@@ -98,16 +214,33 @@ pub struct Wasm {
     slots: Arc<tokio::sync::Semaphore>,
 }
 
+impl Call {
+    /// The realm this call serves, whose write lock it may take.
+    fn realm(&self) -> Option<&str> {
+        match self {
+            Call::GetCard { realm, .. }
+            | Call::CreateCard { realm, .. }
+            | Call::PatchCard { realm, .. }
+            | Call::DeleteCard { realm, .. }
+            | Call::WriteSource { realm, .. }
+            | Call::DeleteSource { realm, .. }
+            | Call::Atomic { realm, .. } => Some(realm),
+            Call::Merge { .. } | Call::Serialize { .. } | Call::ValidateAtomic { .. } => None,
+        }
+    }
+}
+
 /// The process's one engine: pooling allocator, epoch interruption (with a
 /// ticker thread), guest memories capped at `sandbox.memory_bytes`.
 pub fn engine(sandbox: Sandbox) -> wasmtime::Result<Wasm> {
     let mut pooling = PoolingAllocationConfig::default();
     // A component instance holds a few core instances (the module and its
     // adapter shims) but one linear memory.
-    pooling.total_component_instances(INSTANCE_SLOTS);
-    pooling.total_core_instances(INSTANCE_SLOTS * 8);
-    pooling.total_memories(INSTANCE_SLOTS);
-    pooling.total_tables(INSTANCE_SLOTS * 2);
+    let slots = sandbox.instances.max(1);
+    pooling.total_component_instances(slots);
+    pooling.total_core_instances(slots * 8);
+    pooling.total_memories(slots);
+    pooling.total_tables(slots * 2);
     pooling.max_memory_size(sandbox.memory_bytes);
     // Reused slots are zeroed in place rather than unmapped: a fresh
     // instance per request then costs no page faults for its first pages.
@@ -130,7 +263,7 @@ pub fn engine(sandbox: Sandbox) -> wasmtime::Result<Wasm> {
             }
         })
         .map_err(|e| wasmtime::format_err!("cannot start the epoch ticker: {e}"))?;
-    Ok(Wasm { engine, slots: Arc::new(tokio::sync::Semaphore::new(INSTANCE_SLOTS as usize)) })
+    Ok(Wasm { engine, slots: Arc::new(tokio::sync::Semaphore::new(slots as usize)) })
 }
 
 /// A compiled component that type-checks against the `realm-core` world.
@@ -168,41 +301,47 @@ impl Guest {
     /// answer; `Err(_)` is a trap or a host failure. Any write lock the
     /// guest still holds afterwards is rolled back before this returns.
     pub async fn run(&self, call: Call) -> wasmtime::Result<Result<Answer, GuestError>> {
+        let slot = tokio::time::timeout(self.sandbox.instance_wait, self.wasm.slots.acquire()).await;
+        let _slot = match slot {
+            Ok(slot) => slot.map_err(|_| wasmtime::format_err!("the guest runtime is shutting down"))?,
+            Err(_) => {
+                return Ok(Err(GuestError::Unavailable(format!(
+                    "the server is busy: no guest instance became free within {:?}; retry",
+                    self.sandbox.instance_wait
+                ))))
+            }
+        };
+        let clock = Arc::new(GuestClock::default());
         let state = CallState {
             table: ResourceTable::new(),
             db: self.db.clone(),
             locks: self.locks.clone(),
+            realm: call.realm().map(str::to_string),
             held: Vec::new(),
-            started: Instant::now(),
-            in_host: Duration::ZERO,
+            clock: clock.clone(),
             cpu_budget: self.sandbox.cpu,
         };
-        let _slot = self
-            .wasm
-            .slots
-            .acquire()
-            .await
-            .map_err(|_| wasmtime::format_err!("the guest runtime is shutting down"))?;
         let mut store = Store::new(&self.wasm.engine, state);
         // At every epoch tick, check the guest's own running time; yield to
         // the executor so a busy guest never starves other requests.
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|context| {
             let state = context.data();
-            let ran = state.started.elapsed().saturating_sub(state.in_host);
-            if ran > state.cpu_budget {
+            if state.clock.used() > state.cpu_budget {
                 Err(wasmtime::format_err!("the guest ran for more than its {:?} budget", state.cpu_budget))
             } else {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
-        let outcome = self.invoke(&mut store, call).await;
+        let outcome = Charged { clock, call: Box::pin(self.invoke(&mut store, call)) }.await;
         store.data_mut().release_all().await;
         outcome
     }
 
     async fn invoke(&self, store: &mut Store<CallState>, call: Call) -> wasmtime::Result<Result<Answer, GuestError>> {
         let guest = self.pre.instantiate_async(&mut *store).await?;
+        // Instantiating is the host's work, not the guest's.
+        store.data().clock.reset();
         let h = guest.boxel_realm_handlers();
         Ok(match call {
             Call::GetCard { realm, path } => h.call_get_card(&mut *store, &realm, &path).await?.map(Answer::Card),
@@ -266,6 +405,7 @@ fn guest_error(e: WriteError) -> GuestError {
     match e {
         WriteError::LockTimeout(m) => GuestError::LockTimeout(m),
         WriteError::TooLarge(m) => GuestError::PayloadTooLarge(m),
+        WriteError::Invalid(m) => GuestError::BadRequest(m),
         WriteError::Unavailable(m) => GuestError::Unavailable(m),
         WriteError::Storage(m) => GuestError::Storage(m),
     }
@@ -284,9 +424,16 @@ impl boxel::realm::store::Host for CallState {
                 "this call already holds the write lock of {realm}; use that handle"
             ))));
         }
-        let waited = Instant::now();
+        if self.realm.as_deref() != Some(realm.as_str()) {
+            // A guest may only lock the realm the request addressed.
+            return Err(wasmtime::format_err!(
+                "the guest asked for the write lock of {realm} while serving {}",
+                self.realm.as_deref().unwrap_or("a call that may not write")
+            ));
+        }
+        let host = InHost::enter(&self.clock);
         let acquired = self.locks.acquire(&self.db, &realm).await;
-        self.in_host += waited.elapsed();
+        drop(host);
         let txn = match acquired {
             Ok(txn) => txn,
             Err(e) => return Ok(Err(guest_error(e))),
@@ -297,9 +444,9 @@ impl boxel::realm::store::Host for CallState {
     }
 
     async fn read_file(&mut self, realm: String, path: String) -> wasmtime::Result<Result<Option<StoredFile>, GuestError>> {
-        let started = Instant::now();
+        let host = InHost::enter(&self.clock);
         let read = self.db.read_file(&realm, &path).await;
-        self.in_host += started.elapsed();
+        drop(host);
         Ok(match read {
             Ok(row) => Ok(row.map(stored)),
             Err(e) if e.is_unavailable() => Err(GuestError::Unavailable(e.to_string())),
@@ -310,16 +457,16 @@ impl boxel::realm::store::Host for CallState {
 
 impl boxel::realm::store::HostWriteLock for CallState {
     async fn read(&mut self, lock: Resource<WriteTxn>, path: String) -> wasmtime::Result<Result<Option<StoredFile>, GuestError>> {
-        let started = Instant::now();
+        let host = InHost::enter(&self.clock);
         let read = self.txn(&lock)?.read(&path).await;
-        self.in_host += started.elapsed();
+        drop(host);
         Ok(read.map(|row| row.map(stored)).map_err(guest_error))
     }
 
     async fn exists(&mut self, lock: Resource<WriteTxn>, path: String) -> wasmtime::Result<Result<bool, GuestError>> {
-        let started = Instant::now();
+        let host = InHost::enter(&self.clock);
         let found = self.txn(&lock)?.exists(&path).await;
-        self.in_host += started.elapsed();
+        drop(host);
         Ok(found.map_err(guest_error))
     }
 
@@ -331,9 +478,9 @@ impl boxel::realm::store::HostWriteLock for CallState {
         index: Option<CardIndex>,
     ) -> wasmtime::Result<Result<FileMeta, GuestError>> {
         let index = index.map(|i| IndexRow { card_id: i.id, card_type: i.card_type, search_doc: i.search_doc });
-        let started = Instant::now();
+        let host = InHost::enter(&self.clock);
         let written = self.txn(&lock)?.write(&path, &content, index).await;
-        self.in_host += started.elapsed();
+        drop(host);
         Ok(written.map_err(guest_error).map(|w| FileMeta {
             etag: etag_of(&w.content_hash),
             created: w.created,
@@ -343,29 +490,29 @@ impl boxel::realm::store::HostWriteLock for CallState {
     }
 
     async fn delete(&mut self, lock: Resource<WriteTxn>, path: String) -> wasmtime::Result<Result<bool, GuestError>> {
-        let started = Instant::now();
+        let host = InHost::enter(&self.clock);
         let deleted = self.txn(&lock)?.delete(&path).await;
-        self.in_host += started.elapsed();
+        drop(host);
         Ok(deleted.map_err(guest_error))
     }
 
     async fn commit(&mut self, lock: Resource<WriteTxn>) -> wasmtime::Result<Result<(), GuestError>> {
         self.forget(lock.rep());
         let txn = self.table.delete(lock)?;
-        let started = Instant::now();
+        let host = InHost::enter(&self.clock);
         let committed = txn.commit().await;
-        self.in_host += started.elapsed();
+        drop(host);
         Ok(committed.map_err(guest_error))
     }
 
     async fn drop(&mut self, lock: Resource<WriteTxn>) -> wasmtime::Result<()> {
         self.forget(lock.rep());
         let txn = self.table.delete(lock)?;
-        let started = Instant::now();
+        let host = InHost::enter(&self.clock);
         if let Err(e) = txn.rollback().await {
             tracing::warn!(error = %e, "rollback of a dropped write lock failed");
         }
-        self.in_host += started.elapsed();
+        drop(host);
         Ok(())
     }
 }
@@ -383,3 +530,30 @@ pub fn atomic_status(e: &AtomicError) -> u16 {
 }
 
 pub use boxel::realm::types::AtomicError as GuestAtomicError;
+
+#[cfg(test)]
+mod tests {
+    use super::GuestClock;
+    use std::time::Duration;
+
+    #[test]
+    fn the_guest_is_charged_only_while_it_runs() {
+        let clock = GuestClock::default();
+        let sleep = std::thread::sleep;
+        clock.poll_started();
+        sleep(Duration::from_millis(20)); // the guest runs: charged
+        clock.poll_ended();
+        sleep(Duration::from_millis(300)); // queued by the scheduler: not charged
+        clock.poll_started();
+        clock.enter_host();
+        sleep(Duration::from_millis(300)); // inside a host import: not charged
+        clock.leave_host();
+        sleep(Duration::from_millis(10)); // the guest again: charged
+        clock.poll_ended();
+        let used = clock.used();
+        assert!(used >= Duration::from_millis(30), "{used:?}");
+        assert!(used < Duration::from_millis(300), "waits were charged: {used:?}");
+        clock.reset();
+        assert_eq!(clock.used(), Duration::ZERO);
+    }
+}

@@ -57,7 +57,7 @@ impl From<HarnessError> for String {
     }
 }
 
-const SANDBOX: Sandbox = Sandbox { cpu: Duration::from_secs(1), memory_bytes: 64 << 20 };
+const SANDBOX: Sandbox = Sandbox::DEFAULT;
 
 impl GuestHarness {
     /// Compiles a component file; fails if it does not fit the world.

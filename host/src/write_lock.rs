@@ -34,6 +34,9 @@ pub enum WriteError {
     LockTimeout(String),
     #[error("{0}")]
     TooLarge(String),
+    /// The write itself is refused (reserved or malformed path, NUL in content).
+    #[error("{0}")]
+    Invalid(String),
     #[error("storage unavailable: {0}")]
     Unavailable(String),
     #[error("storage error: {0}")]
@@ -323,6 +326,12 @@ pub struct WriteTxn {
     known: HashMap<String, Option<(String, i64, i64)>>,
 }
 
+/// The host's own check of a path the guest writes or deletes, whatever
+/// the guest: the same grammar as request paths, outside the `_` namespace.
+fn check_path(path: &str) -> Result<(), WriteError> {
+    crate::realm_url::check_writable_path(path).map_err(|e| WriteError::Invalid(format!("invalid path '{path}': {e}")))
+}
+
 /// The card index row to store with a card file.
 pub struct IndexRow {
     pub card_id: String,
@@ -376,6 +385,12 @@ impl WriteTxn {
     /// Stores a file (and its index row, or removes a stale one). Identical
     /// content is not rewritten.
     pub async fn write(&mut self, path: &str, content: &str, index: Option<IndexRow>) -> Result<Written, WriteError> {
+        check_path(path)?;
+        // Postgres `text` cannot hold U+0000; refusing it everywhere keeps
+        // both backends answering the same.
+        if content.contains('\0') {
+            return Err(WriteError::Invalid(format!("{path}: file content may not contain U+0000 (NUL)")));
+        }
         let (what, limit) = match index {
             Some(_) => ("Card", self.limits.card_bytes),
             None => ("File", self.limits.file_bytes),
@@ -443,6 +458,7 @@ impl WriteTxn {
 
     /// Removes a file and its index row; false when there was no such file.
     pub async fn delete(&mut self, path: &str) -> Result<bool, WriteError> {
+        check_path(path)?;
         let sql = "DELETE FROM files WHERE realm_url = $1 AND path = $2";
         let realm = &self.realm;
         let removed = on_tx!(tx_of(&mut self.batch)?, conn => sqlx::query(sql).bind(realm).bind(path).execute(conn).await?.rows_affected(),

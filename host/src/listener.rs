@@ -1,0 +1,318 @@
+//! Accepts TCP connections and serves HTTP/1.1 on them within the
+//! connection limits, so that slow or idle clients cannot make the server
+//! unreachable:
+//!
+//! * a request's headers must arrive within `header_read` of its first byte;
+//! * a connection with no request in progress (new, keep-alive, or whose
+//!   client is slow to read its last response) is closed after `idle`;
+//! * at most `max_connections` are open: past that, the connection that has
+//!   been waiting longest without a request in progress is closed to admit
+//!   the new one (a well-behaved client sends its request at once, so it
+//!   always gets in); when every connection is busy, the new one is closed.
+//!
+//! Request bodies have their own deadline (`http::read_body`).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+use tower::ServiceExt;
+
+/// The connection limits of `serve`.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    pub header_read: Duration,
+    pub idle: Duration,
+    pub max_connections: usize,
+}
+
+/// What a connection is doing, as far as its deadlines are concerned.
+const IDLE: u8 = 0;
+const HEADERS: u8 = 1;
+const BUSY: u8 = 2;
+const CLOSING: u8 = 3;
+
+/// One open connection: its phase, since when, and how to close it.
+struct Conn {
+    phase: AtomicU8,
+    /// Milliseconds since the registry's epoch when the phase began.
+    since: AtomicU64,
+    requests: AtomicUsize,
+    close: Notify,
+}
+
+/// Every open connection, for the cap, eviction and the deadline sweep.
+struct Registry {
+    epoch: Instant,
+    next_id: AtomicU64,
+    open: Mutex<HashMap<u64, Arc<Conn>>>,
+    limits: ConnectionLimits,
+}
+
+impl Registry {
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn open(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Conn>>> {
+        match self.open.lock() {
+            Ok(open) => open,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn add(&self) -> (u64, Arc<Conn>) {
+        let conn = Arc::new(Conn {
+            phase: AtomicU8::new(IDLE),
+            since: AtomicU64::new(self.now()),
+            requests: AtomicUsize::new(0),
+            close: Notify::new(),
+        });
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.open().insert(id, conn.clone());
+        (id, conn)
+    }
+
+    fn remove(&self, id: u64) {
+        self.open().remove(&id);
+    }
+
+    /// Open connections not already being closed.
+    fn live(&self) -> usize {
+        self.open().values().filter(|c| c.phase.load(Ordering::Relaxed) != CLOSING).count()
+    }
+
+    /// Closes the connection that has waited longest without a request in
+    /// progress; false when every connection is busy.
+    fn evict_oldest_waiting(&self) -> bool {
+        let open = self.open();
+        let oldest = open
+            .values()
+            .filter(|c| matches!(c.phase.load(Ordering::Relaxed), IDLE | HEADERS))
+            .min_by_key(|c| c.since.load(Ordering::Relaxed));
+        match oldest {
+            Some(conn) => {
+                conn.phase.store(CLOSING, Ordering::Relaxed);
+                conn.close.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Closes every connection past its deadline.
+    fn sweep(&self) {
+        let now = self.now();
+        let header_ms = self.limits.header_read.as_millis() as u64;
+        let idle_ms = self.limits.idle.as_millis() as u64;
+        for conn in self.open().values() {
+            let allowed = match conn.phase.load(Ordering::Relaxed) {
+                IDLE => idle_ms,
+                HEADERS => header_ms,
+                _ => continue,
+            };
+            if now.saturating_sub(conn.since.load(Ordering::Relaxed)) > allowed {
+                conn.phase.store(CLOSING, Ordering::Relaxed);
+                conn.close.notify_one();
+            }
+        }
+    }
+}
+
+impl Conn {
+    fn set_phase(&self, phase: u8, now: u64) {
+        self.since.store(now, Ordering::Relaxed);
+        self.phase.store(phase, Ordering::Relaxed);
+    }
+}
+
+/// Marks its connection busy while a request is being answered.
+struct InRequest {
+    conn: Arc<Conn>,
+    registry: Arc<Registry>,
+}
+
+impl InRequest {
+    fn begin(conn: &Arc<Conn>, registry: &Arc<Registry>) -> InRequest {
+        conn.requests.fetch_add(1, Ordering::Relaxed);
+        if conn.phase.load(Ordering::Relaxed) != CLOSING {
+            conn.set_phase(BUSY, registry.now());
+        }
+        InRequest { conn: conn.clone(), registry: registry.clone() }
+    }
+}
+
+impl Drop for InRequest {
+    fn drop(&mut self) {
+        if self.conn.requests.fetch_sub(1, Ordering::Relaxed) == 1 && self.conn.phase.load(Ordering::Relaxed) == BUSY {
+            self.conn.set_phase(IDLE, self.registry.now());
+        }
+    }
+}
+
+/// The socket, watched: the first bytes read while idle start the
+/// header-read deadline.
+struct Watched {
+    stream: TcpStream,
+    conn: Arc<Conn>,
+    registry: Arc<Registry>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before && self.conn.phase.load(Ordering::Relaxed) == IDLE {
+            self.conn.set_phase(HEADERS, self.registry.now());
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// How long shutdown waits for requests in progress to finish.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `router` on `listener` until `shutdown` completes, then lets the
+/// requests in progress finish (at most [`DRAIN_TIMEOUT`]).
+pub async fn serve(listener: TcpListener, router: Router, limits: ConnectionLimits, shutdown: impl Future<Output = ()>) {
+    let registry = Arc::new(Registry {
+        epoch: Instant::now(),
+        next_id: AtomicU64::new(0),
+        open: Mutex::new(HashMap::new()),
+        limits,
+    });
+    let sweeper = tokio::spawn(sweep_forever(registry.clone()));
+    let (stop, stopping) = watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _peer)) => stream,
+            Err(e) => {
+                // Out of file descriptors: make room, and don't spin.
+                tracing::warn!(error = %e, "accept failed");
+                registry.evict_oldest_waiting();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if registry.live() >= limits.max_connections && !registry.evict_oldest_waiting() {
+            drop(stream);
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve_connection(stream, registry.clone(), router.clone(), stopping.clone()));
+    }
+    let _ = stop.send(true);
+    drop(listener);
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    while !registry.open().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sweeper.abort();
+}
+
+/// Closes connections past their deadlines, a few times per shortest deadline.
+async fn sweep_forever(registry: Arc<Registry>) {
+    let shortest = registry.limits.header_read.min(registry.limits.idle);
+    let every = (shortest / 4).clamp(Duration::from_millis(20), Duration::from_secs(1));
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        registry.sweep();
+    }
+}
+
+async fn serve_connection(stream: TcpStream, registry: Arc<Registry>, router: Router, mut stopping: watch::Receiver<bool>) {
+    let (id, conn) = registry.add();
+    let io = TokioIo::new(Watched { stream, conn: conn.clone(), registry: registry.clone() });
+    let service = {
+        let (conn, registry) = (conn.clone(), registry.clone());
+        hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            let in_request = InRequest::begin(&conn, &registry);
+            let router = router.clone();
+            async move {
+                let response = router.oneshot(request.map(axum::body::Body::new)).await;
+                drop(in_request);
+                response
+            }
+        })
+    };
+    let connection = hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(io, service);
+    tokio::pin!(connection);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            () = conn.close.notified() => break,
+            changed = stopping.changed(), if !draining => {
+                draining = true;
+                if changed.is_ok() {
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+    registry.remove(id);
+}
+
+/// Raises this process's open-file limit to its hard limit (each
+/// connection is a file descriptor); answers the limit in force.
+pub fn raise_open_file_limit() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    limit.rlim_cur as u64
+}
