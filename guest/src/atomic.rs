@@ -7,13 +7,17 @@
 //! is refused (400) instead of "last one wins".
 
 use std::collections::HashSet;
+use std::fmt;
 
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Serialize, Serializer};
 use serde_json::{json, Value};
 
 use crate::error::{AtomicError, AtomicErrorKind, Error, Result};
 use crate::paths;
-use crate::serialize::{card_index, index_for_file, is_card_resource, serialize_card_value};
+use crate::serialize::{
+    card_index, check_card_shape, index_for_file, is_card_resource, serialize_card_value,
+};
 use crate::store::CardIndex;
 
 /// The title of every validation error, as Boxel words it.
@@ -94,38 +98,124 @@ fn js_display(v: Option<&Value>) -> String {
 /// - `atomic:operations` missing or not an array → one 400, nothing else checked;
 /// - op not `add`/`update`/`remove` → 422; missing href → 400;
 ///   `data.type` not `card`/`source` → 422; href outside the realm → 404;
-///   invalid local path → 400; the same path twice → 400;
-/// - `add`/`update` with missing or invalid `data` (not a card resource, not
-///   serialisable, source `attributes.content` not a string) → 422.
+///   invalid local path (including invalid UTF-8 once percent-decoded and
+///   control characters) → 400; a path in the reserved `_` namespace → 400;
+///   the same path twice → 400;
+/// - `add`/`update` with missing or invalid `data` (not a card resource, a
+///   JSON:API shape error, see [`check_card_shape`], not serialisable,
+///   source `attributes.content` not a string) → 422.
 ///
 /// On success the planned ops come in request order, cards already serialised.
+///
+/// The body is planned while it is parsed, one operation at a time, so the
+/// parsed form of the whole body (~9× its size) is never alive at once;
+/// only the planned contents accumulate.
 pub fn plan_atomic(realm: &str, body: &str) -> Result<Vec<PlannedOp>> {
-    let json: Value = serde_json::from_str(body).map_err(|_| {
+    let mut planner = Planner {
+        realm,
+        found: false,
+        planned: Vec::new(),
+        errors: Vec::new(),
+        seen: HashSet::new(),
+    };
+    let mut de = serde_json::Deserializer::from_str(body);
+    let parsed = de
+        .deserialize_map(BodyVisitor(&mut planner))
+        .and_then(|()| de.end());
+    let no_operations = || {
         Error::Atomic(vec![error(
             AtomicErrorKind::BadRequest,
             INVALID_FORMAT,
-            "Request body is not valid JSON",
+            "Request body must contain 'atomic:operations' array",
         )])
-    })?;
-    let Some(ops) = json.get("atomic:operations").and_then(Value::as_array) else {
-        return Err(Error::Atomic(vec![error(
+    };
+    match parsed {
+        Ok(()) if planner.found => {
+            if planner.errors.is_empty() {
+                Ok(planner.planned)
+            } else {
+                Err(Error::Atomic(planner.errors))
+            }
+        }
+        Ok(()) => Err(no_operations()),
+        // A type error (body not an object, operations not an array) is
+        // only that when the whole body is JSON.
+        Err(e) if e.is_data() && serde_json::from_str::<IgnoredAny>(body).is_ok() => {
+            Err(no_operations())
+        }
+        Err(_) => Err(Error::Atomic(vec![error(
             AtomicErrorKind::BadRequest,
             INVALID_FORMAT,
-            "Request body must contain 'atomic:operations' array",
-        )]));
-    };
-    let mut errors = Vec::new();
-    let mut planned = Vec::new();
-    let mut seen = HashSet::new();
-    for (i, op) in ops.iter().enumerate() {
-        if let Some(p) = plan_one(realm, i, op, &mut seen, &mut errors) {
-            planned.push(p);
-        }
+            "Request body is not valid JSON",
+        )])),
     }
-    if errors.is_empty() {
-        Ok(planned)
-    } else {
-        Err(Error::Atomic(errors))
+}
+
+/// What [`plan_atomic`] has gathered so far.
+struct Planner<'r> {
+    realm: &'r str,
+    /// Whether an `atomic:operations` array was seen.
+    found: bool,
+    planned: Vec<PlannedOp>,
+    errors: Vec<AtomicError>,
+    seen: HashSet<String>,
+}
+
+/// The body object: plans `atomic:operations`, skips every other member.
+struct BodyVisitor<'p, 'r>(&'p mut Planner<'r>);
+
+impl<'de> Visitor<'de> for BodyVisitor<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "atomic:operations" {
+                map.next_value_seed(OpsSeed(&mut *self.0))?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `atomic:operations` array: each op is parsed, planned and dropped.
+struct OpsSeed<'p, 'r>(&'p mut Planner<'r>);
+
+impl<'de> DeserializeSeed<'de> for OpsSeed<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for OpsSeed<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+        let p = self.0;
+        // A repeated key: the last one wins, as when parsed into a `Value`.
+        p.found = true;
+        p.planned.clear();
+        p.errors.clear();
+        p.seen.clear();
+        let mut i = 0;
+        while let Some(op) = seq.next_element::<Value>()? {
+            if let Some(planned) = plan_one(p.realm, i, &op, &mut p.seen, &mut p.errors) {
+                p.planned.push(planned);
+            }
+            i += 1;
+        }
+        Ok(())
     }
 }
 
@@ -208,6 +298,14 @@ fn plan_one(
     };
 
     let path = href.and_then(|href| match paths::local_path_of_href(realm, href) {
+        Ok(path) if paths::is_reserved(&path) => {
+            errors.push(error(
+                AtomicErrorKind::BadRequest,
+                INVALID_FORMAT,
+                format!("Invalid href '{href}': the '_' namespace is reserved for realm endpoints"),
+            ));
+            None
+        }
         Ok(path) => {
             if seen.insert(path.clone()) {
                 Some(path)
@@ -232,7 +330,7 @@ fn plan_one(
             errors.push(error(
                 AtomicErrorKind::BadRequest,
                 INVALID_FORMAT,
-                format!("Invalid href '{href}': {detail}"),
+                format!("Invalid href '{}': {detail}", paths::shown(href)),
             ));
             None
         }
@@ -300,6 +398,14 @@ fn card_content(
         ));
         return (None, None);
     }
+    if let Err(why) = check_card_shape(data) {
+        errors.push(error(
+            AtomicErrorKind::Unprocessable,
+            INVALID_FORMAT,
+            format!("Invalid card resource for {href}: {why}"),
+        ));
+        return (None, None);
+    }
     // Without a valid path there is nothing to serialise against.
     let Some(path) = path else {
         return (None, None);
@@ -311,11 +417,16 @@ fn card_content(
             Ok((v, text))
         });
     match serialised {
-        Ok((value, text)) => {
-            let index = path.ends_with(".json").then(|| {
+        Ok((value, mut text)) => {
+            let mut index = path.ends_with(".json").then(|| {
                 let id = paths::card_id(realm, path);
                 card_index(&value, &id, &id)
             });
+            // Kept until every op is planned: drop the growth slack.
+            text.shrink_to_fit();
+            if let Some(i) = index.as_mut() {
+                i.search_doc.shrink_to_fit();
+            }
             (Some(text), index)
         }
         Err(e) => {
@@ -661,6 +772,184 @@ mod tests {
         assert_eq!(
             plan[0].index.as_ref().map(|i| i.id.as_str()),
             Some("http://localhost:4201/test/c")
+        );
+    }
+
+    #[test]
+    fn body_shapes_while_streaming() {
+        const NOT_JSON: &str = "Request body is not valid JSON";
+        const NO_OPS: &str = "Request body must contain 'atomic:operations' array";
+        let remove = |href: &str| json!({"op": "remove", "href": href}).to_string();
+        // Ok(planned hrefs) or Err(the one body-level detail)
+        type Want = std::result::Result<Vec<&'static str>, &'static str>;
+        let cases: Vec<(&str, String, Want)> = vec![
+            ("truncated array", "[1,".into(), Err(NOT_JSON)),
+            ("truncated operations", format!("{{\"atomic:operations\": [{}", remove("a.txt")), Err(NOT_JSON)),
+            ("syntax error after a bad op", format!("{{\"atomic:operations\": [{{\"op\": \"frob\"}}, {}, ]}}", remove("a.txt")), Err(NOT_JSON)),
+            ("trailing garbage", format!("{{\"atomic:operations\": [{}]}} x", remove("a.txt")), Err(NOT_JSON)),
+            ("empty body", "".into(), Err(NOT_JSON)),
+            ("a string", "\"ops\"".into(), Err(NO_OPS)),
+            ("null", "null".into(), Err(NO_OPS)),
+            ("an array of ops", format!("[{}]", remove("a.txt")), Err(NO_OPS)),
+            ("operations a number", json!({"atomic:operations": 5}).to_string(), Err(NO_OPS)),
+            ("operations null", json!({"atomic:operations": null}).to_string(), Err(NO_OPS)),
+            ("operations an object, rest of the body invalid", "{\"atomic:operations\": {}, ".into(), Err(NOT_JSON)),
+            ("other members skipped", format!("{{\"x\": {{\"deep\": [1, {{}}]}}, \"atomic:operations\": [{}], \"y\": null}}", remove("a.txt")), Ok(vec!["a.txt"])),
+            ("repeated key: the last wins", format!("{{\"atomic:operations\": [{}, {{\"op\": \"frob\"}}], \"atomic:operations\": [{}]}}", remove("a.txt"), remove("b.txt")), Ok(vec!["b.txt"])),
+            ("escaped key", format!("{{\"atomic\\u003aoperations\": [{}]}}", remove("a.txt")), Ok(vec!["a.txt"])),
+        ];
+        for (name, body, want) in cases {
+            let got = plan_atomic(REALM, &body);
+            match want {
+                Ok(hrefs) => {
+                    let plan = got.unwrap_or_else(|e| panic!("{name}: {e:?}"));
+                    let got: Vec<&str> = plan.iter().map(|p| p.href.as_str()).collect();
+                    assert_eq!(got, hrefs, "{name}");
+                }
+                Err(detail) => {
+                    assert_eq!(kinds(got), vec![(BadRequest, detail.to_string())], "{name}")
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn reserved_undecodable_and_control_hrefs() {
+        let reserved = |href: &str| {
+            format!("Invalid href '{href}': the '_' namespace is reserved for realm endpoints")
+        };
+        let not_utf8 = |href: &str| format!("Invalid href '{href}': {}", paths::NOT_UTF8);
+        let card = card_data();
+        let src = json!({"type": "source", "attributes": {"content": "x"}});
+        // (href, data or none for remove, expected detail)
+        let cases: Vec<(&str, Option<Value>, String)> = vec![
+            ("./_x.json", Some(card.clone()), reserved("./_x.json")),
+            ("_dir/a.json", Some(card.clone()), reserved("_dir/a.json")),
+            (
+                "/test/_x.json",
+                Some(card.clone()),
+                reserved("/test/_x.json"),
+            ),
+            ("%5Fx.json", Some(card.clone()), reserved("%5Fx.json")),
+            (
+                "http://localhost:4201/test/_y.txt",
+                Some(src.clone()),
+                reserved("http://localhost:4201/test/_y.txt"),
+            ),
+            ("./_atomic", None, reserved("./_atomic")),
+            (
+                "dir/../_x.json",
+                Some(card.clone()),
+                reserved("dir/../_x.json"),
+            ),
+            ("%ff.json", Some(card.clone()), not_utf8("%ff.json")),
+            ("%fe.json", Some(card.clone()), not_utf8("%fe.json")),
+            ("dir/%C3.txt", Some(src.clone()), not_utf8("dir/%C3.txt")),
+            (
+                "a%0Ab.txt",
+                Some(src.clone()),
+                format!(
+                    "Invalid href 'a%0Ab.txt': Invalid path 'a\\nb.txt': {}",
+                    paths::BAD_CHARACTER
+                ),
+            ),
+            (
+                "a\r\nb.txt",
+                Some(src.clone()),
+                format!("Invalid href 'a\\r\\nb.txt': {}", paths::BAD_CHARACTER),
+            ),
+            (
+                "a\\b.txt",
+                None,
+                format!("Invalid href 'a\\\\b.txt': {}", paths::BAD_CHARACTER),
+            ),
+        ];
+        for (href, data, want) in cases {
+            let op = match data {
+                Some(d) => json!({"op": "add", "href": href, "data": d}),
+                None => json!({"op": "remove", "href": href}),
+            };
+            assert_eq!(
+                kinds(plan_atomic(REALM, &body(json!([op])))),
+                vec![(BadRequest, want)],
+                "{href:?}"
+            );
+        }
+        // Every control byte, escaped or raw, in any segment.
+        for b in (0u8..0x20).chain([0x7f]) {
+            for href in [format!("a%{b:02x}b.txt"), format!("d/{}.txt", b as char)] {
+                let got = kinds(plan_atomic(
+                    REALM,
+                    &body(json!([{"op": "add", "href": href, "data": src}])),
+                ));
+                assert_eq!(got.len(), 1, "{href:?}: {got:?}");
+                assert_eq!(got[0].0, BadRequest, "{href:?}");
+            }
+        }
+        // Two undecodable hrefs are two errors, never one path twice.
+        let got = kinds(plan_atomic(
+            REALM,
+            &body(
+                json!([{"op": "add", "href": "%ff.json", "data": card}, {"op": "add", "href": "%fe.json", "data": card}]),
+            ),
+        ));
+        assert_eq!(
+            got,
+            vec![
+                (BadRequest, not_utf8("%ff.json")),
+                (BadRequest, not_utf8("%fe.json"))
+            ]
+        );
+        // `_` further down is an ordinary name.
+        let plan = plan_atomic(
+            REALM,
+            &body(json!([{"op": "add", "href": "dir/_x.json", "data": card}])),
+        )
+        .unwrap();
+        assert_eq!(plan[0].path, "dir/_x.json");
+    }
+
+    #[test]
+    fn card_shapes_are_checked() {
+        let with_rels = |rels: Value| {
+            let mut d = card_data();
+            d["relationships"] = rels;
+            json!([{"op": "add", "href": "x.json", "data": d}])
+        };
+        let links =
+            "Invalid card resource for x.json: relationship 'friend': links must be an object";
+        let cases: Vec<(Value, &str)> = vec![
+            (json!({"friend": {"links": "x"}}), links),
+            (json!({"friend": {"links": 42}}), links),
+            (json!({"friend": {"links": ["./a"]}}), links),
+            (json!({"friend": {"links": true}}), links),
+            (json!({"friend": {"links": {"self": 1}}}), "Invalid card resource for x.json: relationship 'friend': links.self must be a string or null"),
+            (json!({"friend": {"data": "./a"}}), "Invalid card resource for x.json: relationship 'friend': data must be null, an object or an array of objects"),
+            (json!({"friend": {"data": {"id": 7}}}), "Invalid card resource for x.json: relationship 'friend': data.id must be a string"),
+            (json!({"friend": {"data": [{"lid": false}]}}), "Invalid card resource for x.json: relationship 'friend': data[0].lid must be a string"),
+            (json!({"friend": {"meta": []}}), "Invalid card resource for x.json: relationship 'friend': meta must be an object"),
+            (json!({"pets": [{"links": "x"}]}), "Invalid card resource for x.json: relationship 'pets.0': links must be an object"),
+        ];
+        for (rels, want) in cases {
+            let got = kinds(plan_atomic(REALM, &body(with_rels(rels.clone()))));
+            assert_eq!(got, vec![(Unprocessable, want.to_string())], "{rels}");
+        }
+        // a shape error is listed even when the href is refused too
+        let got = kinds(plan_atomic(
+            REALM,
+            &body(json!([{"op": "add", "href": "a//x.json",
+            "data": {"type": "card", "relationships": {"friend": {"links": "x"}}, "meta": {"adoptsFrom": {"module": "./p", "name": "P"}}}}])),
+        ));
+        assert_eq!(
+            got.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+            vec![BadRequest, Unprocessable]
+        );
+        // a null relationship is kept as a null link
+        let plan = plan_atomic(REALM, &body(with_rels(json!({"friend": null})))).unwrap();
+        let stored: Value = serde_json::from_str(plan[0].content.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            stored["data"]["relationships"],
+            json!({"friend": {"links": {"self": null}}})
         );
     }
 

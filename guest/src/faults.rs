@@ -29,6 +29,21 @@ pub fn inject<S: Store>(store: &S, realm: &str, path: &str) -> Option<Result<()>
             }
             panic!("deliberate trap while holding the write lock");
         }
+        "_fault/lock-other-realm" => {
+            // The host must refuse a lock on any realm but the request's.
+            // A sibling realm: the tests' servers have `…/pubread/` beside `…/test/`.
+            let parent = realm.trim_end_matches('/').rsplit_once('/').map(|(p, _)| p).unwrap_or(realm);
+            let other = format!("{parent}/pubread/");
+            match store.with_write_lock(&other) {
+                Ok(mut lock) => {
+                    if let Err(e) = lock.write("stolen.txt", "written in another realm", None) {
+                        return Some(Err(e));
+                    }
+                    Some(lock.commit())
+                }
+                Err(e) => Some(Err(e)),
+            }
+        }
         "_fault/lock-twice" => {
             let first = store.with_write_lock(realm);
             let second = store.with_write_lock(realm).map(|_| ());

@@ -133,8 +133,17 @@ pub fn type_key(module: &str, name: &str, base: &Url) -> Result<String> {
     Ok(format!("{}#{name}", resolve_module(module, base)?))
 }
 
-/// Percent-decode a URL path (invalid UTF-8 is replaced, never an error).
-pub fn percent_decode(s: &str) -> String {
+/// Why a percent-decoded href is refused (the host words it the same way).
+pub const NOT_UTF8: &str = "the path is not valid UTF-8 once percent-decoded";
+
+/// Why a path holding a forbidden character is refused.
+pub const BAD_CHARACTER: &str =
+    "control characters (U+0000 to U+001F, U+007F) and backslashes are not allowed in a path";
+
+/// Percent-decode a URL path. Invalid UTF-8 after decoding is a
+/// `BadRequest` ([`NOT_UTF8`]): replacing it would map different hrefs
+/// (`%ff`, `%fe`) onto one path. Malformed escapes (`%zz`) stay literal.
+pub fn percent_decode(s: &str) -> Result<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -150,23 +159,64 @@ pub fn percent_decode(s: &str) -> String {
         out.push(bytes[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8(out).map_err(|_| Error::BadRequest(NOT_UTF8.into()))
+}
+
+/// Characters no realm-local path may hold: ASCII controls (CR/LF would
+/// also break headers and logs) and backslashes.
+pub fn is_forbidden_char(c: char) -> bool {
+    c.is_ascii_control() || c == '\\'
+}
+
+/// `s` for an error message: forbidden characters shown escaped (`\n`,
+/// `\u{7f}`), everything else as is. Display only, never a path.
+pub fn shown(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if is_forbidden_char(c) {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// Why `seg` is not a usable path segment, if it is not.
+fn segment_problem(seg: &str) -> Option<&'static str> {
+    if seg.is_empty() {
+        Some("empty path segments are not allowed")
+    } else if seg == "." || seg == ".." {
+        Some("'..' and '.' segments are not allowed in a path")
+    } else if seg.chars().any(is_forbidden_char) {
+        Some(BAD_CHARACTER)
+    } else {
+        None
+    }
 }
 
 /// Check a realm-local path: non-empty, no empty, `.` or `..` segments (so
-/// no leading or trailing slash), no NUL and no backslash.
+/// no leading or trailing slash), no control character (U+0000–U+001F,
+/// U+007F) and no backslash. The one grammar every handler uses.
 pub fn validate_local_path(path: &str) -> Result<()> {
-    let bad = path.is_empty()
-        || path.contains('\0')
-        || path.contains('\\')
-        || path
-            .split('/')
-            .any(|seg| seg.is_empty() || seg == "." || seg == "..");
-    if bad {
-        Err(Error::BadRequest(format!("Invalid path '{path}'")))
+    let problem = if path.is_empty() {
+        Some("the path is empty")
     } else {
-        Ok(())
+        path.split('/').find_map(segment_problem)
+    };
+    match problem {
+        Some(why) => Err(Error::BadRequest(format!(
+            "Invalid path '{}': {why}",
+            shown(path)
+        ))),
+        None => Ok(()),
     }
+}
+
+/// Whether a realm-local path lies in the `_` namespace that is reserved
+/// for realm endpoints (its first segment starts with `_`).
+pub fn is_reserved(path: &str) -> bool {
+    path.starts_with('_')
 }
 
 /// Resolve an `/_atomic` href against the realm and answer the realm-local
@@ -174,6 +224,11 @@ pub fn validate_local_path(path: &str) -> Result<()> {
 /// `NotFound("realm <realm> does not contain <url>")`; an unparsable href or
 /// an invalid local path (see [`validate_local_path`]) → `BadRequest`.
 pub fn local_path_of_href(realm: &str, href: &str) -> Result<String> {
+    // The URL parser silently drops tabs and newlines, trims other controls
+    // and reads `\` as `/`: `a\nb.json` would become `ab.json`.
+    if href.chars().any(is_forbidden_char) {
+        return Err(Error::BadRequest(BAD_CHARACTER.into()));
+    }
     let realm_url = parse_realm(realm)?;
     let mut url = resolve(href, &realm_url)?;
     url.set_query(None);
@@ -185,7 +240,7 @@ pub fn local_path_of_href(realm: &str, href: &str) -> Result<String> {
         )));
     }
     let rest = url.path().get(realm_url.path().len()..).unwrap_or("");
-    let local = percent_decode(rest);
+    let local = percent_decode(rest)?;
     validate_local_path(&local)?;
     Ok(local)
 }
@@ -221,9 +276,9 @@ pub fn card_path(path: &str) -> String {
 }
 
 /// Whether `s` can be used as one path segment (a directory or file name):
-/// non-empty, not `.`/`..`, no `/`, `\` or NUL.
+/// the segment rules of [`validate_local_path`], and no `/`.
 pub fn is_safe_segment(s: &str) -> bool {
-    !s.is_empty() && s != "." && s != ".." && !s.contains(['/', '\\', '\0'])
+    !s.contains('/') && segment_problem(s).is_none()
 }
 
 #[cfg(test)]
@@ -327,8 +382,21 @@ mod tests {
 
     #[test]
     fn hrefs_to_local_paths() {
-        let cases: [(&str, std::result::Result<&str, &str>); 12] = [
+        let cases: Vec<(&str, std::result::Result<&str, &str>)> = vec![
             ("x.json", Ok("x.json")),
+            ("caf%C3%A9.json", Ok("caf\u{e9}.json")),
+            ("%ff.json", Err("400")),
+            ("%fe.json", Err("400")),
+            ("a%0Ab.txt", Err("400")),
+            ("a%0d%0ab.txt", Err("400")),
+            ("a%7fb.txt", Err("400")),
+            ("a%00b.txt", Err("400")),
+            ("a%5Cb.txt", Err("400")),
+            // raw controls and backslashes would be dropped or rewritten by the URL parser
+            ("a\nb.json", Err("400")),
+            ("a\tb.json", Err("400")),
+            ("\u{1}x.json", Err("400")),
+            ("a\\b.json", Err("400")),
             ("./dir/x.json", Ok("dir/x.json")),
             ("dir/../x.json", Ok("x.json")),
             ("/test/x.json", Ok("x.json")),
@@ -350,6 +418,17 @@ mod tests {
                 (w, g) => panic!("{href}: want {w:?}, got {g:?}"),
             }
         }
+    }
+
+    #[test]
+    fn href_refusal_messages() {
+        let bad = |m: &str| Err(Error::BadRequest(m.into()));
+        assert_eq!(local_path_of_href(REALM, "%ff.json"), bad(NOT_UTF8));
+        assert_eq!(local_path_of_href(REALM, "a\r\nb.json"), bad(BAD_CHARACTER));
+        assert_eq!(
+            local_path_of_href(REALM, "a%0Ab.json"),
+            bad(&format!("Invalid path 'a\\nb.json': {BAD_CHARACTER}"))
+        );
     }
 
     #[test]
@@ -399,24 +478,94 @@ mod tests {
 
     #[test]
     fn percent_decoding() {
-        assert_eq!(percent_decode("a%20b"), "a b");
-        assert_eq!(percent_decode("%E2%9C%93"), "✓");
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz"), "%zz");
-        assert_eq!(percent_decode("%4"), "%4");
+        let not_utf8 = Err(Error::BadRequest(NOT_UTF8.into()));
+        let cases: [(&str, Result<String>); 11] = [
+            ("a%20b", Ok("a b".into())),
+            ("%E2%9C%93", Ok("✓".into())),
+            ("%e2%9c%93", Ok("✓".into())),
+            ("100%", Ok("100%".into())),
+            ("%zz", Ok("%zz".into())),
+            ("%4", Ok("%4".into())),
+            ("%41", Ok("A".into())),
+            // strict: no byte is replaced, so these never collide
+            ("%ff.json", not_utf8.clone()),
+            ("%fe.json", not_utf8.clone()),
+            ("%E2%9C", not_utf8.clone()),
+            ("%C0%AF", not_utf8),
+        ];
+        for (input, want) in cases {
+            assert_eq!(percent_decode(input), want, "{input}");
+        }
     }
 
     #[test]
     fn local_path_validation() {
-        for ok in ["a", "a/b.json", "_x"] {
+        for ok in [
+            "a",
+            "a/b.json",
+            "_x",
+            "my card.json",
+            "caf\u{e9}/\u{2713}",
+            "a\u{80}b",
+        ] {
             assert!(validate_local_path(ok).is_ok(), "{ok}");
+            assert!(ok.contains('/') || is_safe_segment(ok), "{ok}");
         }
-        for bad in ["", "/a", "a/", "a//b", "a/../b", "./a", "a\\b", "a\0b"] {
-            assert!(validate_local_path(bad).is_err(), "{bad:?}");
+        let empty_seg = "empty path segments are not allowed";
+        let dots = "'..' and '.' segments are not allowed in a path";
+        let cases: Vec<(String, &str)> = vec![
+            ("".into(), "the path is empty"),
+            ("/a".into(), empty_seg),
+            ("a/".into(), empty_seg),
+            ("a//b".into(), empty_seg),
+            ("a/../b".into(), dots),
+            ("./a".into(), dots),
+            ("a\\b".into(), BAD_CHARACTER),
+            ("x\r\n.json".into(), BAD_CHARACTER),
+            ("dir/a\tb".into(), BAD_CHARACTER),
+            ("del\u{7f}".into(), BAD_CHARACTER),
+        ];
+        // every C0 control and DEL, in any segment
+        let controls = (0u8..0x20).chain([0x7f]).flat_map(|b| {
+            [
+                format!("a{}b", b as char),
+                format!("dir/{}.json", b as char),
+            ]
+        });
+        for (bad, why) in cases
+            .into_iter()
+            .chain(controls.map(|p| (p, BAD_CHARACTER)))
+        {
+            let want = format!("Invalid path '{}': {why}", shown(&bad));
+            assert_eq!(
+                validate_local_path(&bad),
+                Err(Error::BadRequest(want)),
+                "{bad:?}"
+            );
+            if !bad.contains('/') {
+                assert!(!is_safe_segment(&bad), "{bad:?}");
+            }
         }
+        assert_eq!(shown("x\r\n\u{7f}\\é"), "x\\r\\n\\u{7f}\\\\é");
         assert!(is_safe_segment("Person"));
-        for bad in ["", ".", "..", "a/b", "a\\b"] {
+        for bad in ["", ".", "..", "a/b", "a\\b", "a\0b", "a\nb", "\u{7f}"] {
             assert!(!is_safe_segment(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn reserved_namespace() {
+        let cases = [
+            ("_x.json", true),
+            ("_dir/a.json", true),
+            ("_", true),
+            ("_atomic", true),
+            ("x.json", false),
+            ("dir/_x.json", false),
+            ("a_b", false),
+        ];
+        for (path, want) in cases {
+            assert_eq!(is_reserved(path), want, "{path}");
         }
     }
 }

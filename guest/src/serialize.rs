@@ -15,7 +15,8 @@ use crate::store::CardIndex;
 
 /// Whether `v` is a card resource: an object whose `meta.adoptsFrom` has a
 /// string `module` and `name`, whose `attributes` (if present) is an object
-/// and whose `relationships` (if present) is an object.
+/// and whose `relationships` (if present) is an object. Lenient on purpose:
+/// it recognises stored files; requests get [`check_card_shape`].
 pub fn is_card_resource(v: &Value) -> bool {
     let Some(obj) = v.as_object() else {
         return false;
@@ -27,6 +28,118 @@ pub fn is_card_resource(v: &Value) -> bool {
     code_ref_ok
         && obj.get("attributes").is_none_or(Value::is_object)
         && obj.get("relationships").is_none_or(Value::is_object)
+}
+
+/// The JSON:API shape of a card resource, checked by every entry point
+/// (POST create, PATCH, `/_atomic` card ops, side-loaded cards) before
+/// anything trusts it, and again by [`serialize_card_value`]:
+/// - an object with `meta` an object whose `adoptsFrom` has string
+///   `module` and `name`; `attributes` (if present) an object;
+/// - `relationships` (if present) an object; each value `null`, an object,
+///   or an array (the plural form) of objects or `null`s;
+/// - in a relationship object: `links` null or an object, `links.self` a
+///   string or null, `data` null, an object or an array of objects, each
+///   `data` `id`/`lid` (if present) a string, `meta` an object.
+///
+/// The error is a sentence naming the offending member, e.g.
+/// `relationship 'friend': links must be an object`.
+pub fn check_card_shape(v: &Value) -> std::result::Result<(), String> {
+    let obj = v.as_object().ok_or("the card resource must be an object")?;
+    let meta = match obj.get("meta") {
+        Some(Value::Object(meta)) => meta,
+        Some(_) => return Err("meta must be an object".into()),
+        None => return Err(ADOPTS_FROM_REQUIRED.into()),
+    };
+    let adopts = meta.get("adoptsFrom");
+    let code_ref_ok = adopts.is_some_and(|a| {
+        a.get("module").is_some_and(Value::is_string) && a.get("name").is_some_and(Value::is_string)
+    });
+    if !code_ref_ok {
+        return Err(ADOPTS_FROM_REQUIRED.into());
+    }
+    if obj.get("attributes").is_some_and(|a| !a.is_object()) {
+        return Err("attributes must be an object".into());
+    }
+    match obj.get("relationships") {
+        None => Ok(()),
+        Some(Value::Object(rels)) => rels
+            .iter()
+            .try_for_each(|(key, rel)| check_relationship_value(key, rel)),
+        Some(_) => Err("relationships must be an object".into()),
+    }
+}
+
+const ADOPTS_FROM_REQUIRED: &str = "meta.adoptsFrom with string module and name is required";
+
+fn check_relationship_value(key: &str, value: &Value) -> std::result::Result<(), String> {
+    match value {
+        // Stored as `{"links":{"self":null}}`.
+        Value::Null => Ok(()),
+        Value::Object(rel) => check_relationship(key, rel),
+        // The plural form, fanned out to `key.0…n`.
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, item)| match item {
+                Value::Null => Ok(()),
+                Value::Object(rel) => check_relationship(&format!("{key}.{i}"), rel),
+                _ => Err(format!(
+                    "relationship '{key}.{i}' must be an object or null"
+                )),
+            }),
+        _ => Err(format!(
+            "relationship '{key}' must be an object, an array or null"
+        )),
+    }
+}
+
+fn check_relationship(key: &str, rel: &Map<String, Value>) -> std::result::Result<(), String> {
+    match rel.get("links") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(links)) => {
+            if !links
+                .get("self")
+                .is_none_or(|s| s.is_null() || s.is_string())
+            {
+                return Err(format!(
+                    "relationship '{key}': links.self must be a string or null"
+                ));
+            }
+        }
+        Some(_) => return Err(format!("relationship '{key}': links must be an object")),
+    }
+    let not_data =
+        || format!("relationship '{key}': data must be null, an object or an array of objects");
+    match rel.get("data") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(d)) => check_identifier(key, "data", d)?,
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                let d = item.as_object().ok_or_else(not_data)?;
+                check_identifier(key, &format!("data[{i}]"), d)?;
+            }
+        }
+        Some(_) => return Err(not_data()),
+    }
+    if rel.get("meta").is_some_and(|m| !m.is_object()) {
+        return Err(format!("relationship '{key}': meta must be an object"));
+    }
+    Ok(())
+}
+
+fn check_identifier(
+    key: &str,
+    what: &str,
+    data: &Map<String, Value>,
+) -> std::result::Result<(), String> {
+    for member in ["id", "lid"] {
+        if data.get(member).is_some_and(|v| !v.is_string()) {
+            return Err(format!(
+                "relationship '{key}': {what}.{member} must be a string"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Accept either a resource or a `{"data": resource}` document (a value
@@ -76,6 +189,7 @@ pub fn serialize_card_value(resource: &Value, file_url: &str, realm: &str) -> Re
             "The resource is not a card resource (meta.adoptsFrom with module and name is required)".into(),
         ));
     }
+    check_card_shape(resource).map_err(Error::BadRequest)?;
     let ctx = Ctx {
         file: paths::parse_url(file_url)?,
         realm: paths::parse_realm(realm)?,
@@ -769,6 +883,174 @@ mod tests {
             json!({"meta": {"adoptsFrom": {"module": "./x", "name": "X"}}, "relationships": []}),
         ] {
             assert!(!is_card_resource(&bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn json_api_shapes() {
+        let rel = |r: Value| card(json!({ "relationships": { "friend": r } }));
+        let ok = [
+            ("no relationships", card(json!({}))),
+            ("empty relationships", card(json!({"relationships": {}}))),
+            ("null relationship", rel(json!(null))),
+            ("empty relationship", rel(json!({}))),
+            ("links.self string", rel(json!({"links": {"self": "./2"}}))),
+            ("links.self null", rel(json!({"links": {"self": null}}))),
+            ("links null", rel(json!({"links": null}))),
+            (
+                "links without self",
+                rel(json!({"links": {"related": "x"}})),
+            ),
+            ("data null", rel(json!({"data": null}))),
+            (
+                "data id",
+                rel(json!({"data": {"type": "card", "id": "./2"}})),
+            ),
+            (
+                "data lid",
+                rel(json!({"data": {"type": "card", "lid": "l"}})),
+            ),
+            (
+                "data array",
+                rel(json!({"data": [{"id": "./a"}, {"lid": "b"}]})),
+            ),
+            ("empty data array", rel(json!({"data": []}))),
+            (
+                "meta object",
+                rel(json!({"links": {"self": "./2"}, "meta": {"m": 1}})),
+            ),
+            (
+                "plural array",
+                rel(json!([{"links": {"self": "./a"}}, null, {}])),
+            ),
+            ("empty plural array", rel(json!([]))),
+            (
+                "plural field.N keys",
+                card(json!({"relationships": {"pets.0": {"links": {"self": "./a"}}}})),
+            ),
+        ];
+        for (name, resource) in ok {
+            assert_eq!(check_card_shape(&resource), Ok(()), "{name}");
+            serialize_card_file(&resource, FILE, REALM).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        }
+        let links = "relationship 'friend': links must be an object";
+        let data = "relationship 'friend': data must be null, an object or an array of objects";
+        let bad: Vec<(&str, Value, &str)> = vec![
+            (
+                "not an object",
+                json!([]),
+                "the card resource must be an object",
+            ),
+            ("no meta", json!({"attributes": {}}), ADOPTS_FROM_REQUIRED),
+            (
+                "meta not an object",
+                json!({"meta": "x"}),
+                "meta must be an object",
+            ),
+            ("meta null", json!({"meta": null}), "meta must be an object"),
+            (
+                "adoptsFrom without name",
+                json!({"meta": {"adoptsFrom": {"module": "./x"}}}),
+                ADOPTS_FROM_REQUIRED,
+            ),
+            (
+                "attributes not an object",
+                card(json!({"attributes": [1]})),
+                "attributes must be an object",
+            ),
+            (
+                "attributes null",
+                card(json!({"attributes": null})),
+                "attributes must be an object",
+            ),
+            (
+                "relationships an array",
+                card(json!({"relationships": []})),
+                "relationships must be an object",
+            ),
+            (
+                "relationships null",
+                card(json!({"relationships": null})),
+                "relationships must be an object",
+            ),
+            (
+                "relationship a number",
+                rel(json!(5)),
+                "relationship 'friend' must be an object, an array or null",
+            ),
+            (
+                "relationship a string",
+                rel(json!("./2")),
+                "relationship 'friend' must be an object, an array or null",
+            ),
+            (
+                "plural item a string",
+                rel(json!([{}, "./2"])),
+                "relationship 'friend.1' must be an object or null",
+            ),
+            (
+                "plural item with bad links",
+                rel(json!([{"links": "x"}])),
+                "relationship 'friend.0': links must be an object",
+            ),
+            ("links a string", rel(json!({"links": "x"})), links),
+            ("links a number", rel(json!({"links": 42})), links),
+            ("links an array", rel(json!({"links": ["./a"]})), links),
+            ("links a boolean", rel(json!({"links": true})), links),
+            (
+                "links.self a number",
+                rel(json!({"links": {"self": 3}})),
+                "relationship 'friend': links.self must be a string or null",
+            ),
+            (
+                "links.self an object",
+                rel(json!({"links": {"self": {}}})),
+                "relationship 'friend': links.self must be a string or null",
+            ),
+            ("data a string", rel(json!({"data": "./2"})), data),
+            ("data a number", rel(json!({"data": 1})), data),
+            ("data array of strings", rel(json!({"data": ["./2"]})), data),
+            (
+                "data.id a number",
+                rel(json!({"data": {"id": 1}})),
+                "relationship 'friend': data.id must be a string",
+            ),
+            (
+                "data.id null",
+                rel(json!({"data": {"id": null}})),
+                "relationship 'friend': data.id must be a string",
+            ),
+            (
+                "data.lid a number",
+                rel(json!({"data": {"lid": 1}})),
+                "relationship 'friend': data.lid must be a string",
+            ),
+            (
+                "data[1].id an object",
+                rel(json!({"data": [{"id": "./a"}, {"id": {}}]})),
+                "relationship 'friend': data[1].id must be a string",
+            ),
+            (
+                "meta a string",
+                rel(json!({"meta": "m"})),
+                "relationship 'friend': meta must be an object",
+            ),
+            (
+                "meta null",
+                rel(json!({"meta": null})),
+                "relationship 'friend': meta must be an object",
+            ),
+        ];
+        for (name, resource, want) in bad {
+            assert_eq!(check_card_shape(&resource), Err(want.to_string()), "{name}");
+            // serialisation, the last gate before storing, refuses it too
+            assert!(
+                matches!(
+                    serialize_card_file(&resource, FILE, REALM),
+                    Err(Error::BadRequest(_))
+                ),
+                "{name}"
+            );
         }
     }
 
