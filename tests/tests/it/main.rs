@@ -19,6 +19,7 @@ mod auth;
 mod cli;
 mod concurrency;
 mod guests;
+mod hardening;
 mod merge;
 mod postgres;
 mod routes;
