@@ -16,13 +16,13 @@ use sha2::{Digest, Sha256};
 use crate::harness::*;
 
 /// Component files the tests deploy.
-struct Fixtures {
+pub(crate) struct Fixtures {
     _dir: tempfile::TempDir,
-    builtin: PathBuf,
+    pub(crate) builtin: PathBuf,
     /// Behaves like the built-in guest, but `_fault/…` GETs misbehave.
-    faulty: PathBuf,
+    pub(crate) faulty: PathBuf,
     /// Its merge is wrong, so it fails the self-test.
-    broken: PathBuf,
+    pub(crate) broken: PathBuf,
 }
 
 static FIXTURES: LazyLock<Fixtures> = LazyLock::new(build_fixtures);
@@ -51,7 +51,9 @@ fn build_fixtures() -> Fixtures {
     Fixtures { _dir: dir, builtin, faulty, broken }
 }
 
-async fn fixtures() -> &'static Fixtures {
+/// The guest variants, built once per test binary (one build at a time:
+/// they share a target dir and its output file).
+pub(crate) async fn fixtures() -> &'static Fixtures {
     tokio::task::spawn_blocking(|| &*FIXTURES).await.expect("build guest fixtures")
 }
 

@@ -39,7 +39,7 @@
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -954,29 +954,10 @@ async fn atomic_body_over_the_limit_is_413_and_writes_nothing(backend: Backend) 
 // ---------------------------------------------------------------------------
 // 5. Error bodies never carry internals
 
-/// The fault-injection guest of `guests.rs` (built once per test binary).
-struct FaultyGuest {
-    _dir: tempfile::TempDir,
-    path: std::path::PathBuf,
-}
-
-static FAULTY_GUEST: LazyLock<FaultyGuest> = LazyLock::new(|| {
-    let dir = tempfile::Builder::new().prefix("realm-hardening-guest-").tempdir().expect("temp dir");
-    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf();
-    let bytes = guest_build::GuestBuild {
-        workspace: &workspace,
-        target_dir: workspace.join("target").join("guest-faults"),
-        features: &["fault-injection"],
-    }
-    .component()
-    .unwrap_or_else(|e| panic!("building the fault-injection guest: {e}"));
-    let path = dir.path().join("faulty.wasm");
-    std::fs::write(&path, bytes).expect("write guest");
-    FaultyGuest { _dir: dir, path }
-});
-
+/// The fault-injection guest of `guests.rs` (one build per test binary:
+/// builds of guest variants share a target dir, so they must not race).
 async fn faulty_guest() -> &'static std::path::Path {
-    tokio::task::spawn_blocking(|| FAULTY_GUEST.path.as_path()).await.expect("build the faulty guest")
+    crate::guests::fixtures().await.faulty.as_path()
 }
 
 on_both_backends!(a_trapping_guest_answers_a_short_500_with_a_correlation_id_the_log_names);
