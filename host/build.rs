@@ -18,7 +18,7 @@ fn main() {
         Some(prebuilt) => std::fs::read(&prebuilt)
             .map_err(|e| format!("cannot read {}: {e}", PathBuf::from(&prebuilt).display()))
             .and_then(|module| guest_build::componentize(&module)),
-        None => guest_build::GuestBuild { workspace: &workspace, target_dir: workspace.join("target").join("guest"), features: &[] }
+        None => guest_build::GuestBuild { workspace: &workspace, target_dir: workspace.join("target").join(guest_build::GUEST_TARGET_DIR), features: &[] }
             .component(),
     };
     let component = component.unwrap_or_else(|message| {

@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const TARGET: &str = "wasm32-unknown-unknown";
+
+/// The nested build's target dir, relative to the workspace's `target/`.
+pub const GUEST_TARGET_DIR: &str = "guest";
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 const DEBIAN_CARGO: &str = "/usr/bin/cargo";
 
@@ -19,7 +22,9 @@ const DEBIAN_CARGO: &str = "/usr/bin/cargo";
 pub struct GuestBuild<'a> {
     /// The workspace root (holds `guest/` and `wit/`).
     pub workspace: &'a Path,
-    /// Cargo target dir of the nested build; reuse it to keep builds fast.
+    /// Cargo target dir of the nested build; reuse it to keep builds fast
+    /// ([`GUEST_TARGET_DIR`] under the workspace's target dir is shared by
+    /// the built-in guest and the tests' variants).
     pub target_dir: PathBuf,
     /// Cargo features of `realm-guest` to enable.
     pub features: &'a [&'a str],
@@ -27,9 +32,18 @@ pub struct GuestBuild<'a> {
 
 impl GuestBuild<'_> {
     /// Compiles the guest and answers the component bytes.
+    ///
+    /// Builds of every feature set share one target dir (and so one build
+    /// of std), but write the same output file: a lock on the target dir
+    /// keeps another build from replacing it before it is read.
     pub fn component(&self) -> Result<Vec<u8>, String> {
+        std::fs::create_dir_all(&self.target_dir).map_err(|e| format!("cannot create {}: {e}", self.target_dir.display()))?;
+        let lock_path = self.target_dir.join(".guest-build.lock");
+        let lock = std::fs::File::create(&lock_path).map_err(|e| format!("cannot create {}: {e}", lock_path.display()))?;
+        lock.lock().map_err(|e| format!("cannot lock {}: {e}", lock_path.display()))?;
         let core = self.core_module()?;
         let module = std::fs::read(&core).map_err(|e| format!("cannot read {}: {e}", core.display()))?;
+        drop(lock);
         componentize(&module).map_err(|e| format!("cannot turn {} into a component: {e}", core.display()))
     }
 

@@ -37,7 +37,8 @@ fn build_fixtures() -> Fixtures {
         .expect("run realm-host guest builtin");
     assert!(status.success(), "realm-host guest builtin failed");
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf();
-    let target_dir = workspace.join("target").join("guest-faults");
+    // The built-in guest's target dir: its build of std is reused.
+    let target_dir = workspace.join("target").join(guest_build::GUEST_TARGET_DIR);
     let build = |features: &[&str], name: &str| {
         let bytes = guest_build::GuestBuild { workspace: &workspace, target_dir: target_dir.clone(), features }
             .component()
