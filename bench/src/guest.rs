@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use realm_guest::{atomic, merge, serialize};
-use realm_host::runtime::BUILTIN_GUEST;
+use realm_host::guest::runtime::BUILTIN_GUEST;
 use realm_host::testing::GuestHarness;
 use serde_json::json;
 

@@ -126,10 +126,7 @@ pub async fn run(args: LoadArgs) -> Result<(), String> {
                 }
             }
         }
-        record.ok = latencies.len() as u64;
-        record.errors = record.error_kinds.values().sum();
-        record.tps = record.ok as f64 / elapsed;
-        record.set_latencies(latencies);
+        record.set_outcome(latencies);
         if let (Some(before), Some(after)) = (metrics_before, metrics_after) {
             record.batches = Some(after.0.saturating_sub(before.0));
             record.batch_members = Some(after.1.saturating_sub(before.1));
@@ -172,12 +169,21 @@ async fn create_cards(http: &reqwest::Client, server: &str, args: &LoadArgs) -> 
 
 async fn one_run(ctx: &Arc<Ctx>, clients: usize, length: Duration) -> Vec<ClientOut> {
     let deadline = Instant::now() + length;
-    let tasks: Vec<_> = (0..clients)
-        .map(|client| {
-            let ctx = ctx.clone();
-            tokio::spawn(async move { client_loop(&ctx, client, deadline).await })
-        })
-        .collect();
+    run_clients(clients, |client| {
+        let ctx = ctx.clone();
+        async move { client_loop(&ctx, client, deadline).await }
+    })
+    .await
+}
+
+/// Runs `client(0)` … `client(clients - 1)` as concurrent tasks; answers
+/// the outputs of those that finished (a client that panicked is left out).
+pub(crate) async fn run_clients<T, Fut>(clients: usize, client: impl Fn(usize) -> Fut) -> Vec<T>
+where
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let tasks: Vec<_> = (0..clients).map(|c| tokio::spawn(client(c))).collect();
     let mut outs = Vec::new();
     for t in tasks {
         if let Ok(out) = t.await {

@@ -30,6 +30,7 @@ pub struct Record {
     pub error_samples: Vec<String>,
     /// ok / seconds.
     pub tps: f64,
+    // Alike in shape to guest's `PlannedOp` (a run of plain `pub` fields), an unrelated struct.
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
@@ -62,6 +63,16 @@ impl Record {
             .filter(|l| !l.trim().is_empty())
             .map(|l| serde_json::from_str(l).map_err(|e| format!("bad result line {l:.80}: {e}")))
             .collect()
+    }
+
+    /// Completes a closed-loop run's record from the latencies (µs) of its
+    /// successful requests: `ok`, `errors` (the sum of `error_kinds`), `tps`
+    /// over `seconds`, and the latency fields.
+    pub fn set_outcome(&mut self, latencies: Vec<u64>) {
+        self.ok = latencies.len() as u64;
+        self.errors = self.error_kinds.values().sum();
+        self.tps = self.ok as f64 / self.seconds;
+        self.set_latencies(latencies);
     }
 
     /// Fills the latency fields from unsorted samples in microseconds.

@@ -416,7 +416,7 @@ pub fn run(args: ReportArgs) -> Result<(), String> {
 
     // ---- d. sqlite
     let _ = writeln!(w, "\n## d. Embedded default: SQLite\n");
-    let _ = writeln!(w, "realm-host on a `sqlite://` file (one realm; `realm-bench load` as in b) against `realm-bench sqlite-direct`: the same transaction with sqlx in-process — the host's own pool (`realm_host::db::Database::connect`: WAL, 8 connections, busy timeout) and statements, `BEGIN IMMEDIATE; SELECT; upsert files; upsert card_index; COMMIT`, ~1 KB content — with the same number of concurrent clients.\n");
+    let _ = writeln!(w, "realm-host on a `sqlite://` file (one realm; `realm-bench load` as in b) against `realm-bench sqlite-direct`: the same transaction with sqlx in-process — the host's own pool (`realm_host::store::Database::connect`: WAL, 8 connections, busy timeout) and statements, `BEGIN IMMEDIATE; SELECT; upsert files; upsert card_index; COMMIT`, ~1 KB content — with the same number of concurrent clients.\n");
     let _ = writeln!(w, "| clients | realm-host TPS | direct TPS | ratio | host p50 / p99 ms | direct p50 / p99 ms | host errors | direct errors | mean batch | host µs/req | client µs/req | direct µs/tx | busy % host / direct | other % host / direct |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for c in [8, 32] {
         let (Some(h), Some(d)) = (fig(&format!("sqlite-host c{c}")), fig(&format!("sqlite-direct c{c}"))) else { continue };

@@ -1,6 +1,6 @@
 //! `realm-bench sqlite-direct`: the PATCH transaction done directly with
 //! sqlx on SQLite — the baseline of the embedded default. Same pool as the
-//! host (`realm_host::db::Database::connect`: WAL, 8 connections, 30 s busy
+//! host (`realm_host::store::Database::connect`: WAL, 8 connections, 30 s busy
 //! timeout, the host's migrations), same statements as the host's write
 //! path, no HTTP, no guest, no JSON work:
 //! `BEGIN IMMEDIATE; SELECT the file row; upsert files; upsert card_index; COMMIT`.
@@ -12,12 +12,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use realm_host::db::{Database, Permissions};
+use realm_host::store::{Database, Permissions};
 use sha2::{Digest, Sha256};
 use sqlx::SqlitePool;
 
 use crate::cards;
 use crate::cpu::Watch;
+use crate::load::run_clients;
 use crate::record::Record;
 use crate::stats::Rng;
 
@@ -32,6 +33,7 @@ pub struct DirectArgs {
     pub cards: usize,
     #[arg(long, default_value_t = 1024)]
     pub card_bytes: usize,
+    // Alike load's `seconds`/`warmup`/`runs`/`key` flags, but each subcommand declares (and documents in --help) its own.
     #[arg(long, default_value_t = 10.0)]
     pub seconds: f64,
     #[arg(long, default_value_t = 2.0)]
@@ -103,10 +105,7 @@ pub async fn run(args: DirectArgs) -> Result<(), String> {
                 *record.error_kinds.entry(k).or_default() += n;
             }
         }
-        record.ok = latencies.len() as u64;
-        record.errors = record.error_kinds.values().sum();
-        record.tps = record.ok as f64 / elapsed;
-        record.set_latencies(latencies);
+        record.set_outcome(latencies);
         eprintln!("{}", record.summary());
         record.append_to(&args.out)?;
     }
@@ -117,37 +116,29 @@ type Out = (Vec<u64>, BTreeMap<String, u64>);
 
 async fn one_run(ctx: &Arc<Ctx>, clients: usize, length: Duration) -> Vec<Out> {
     let deadline = Instant::now() + length;
-    let tasks: Vec<_> = (0..clients)
-        .map(|client| {
-            let ctx = ctx.clone();
-            tokio::spawn(async move {
-                let mut rng = Rng::new(client as u64 + 7);
-                let mut out: Out = Default::default();
-                while Instant::now() < deadline {
-                    let card = rng.below(ctx.paths.len());
-                    let n = ctx.sequence.fetch_add(1, Ordering::Relaxed);
-                    let started = Instant::now();
-                    let result = transaction(&ctx, card, n).await;
-                    let finished = Instant::now();
-                    if finished > deadline {
-                        break;
-                    }
-                    match result {
-                        Ok(()) => out.0.push((finished - started).as_micros() as u64),
-                        Err(e) => *out.1.entry(e.chars().take(60).collect()).or_default() += 1,
-                    }
+    run_clients(clients, |client| {
+        let ctx = ctx.clone();
+        async move {
+            let mut rng = Rng::new(client as u64 + 7);
+            let mut out: Out = Default::default();
+            while Instant::now() < deadline {
+                let card = rng.below(ctx.paths.len());
+                let n = ctx.sequence.fetch_add(1, Ordering::Relaxed);
+                let started = Instant::now();
+                let result = transaction(&ctx, card, n).await;
+                let finished = Instant::now();
+                if finished > deadline {
+                    break;
                 }
-                out
-            })
-        })
-        .collect();
-    let mut outs = Vec::new();
-    for t in tasks {
-        if let Ok(out) = t.await {
-            outs.push(out);
+                match result {
+                    Ok(()) => out.0.push((finished - started).as_micros() as u64),
+                    Err(e) => *out.1.entry(e.chars().take(60).collect()).or_default() += 1,
+                }
+            }
+            out
         }
-    }
-    outs
+    })
+    .await
 }
 
 /// One PATCH-equivalent transaction on card `card`, writing counter `n`.

@@ -4,7 +4,7 @@
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::db::Permissions;
+use crate::store::Permissions;
 
 /// The claims of a realm token.
 #[derive(Debug, Serialize, Deserialize)]
@@ -69,7 +69,7 @@ pub fn parse_permissions<'a>(names: impl IntoIterator<Item = &'a str>) -> Result
 
 /// Signs a token for `user` with these claims, valid for `ttl_secs`.
 fn sign(secret: &str, user: &str, realm: String, permissions: Vec<String>, ttl_secs: u64) -> Result<String, String> {
-    let now = crate::db::now_unix().max(0) as u64;
+    let now = crate::store::now_unix().max(0) as u64;
     let claims = Claims { user: user.into(), realm, permissions, exp: now + ttl_secs, iat: now };
     encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes())).map_err(|e| e.to_string())
 }
@@ -146,7 +146,7 @@ where
         return Ok(());
     }
     let claims = verify(secret, authorization)?;
-    let token_realm = crate::realm_url::canonical_realm_url(&claims.realm).unwrap_or_default();
+    let token_realm = crate::realm::url::canonical_realm_url(&claims.realm).unwrap_or_default();
     if token_realm != realm {
         return Err(Denied::Forbidden(format!("this token is for realm {}, not {realm}", claims.realm)));
     }

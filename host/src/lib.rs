@@ -1,18 +1,24 @@
 //! The realm host as a library: the server's pieces (used by the
 //! `realm-host` binary) and [`testing::GuestHarness`], which runs a guest
 //! component against an in-memory store so guest authors can unit-test it.
+//!
+//! The modules are the host's seams, lowest first: each one uses only the
+//! ones listed before it.
+//!
+//! | module | job |
+//! |---|---|
+//! | [`store`] | storage: SQLite, Postgres or memory; migrations, realm admin, lock-free reads |
+//! | [`realm`] | realm URLs and local paths; the replica's in-memory realm list and permissions |
+//! | [`auth`] | JWTs and the permission rule |
+//! | [`lock`] | the per-realm write lock: queues, coalesced batches, transactional writes |
+//! | [`guest`] | the WebAssembly guest: runtime, registry, self-test, the running guest |
+//! | [`http`] | the data plane: routing, responses and errors, bodies, admin endpoints, the accept loop |
+//! | [`testing`] | `GuestHarness`, for guest authors |
 
+pub mod store;
+pub mod realm;
 pub mod auth;
-pub mod db;
-pub mod guests;
+pub mod lock;
+pub mod guest;
 pub mod http;
-pub mod listener;
-pub mod lock_key;
-pub mod memory;
-pub mod realm_cache;
-pub mod realm_url;
-pub mod registry;
-pub mod runtime;
-pub mod selftest;
 pub mod testing;
-pub mod write_lock;

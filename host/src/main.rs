@@ -1,6 +1,9 @@
 //! `realm-host`: the realm server and its admin commands (spec §6).
 
-use realm_host::{auth, db, guests, http, listener, realm_url, runtime, selftest, write_lock};
+use realm_host::guest::{runtime, selftest, swap};
+use realm_host::http::{self, listener};
+use realm_host::realm::url as realm_url;
+use realm_host::{auth, lock};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,8 +12,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::db::{Database, Permissions};
-use crate::write_lock::{Limits, Locks};
+use realm_host::lock::{Limits, Locks};
+use realm_host::store::{Database, Permissions};
 
 /// The database used when `--database` is not given: the embedded default.
 const DEFAULT_DATABASE: &str = "sqlite://realm.db";
@@ -296,7 +299,7 @@ async fn guest_command(command: GuestCommand) -> Result<(), String> {
         GuestCommand::Deploy { file, database, by } => {
             let bytes = std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
             let engine = runtime::engine(DEFAULT_SANDBOX).map_err(|e| format!("cannot start wasmtime: {e}"))?;
-            let compiled = guests::validate(&engine, DEFAULT_SANDBOX, bytes.clone()).await?;
+            let compiled = swap::validate(&engine, DEFAULT_SANDBOX, bytes.clone()).await?;
             let db = connect(&database).await?;
             db.store_guest(&bytes, &by).await.map_err(|e| e.to_string())?;
             db.activate_guest(&compiled.hash, &by).await.map_err(|e| e.to_string())?;
@@ -367,7 +370,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         json_values: args.json_max_values,
         body_read: args.body_read_timeout,
     };
-    let coalescing = write_lock::Coalescing { max_batch: args.coalesce_max_batch, max_wait: args.coalesce_max_wait };
+    let coalescing = lock::Coalescing { max_batch: args.coalesce_max_batch, max_wait: args.coalesce_max_wait };
     let locks = Arc::new(Locks::with_coalescing(args.lock_timeout, limits, coalescing));
     let sandbox = runtime::Sandbox {
         cpu: args.guest_timeout,
@@ -396,7 +399,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let compiled = runtime::compile(&engine, &bytes).map_err(|e| format!("the guest does not fit the realm-core world: {e:#}"))?;
     tracing::info!(guest = %&compiled.hash[..12], %source, "guest loaded");
     let stats = locks.stats.clone();
-    let guests = Arc::new(guests::Guests::new(engine, db.clone(), locks, sandbox, compiled));
+    let guests = Arc::new(swap::Guests::new(engine, db.clone(), locks, sandbox, compiled));
     match (&args.guest, args.watch) {
         (Some(path), true) => drop(tokio::spawn(guests.clone().watch_file(path.clone()))),
         (Some(_), false) => {}

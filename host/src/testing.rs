@@ -19,11 +19,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::db::Database;
-use crate::memory::MemoryStore;
-use crate::runtime::{self, Answer, Call, CardResponse, Compiled, Guest, GuestError, Sandbox, Wasm};
-use crate::selftest::{self, Report};
-use crate::write_lock::{Limits, Locks};
+use crate::guest::runtime::{self, Answer, Call, CardResponse, Compiled, Guest, GuestError, Sandbox, Wasm};
+use crate::guest::selftest::{self, Report};
+use crate::lock::{Limits, Locks};
+use crate::store::{Database, MemoryStore};
 
 /// A guest running against its own in-memory realm store.
 pub struct GuestHarness {
@@ -150,7 +149,7 @@ impl GuestHarness {
 #[cfg(test)]
 mod tests {
     use super::GuestHarness;
-    use crate::runtime::BUILTIN_GUEST;
+    use crate::guest::runtime::BUILTIN_GUEST;
 
     const REALM: &str = "http://example.test/realm/";
 

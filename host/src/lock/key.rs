@@ -3,7 +3,7 @@
 
 use sha2::{Digest, Sha256};
 
-pub fn advisory_lock_key(canonical_realm_url: &str) -> i64 {
+pub(super) fn advisory_lock_key(canonical_realm_url: &str) -> i64 {
     let digest = Sha256::digest(canonical_realm_url.as_bytes());
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);

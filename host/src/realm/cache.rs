@@ -14,10 +14,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::RwLock;
 
-use crate::db::{Database, DbError, Permissions};
-
-/// Postgres channel announcing that a realm or its permissions changed.
-pub const REALM_CHANNEL: &str = "realm_changed";
+use crate::store::{Database, DbError, Permissions, REALM_CHANNEL};
 
 /// How often the realm list is re-read without being told to: often on
 /// SQLite (a `realm create` from another process cannot notify), rarely on

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::db::Database;
-use crate::registry::GUEST_CHANNEL;
-use crate::runtime::{self, Guest, Sandbox, Wasm};
-use crate::selftest;
-use crate::write_lock::Locks;
+use super::registry::GUEST_CHANNEL;
+use super::runtime::{self, Guest, Sandbox, Wasm};
+use super::selftest;
+use crate::lock::Locks;
+use crate::store::Database;
 
 /// The running guest and what is needed to build the next one.
 pub struct Guests {
@@ -143,11 +143,11 @@ impl Guests {
 
     /// Reloads the guest whenever `path` changes (local development).
     pub async fn watch_file(self: Arc<Self>, path: PathBuf) {
-        let mut last = std::fs::read(&path).ok().map(|b| crate::registry::hash_of(&b));
+        let mut last = std::fs::read(&path).ok().map(|b| super::registry::hash_of(&b));
         loop {
             tokio::time::sleep(Duration::from_millis(300)).await;
             let Ok(bytes) = std::fs::read(&path) else { continue };
-            let hash = crate::registry::hash_of(&bytes);
+            let hash = super::registry::hash_of(&bytes);
             if last.as_deref() == Some(hash.as_str()) {
                 continue;
             }

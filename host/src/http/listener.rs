@@ -10,7 +10,7 @@
 //!   the new one (a well-behaved client sends its request at once, so it
 //!   always gets in); when every connection is busy, the new one is closed.
 //!
-//! Request bodies have their own deadline (`http::read_body`).
+//! Request bodies have their own deadline (`http::body::read_body`).
 
 use std::collections::HashMap;
 use std::future::Future;

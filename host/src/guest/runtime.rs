@@ -2,17 +2,15 @@
 //! per process, a fresh `Store` per call, and the `store` imports that give
 //! the guest lock-free reads and a realm's write lock — nothing else.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
 
-use crate::db::{etag_of, Database};
-use crate::write_lock::{IndexRow, Locks, WriteError, WriteTxn};
+use super::clock::{Charged, GuestClock, InHost};
+use crate::lock::{IndexRow, Locks, WriteError, WriteTxn};
+use crate::store::{etag_of, Database};
 
 wasmtime::component::bindgen!({
     path: "../wit",
@@ -20,7 +18,7 @@ wasmtime::component::bindgen!({
     imports: { default: async | trappable },
     exports: { default: async },
     with: {
-        "boxel:realm/store.write-lock": crate::write_lock::WriteTxn,
+        "boxel:realm/store.write-lock": crate::lock::WriteTxn,
     },
 });
 
@@ -51,108 +49,6 @@ impl Sandbox {
         instances: 1000,
         instance_wait: Duration::from_secs(10),
     };
-}
-
-/// The guest's own running time in one call: the time its future spends
-/// being polled, less the time spent inside host imports. Waiting for an
-/// instance, instantiation and time spent queued by the scheduler (the
-/// future is not being polled) are not charged.
-#[derive(Default)]
-struct GuestClock {
-    state: Mutex<ClockState>,
-}
-
-#[derive(Default)]
-struct ClockState {
-    charged: Duration,
-    /// When the guest started running in the current poll.
-    running_since: Option<Instant>,
-    in_host: bool,
-}
-
-impl GuestClock {
-    fn state(&self) -> std::sync::MutexGuard<'_, ClockState> {
-        match self.state.lock() {
-            Ok(state) => state,
-            Err(poisoned) => poisoned.into_inner(),
-        }
-    }
-
-    fn stop(state: &mut ClockState) {
-        if let Some(since) = state.running_since.take() {
-            state.charged += since.elapsed();
-        }
-    }
-
-    fn poll_started(&self) {
-        let mut state = self.state();
-        if !state.in_host {
-            state.running_since = Some(Instant::now());
-        }
-    }
-
-    fn poll_ended(&self) {
-        Self::stop(&mut self.state());
-    }
-
-    fn enter_host(&self) {
-        let mut state = self.state();
-        Self::stop(&mut state);
-        state.in_host = true;
-    }
-
-    /// Called inside a poll, when a host import returns to the guest.
-    fn leave_host(&self) {
-        let mut state = self.state();
-        state.in_host = false;
-        state.running_since = Some(Instant::now());
-    }
-
-    fn used(&self) -> Duration {
-        let state = self.state();
-        state.charged + state.running_since.map(|since| since.elapsed()).unwrap_or_default()
-    }
-
-    fn reset(&self) {
-        let mut state = self.state();
-        state.charged = Duration::ZERO;
-        if state.running_since.is_some() {
-            state.running_since = Some(Instant::now());
-        }
-    }
-}
-
-/// Stops the guest's clock for the time a host import runs.
-struct InHost(Arc<GuestClock>);
-
-impl InHost {
-    fn enter(clock: &Arc<GuestClock>) -> InHost {
-        clock.enter_host();
-        InHost(clock.clone())
-    }
-}
-
-impl Drop for InHost {
-    fn drop(&mut self) {
-        self.0.leave_host();
-    }
-}
-
-/// A guest call's future, timed by its [`GuestClock`].
-struct Charged<F> {
-    clock: Arc<GuestClock>,
-    call: Pin<Box<F>>,
-}
-
-impl<F: Future> Future for Charged<F> {
-    type Output = F::Output;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        self.clock.poll_started();
-        let polled = self.call.as_mut().poll(cx);
-        self.clock.poll_ended();
-        polled
-    }
 }
 
 /// How often the engine's epoch advances; the granularity of `Sandbox::cpu`.
@@ -281,7 +177,7 @@ pub fn compile(wasm: &Wasm, bytes: &[u8]) -> wasmtime::Result<Compiled> {
     let mut linker = Linker::<CallState>::new(&wasm.engine);
     RealmCore::add_to_linker::<_, HasSelf<CallState>>(&mut linker, |state| state)?;
     let pre = RealmCorePre::new(linker.instantiate_pre(&component)?)?;
-    Ok(Compiled { pre, hash: crate::registry::hash_of(bytes) })
+    Ok(Compiled { pre, hash: super::registry::hash_of(bytes) })
 }
 
 impl Guest {
@@ -411,7 +307,7 @@ fn guest_error(e: WriteError) -> GuestError {
     }
 }
 
-fn stored(row: crate::db::FileRow) -> StoredFile {
+fn stored(row: crate::store::FileRow) -> StoredFile {
     StoredFile { etag: row.etag(), created: row.created, last_modified: row.last_modified, content: row.content }
 }
 
@@ -530,30 +426,3 @@ pub fn atomic_status(e: &AtomicError) -> u16 {
 }
 
 pub use boxel::realm::types::AtomicError as GuestAtomicError;
-
-#[cfg(test)]
-mod tests {
-    use super::GuestClock;
-    use std::time::Duration;
-
-    #[test]
-    fn the_guest_is_charged_only_while_it_runs() {
-        let clock = GuestClock::default();
-        let sleep = std::thread::sleep;
-        clock.poll_started();
-        sleep(Duration::from_millis(20)); // the guest runs: charged
-        clock.poll_ended();
-        sleep(Duration::from_millis(300)); // queued by the scheduler: not charged
-        clock.poll_started();
-        clock.enter_host();
-        sleep(Duration::from_millis(300)); // inside a host import: not charged
-        clock.leave_host();
-        sleep(Duration::from_millis(10)); // the guest again: charged
-        clock.poll_ended();
-        let used = clock.used();
-        assert!(used >= Duration::from_millis(30), "{used:?}");
-        assert!(used < Duration::from_millis(300), "waits were charged: {used:?}");
-        clock.reset();
-        assert_eq!(clock.used(), Duration::ZERO);
-    }
-}

@@ -4,7 +4,7 @@
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
-use crate::db::{now_unix, Database, DbError};
+use crate::store::{now_unix, Database, DbError};
 
 /// Postgres channel on which activations are announced to every replica.
 pub const GUEST_CHANNEL: &str = "realm_guest_activated";
@@ -30,7 +30,7 @@ impl Database {
         let sql = "INSERT INTO guests (hash, bytes_hex, size, deployed_at, deployed_by) VALUES ($1, $2, $3, $4, $5)
                    ON CONFLICT (hash) DO NOTHING";
         let encoded = hex::encode(bytes);
-        crate::db::on_pool!(self, pool => { sqlx::query(sql)
+        crate::store::on_pool!(self, pool => { sqlx::query(sql)
             .bind(&hash).bind(&encoded).bind(bytes.len() as i64).bind(now_unix()).bind(deployed_by)
             .execute(pool).await?; });
         Ok(hash)
@@ -40,7 +40,7 @@ impl Database {
     pub async fn activate_guest(&self, hash: &str, activated_by: &str) -> Result<(), DbError> {
         let sql = "INSERT INTO guest_activations (seq, hash, activated_at, activated_by)
                    SELECT COALESCE(MAX(seq), 0) + 1, $1, $2, $3 FROM guest_activations";
-        crate::db::on_pool!(self, pool => { sqlx::query(sql)
+        crate::store::on_pool!(self, pool => { sqlx::query(sql)
             .bind(hash).bind(now_unix()).bind(activated_by).execute(pool).await?; });
         if let Database::Postgres(pool) = self {
             sqlx::query("SELECT pg_notify($1, $2)").bind(GUEST_CHANNEL).bind(hash).execute(pool).await?;
@@ -51,7 +51,7 @@ impl Database {
     /// The hash of the active guest, if one was ever activated.
     pub async fn active_guest(&self) -> Result<Option<String>, DbError> {
         let sql = "SELECT hash FROM guest_activations ORDER BY seq DESC LIMIT 1";
-        let hash = crate::db::on_pool!(self, pool => sqlx::query_scalar::<_, String>(sql).fetch_optional(pool).await?);
+        let hash = crate::store::on_pool!(self, pool => sqlx::query_scalar::<_, String>(sql).fetch_optional(pool).await?);
         Ok(hash)
     }
 
@@ -59,7 +59,7 @@ impl Database {
     pub async fn previous_guest(&self) -> Result<Option<String>, DbError> {
         let Some(current) = self.active_guest().await? else { return Ok(None) };
         let sql = "SELECT hash FROM guest_activations WHERE hash <> $1 ORDER BY seq DESC LIMIT 1";
-        let hash = crate::db::on_pool!(self, pool => sqlx::query_scalar::<_, String>(sql).bind(&current).fetch_optional(pool).await?);
+        let hash = crate::store::on_pool!(self, pool => sqlx::query_scalar::<_, String>(sql).bind(&current).fetch_optional(pool).await?);
         Ok(hash)
     }
 
@@ -67,7 +67,7 @@ impl Database {
     pub async fn guest_bytes(&self, hash: &str) -> Result<Option<(String, Vec<u8>)>, DbError> {
         let sql = "SELECT hash, bytes_hex FROM guests WHERE hash LIKE $1 ORDER BY hash LIMIT 2";
         let pattern = format!("{}%", hash.to_ascii_lowercase().replace(['%', '_'], ""));
-        let rows: Vec<(String, String)> = crate::db::on_pool!(self, pool => sqlx::query(sql).bind(&pattern).fetch_all(pool).await?
+        let rows: Vec<(String, String)> = crate::store::on_pool!(self, pool => sqlx::query(sql).bind(&pattern).fetch_all(pool).await?
             .iter().map(|r| Ok::<_, sqlx::Error>((r.try_get(0)?, r.try_get(1)?))).collect::<Result<_, _>>()?);
         match rows.as_slice() {
             [(full, encoded)] => Ok(hex::decode(encoded).ok().map(|bytes| (full.clone(), bytes))),
@@ -79,7 +79,7 @@ impl Database {
     pub async fn list_guests(&self) -> Result<Vec<GuestVersion>, DbError> {
         let active = self.active_guest().await?;
         let sql = "SELECT hash, size, deployed_at, deployed_by FROM guests ORDER BY deployed_at DESC, hash";
-        let rows = crate::db::on_pool!(self, pool => sqlx::query(sql).fetch_all(pool).await?
+        let rows = crate::store::on_pool!(self, pool => sqlx::query(sql).fetch_all(pool).await?
             .iter().map(|r| Ok::<_, sqlx::Error>(GuestVersion {
                 hash: r.try_get(0)?, size: r.try_get(1)?, deployed_at: r.try_get(2)?, deployed_by: r.try_get(3)?,
                 active: false,

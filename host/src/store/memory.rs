@@ -1,12 +1,12 @@
 //! An in-memory store with the same transactional semantics as the SQL
 //! backends (writes are staged and applied at commit), so a guest can be
 //! run and tested with no database at all. The per-realm queue in
-//! `write_lock::Locks` is its write lock. Card index rows are not kept.
+//! `lock::Locks` is its write lock. Card index rows are not kept.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use crate::db::FileRow;
+use super::rows::FileRow;
 
 /// Committed files, keyed by (realm, path).
 #[derive(Default)]
@@ -28,7 +28,7 @@ impl MemoryStore {
 }
 
 /// Writes staged by one held lock of `realm`: `None` marks a deletion.
-pub struct Staged {
+pub(crate) struct Staged {
     realm: String,
     changes: BTreeMap<String, Option<FileRow>>,
 }

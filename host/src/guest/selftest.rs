@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::db::Database;
-use crate::memory::MemoryStore;
-use crate::runtime::{atomic_status, Answer, Call, Compiled, Guest, GuestError, Sandbox, Wasm};
-use crate::write_lock::{Limits, Locks};
+use super::runtime::{atomic_status, Answer, Call, Compiled, Guest, GuestError, Sandbox, Wasm};
+use crate::lock::{Limits, Locks};
+use crate::store::{Database, MemoryStore};
 
 const REALM: &str = "http://selftest.invalid/realm/";
 
@@ -111,7 +110,7 @@ impl Tester {
         }
     }
 
-    async fn card(&self, call: Call) -> Result<crate::runtime::CardResponse, String> {
+    async fn card(&self, call: Call) -> Result<super::runtime::CardResponse, String> {
         match self.call(call).await? {
             Ok(Answer::Card(card)) => Ok(card),
             Ok(_) => Err("unexpected answer shape".into()),
@@ -231,7 +230,7 @@ impl Tester {
         }
     }
 
-    async fn create(&self, name: &str) -> Result<crate::runtime::CardResponse, String> {
+    async fn create(&self, name: &str) -> Result<super::runtime::CardResponse, String> {
         let body = json!({"data": {"type": "card", "attributes": {"first": "Ada"}, "meta": {"adoptsFrom": {"module": "./person", "name": "Person"}}}});
         self.card(Call::CreateCard { realm: REALM.into(), dir: String::new(), new_name: name.into(), body: body.to_string() }).await
     }

@@ -1,7 +1,13 @@
 //! Storage: one schema (sqlx migrations) on two backends, SQLite (the
 //! embedded default) and Postgres (for several replicas). This module holds
 //! the connection, the realm/permission admin queries and lock-free reads;
-//! `write_lock` holds the transactional write path.
+//! `lock` holds the transactional write path.
+
+// Lowest first; each file uses only the ones above it.
+// The rows everyone uses: `FileRow`, `Permissions`, ETags, the clock.
+mod rows;
+// The in-memory backend: files only, writes staged until commit.
+mod memory;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -10,19 +16,26 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::Row;
 
+pub use memory::MemoryStore;
+pub(crate) use memory::Staged;
+pub use rows::{etag_of, now_unix, FileRow, Permissions};
+
 /// Runs the same statement on whichever backend `$db` is; the SQL uses
 /// `$N` placeholders, which both backends accept.
 /// The in-memory store has no SQL; admin queries refuse it.
 macro_rules! on_pool {
     ($db:expr, $pool:ident => $body:expr) => {
         match $db {
-            $crate::db::Database::Sqlite($pool) => $body,
-            $crate::db::Database::Postgres($pool) => $body,
-            $crate::db::Database::Memory(_) => return Err($crate::db::DbError::NotInMemory),
+            $crate::store::Database::Sqlite($pool) => $body,
+            $crate::store::Database::Postgres($pool) => $body,
+            $crate::store::Database::Memory(_) => return Err($crate::store::DbError::NotInMemory),
         }
     };
 }
 pub(crate) use on_pool;
+
+/// Postgres channel announcing that a realm or its permissions changed.
+pub const REALM_CHANNEL: &str = "realm_changed";
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -61,52 +74,7 @@ pub enum Database {
     Sqlite(SqlitePool),
     Postgres(PgPool),
     /// Files only, no persistence: for running a guest in isolation.
-    Memory(std::sync::Arc<crate::memory::MemoryStore>),
-}
-
-/// Who may do what in a realm.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Permissions {
-    pub read: bool,
-    pub write: bool,
-    pub realm_owner: bool,
-}
-
-impl Permissions {
-    pub fn union(self, other: Permissions) -> Permissions {
-        Permissions {
-            read: self.read || other.read,
-            write: self.write || other.write,
-            realm_owner: self.realm_owner || other.realm_owner,
-        }
-    }
-}
-
-/// A stored file row.
-#[derive(Clone, Debug)]
-pub struct FileRow {
-    pub content: String,
-    pub content_hash: String,
-    pub created: i64,
-    pub last_modified: i64,
-}
-
-impl FileRow {
-    /// The strong ETag of this file's content.
-    pub fn etag(&self) -> String {
-        etag_of(&self.content_hash)
-    }
-}
-
-pub fn etag_of(content_hash: &str) -> String {
-    format!("\"{content_hash}\"")
-}
-
-pub fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    Memory(std::sync::Arc<MemoryStore>),
 }
 
 impl Database {
@@ -145,7 +113,7 @@ impl Database {
     async fn announce_change(&self, realm: &str) -> Result<(), DbError> {
         if let Database::Postgres(pool) = self {
             sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(crate::realm_cache::REALM_CHANNEL)
+                .bind(REALM_CHANNEL)
                 .bind(realm)
                 .execute(pool)
                 .await?;
@@ -203,7 +171,7 @@ impl Database {
 }
 
 /// Decodes a `SELECT content, content_hash, created_at, last_modified` row.
-pub fn file_row<R: Row>(row: &R) -> Result<FileRow, sqlx::Error>
+pub(crate) fn file_row<R: Row>(row: &R) -> Result<FileRow, sqlx::Error>
 where
     usize: sqlx::ColumnIndex<R>,
     for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,

@@ -1,0 +1,53 @@
+//! What every request handler shares: the store, the running guest, the
+//! token secret, the request limits, the commit counters and the realm cache.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::guest::swap::Guests;
+use crate::lock::BatchStats;
+use crate::realm::cache::RealmCache;
+use crate::store::Database;
+
+/// What one request may send.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestLimits {
+    /// Card POST/PATCH bodies.
+    pub card_bytes: usize,
+    /// Source POST bodies.
+    pub file_bytes: usize,
+    /// `/_atomic` bodies.
+    pub atomic_bytes: usize,
+    /// Operations in one `/_atomic` request.
+    pub atomic_operations: usize,
+    /// JSON values (objects, arrays, strings, numbers…) in one JSON body
+    /// the guest will parse: what bounds the guest's memory per request.
+    pub json_values: usize,
+    /// How long a client may take to send a whole body (408 beyond).
+    pub body_read: Duration,
+}
+
+/// Everything a request handler needs.
+pub struct App {
+    pub db: Database,
+    pub guests: Arc<Guests>,
+    pub secret: String,
+    pub limits: RequestLimits,
+    /// Counters of coalesced commits, for `/_metrics`.
+    pub(super) stats: Arc<BatchStats>,
+    /// Realm list and permissions.
+    pub realms: Arc<RealmCache>,
+}
+
+impl App {
+    pub async fn new(
+        db: Database,
+        guests: Arc<Guests>,
+        secret: String,
+        limits: RequestLimits,
+        stats: Arc<BatchStats>,
+    ) -> Result<App, crate::store::DbError> {
+        let realms = Arc::new(RealmCache::load(db.clone()).await?);
+        Ok(App { db, guests, secret, limits, stats, realms })
+    }
+}

@@ -1,0 +1,242 @@
+//! The HTTP data plane of spec §1–4: finds the realm and local path of a
+//! request, checks permissions, picks the route by media type, runs the
+//! guest (in its own task, so a client that goes away cannot cancel a
+//! critical section halfway) and turns its answer into a response.
+//! Early refusals travel as `Err(Response)`: they are the response.
+#![allow(clippy::result_large_err)]
+
+// Lowest first; each file uses only the ones above it.
+// Answer shapes: bodies, redirects, header URLs and every error.
+mod responses;
+// Request bodies: size limits, deadlines, JSON counting.
+mod body;
+// What every handler shares (`App`) and the request limits.
+mod app;
+// Which realm and local path a request addresses.
+mod resolve;
+// File and card answers: validators, caching, conditional requests.
+mod files;
+// `/_guest` and `/_metrics`.
+mod admin;
+// The accept loop: connection cap, header and idle deadlines, graceful drain.
+pub mod listener;
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+
+use admin::{guest_admin, metrics};
+use body::{check_atomic_size, check_json_values, read_text};
+use files::{card_response, head, precondition, set_file_headers, source};
+use resolve::{resolve, Resolved};
+use responses::{encode_url, error, guest_error_response, internal_error, redirect, text_response, Reply};
+use responses::{CARD_JSON, CARD_SOURCE, JSON_API};
+use crate::auth::{self, Denied, Need};
+use crate::guest::runtime::{Answer, Call, CardResponse, Guest};
+
+pub use app::{App, RequestLimits};
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .fallback(handle)
+        .with_state(app)
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(
+            // One `vary` header for both CORS and our routing by Accept.
+            tower_http::cors::CorsLayer::permissive()
+                .vary([
+                    header::ORIGIN,
+                    header::ACCESS_CONTROL_REQUEST_METHOD,
+                    header::ACCESS_CONTROL_REQUEST_HEADERS,
+                    header::ACCEPT,
+                ])
+                .expose_headers([
+                header::HeaderName::from_static("x-boxel-realm-url"),
+                header::HeaderName::from_static("x-boxel-realm-public-readable"),
+                header::ETAG,
+                header::CACHE_CONTROL,
+                header::LOCATION,
+            ]),
+        )
+}
+
+/// The media type a request asks for (spec §2: Accept first, exact match).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Media {
+    Card,
+    Source,
+    JsonApi,
+    Other,
+}
+
+fn media_of(headers: &HeaderMap) -> Media {
+    let pick = |name: header::HeaderName| {
+        headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| {
+            v.split(',').map(str::trim).find_map(|t| match t {
+                CARD_JSON => Some(Media::Card),
+                CARD_SOURCE => Some(Media::Source),
+                JSON_API => Some(Media::JsonApi),
+                _ => None,
+            })
+        })
+    };
+    pick(header::ACCEPT).or_else(|| pick(header::CONTENT_TYPE)).unwrap_or(Media::Other)
+}
+
+async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
+    let mut realm_header = None::<String>;
+    // The guest this whole request runs on, even if a swap happens meanwhile.
+    let guest = app.guests.current();
+    let reply = if request.uri().path() == "/_guest" {
+        guest_admin(&app, request).await
+    } else if request.uri().path() == "/_metrics" {
+        Ok(metrics(&app))
+    } else {
+        route(&app, &guest, request, &mut realm_header).await
+    };
+    let mut response = reply.unwrap_or_else(|refusal| refusal);
+    let headers = response.headers_mut();
+    if let Some(realm) = realm_header.and_then(|r| HeaderValue::from_str(&encode_url(&r)).ok()) {
+        headers.insert("x-boxel-realm-url", realm);
+    }
+    if let Ok(hash) = HeaderValue::from_str(&guest.short_hash) {
+        headers.insert("x-realm-guest", hash);
+    }
+    response
+}
+
+async fn route(app: &App, guest: &Arc<Guest>, request: Request, realm_header: &mut Option<String>) -> Reply {
+    let (parts, body) = request.into_parts();
+    let method = parts.method.clone();
+    let headers = parts.headers;
+    let target = match resolve(app, &headers, parts.uri.path()).await? {
+        Resolved::Target(t) => t,
+        Resolved::Redirect(to) => return Ok(redirect(&to)),
+    };
+    *realm_header = Some(target.realm.clone());
+    let need = match method {
+        Method::GET | Method::HEAD | Method::OPTIONS => Need::Read,
+        _ => Need::Write,
+    };
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let cache = &app.realms;
+    let realm = target.realm.clone();
+    auth::authorize(&app.secret, &target.realm, need, target.public, authorization, |user| async move {
+        cache.permissions(&realm, &user).await.unwrap_or_default()
+    })
+    .await
+    .map_err(|denied| match denied {
+        Denied::Unauthenticated(m) => error(StatusCode::UNAUTHORIZED, &m),
+        Denied::Forbidden(m) => error(StatusCode::FORBIDDEN, &m),
+    })?;
+
+    let media = media_of(&headers);
+    let if_match = precondition(&headers, header::IF_MATCH)?;
+    // Read now so an unreadable one is refused on every route.
+    precondition(&headers, header::IF_NONE_MATCH)?;
+    let local = target.local.clone();
+    let realm = target.realm.clone();
+    let mut response = match (method.clone(), media) {
+        (Method::HEAD, _) => head(app, &target).await?,
+        (Method::GET, Media::Card) => {
+            if let Some(id) = local.strip_suffix(".json") {
+                return Ok(redirect(&encode_url(&format!("{realm}{id}"))));
+            }
+            let card = card_answer(run(guest, Call::GetCard { realm, path: local }).await?)?;
+            card_response(StatusCode::OK, card, &target, &headers)
+        }
+        (Method::GET, _) => source(app, &target, &headers).await?,
+        (Method::POST, Media::Card) => {
+            if !(local.is_empty() || local.ends_with('/')) {
+                return Err(error(StatusCode::METHOD_NOT_ALLOWED, "cards are created by POST to the realm or a directory ending in '/'"));
+            }
+            let body = read_text(body, &headers, app.limits.card_bytes, app.limits.body_read).await?;
+            check_json_values(&body, app.limits.json_values)?;
+            let new_name = uuid::Uuid::new_v4().to_string();
+            let card = card_answer(run(guest, Call::CreateCard { realm, dir: local, new_name, body }).await?)?;
+            let location = card.id.clone();
+            let mut response = card_response(StatusCode::CREATED, card, &target, &HeaderMap::new());
+            if let Ok(location) = HeaderValue::from_str(&encode_url(&location)) {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            response
+        }
+        (Method::PATCH, Media::Card) => {
+            let body = read_text(body, &headers, app.limits.card_bytes, app.limits.body_read).await?;
+            check_json_values(&body, app.limits.json_values)?;
+            let path = local.strip_suffix(".json").unwrap_or(&local).to_string();
+            let card = card_answer(run(guest, Call::PatchCard { realm, path, body, if_match }).await?)?;
+            card_response(StatusCode::OK, card, &target, &HeaderMap::new())
+        }
+        (Method::DELETE, Media::Card) => {
+            let path = local.strip_suffix(".json").unwrap_or(&local).to_string();
+            run(guest, Call::DeleteCard { realm, path, if_match }).await?;
+            StatusCode::NO_CONTENT.into_response()
+        }
+        (Method::POST, Media::Source) => {
+            let content = read_text(body, &headers, app.limits.file_bytes, app.limits.body_read).await?;
+            if local.ends_with(".json") {
+                // The guest parses a `.json` file to index it as a card.
+                check_json_values(&content, app.limits.json_values)?;
+            }
+            match run(guest, Call::WriteSource { realm, path: local, content, if_match }).await? {
+                Answer::File(meta) => {
+                    let mut response = StatusCode::NO_CONTENT.into_response();
+                    set_file_headers(response.headers_mut(), &meta.etag, meta.created, meta.last_modified);
+                    response
+                }
+                _ => return Err(unexpected_shape(guest)),
+            }
+        }
+        (Method::DELETE, Media::Source) => {
+            run(guest, Call::DeleteSource { realm, path: local, if_match }).await?;
+            StatusCode::NO_CONTENT.into_response()
+        }
+        (Method::POST, Media::JsonApi) if local == "_atomic" => {
+            let body = read_text(body, &headers, app.limits.atomic_bytes, app.limits.body_read).await?;
+            check_atomic_size(&body, app.limits.atomic_operations)?;
+            check_json_values(&body, app.limits.json_values)?;
+            match run(guest, Call::Atomic { realm, body }).await? {
+                Answer::Text(results) => text_response(StatusCode::CREATED, JSON_API, results),
+                _ => return Err(unexpected_shape(guest)),
+            }
+        }
+        (method, _) => {
+            return Err(error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!("{method} not allowed for {}{} with this Accept header", target.realm, target.local),
+            ))
+        }
+    };
+    if target.public.read {
+        response.headers_mut().insert("x-boxel-realm-public-readable", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// Runs a guest call in its own task: the critical section finishes even
+/// if the client disconnects and this request future is dropped.
+async fn run(guest: &Arc<Guest>, call: Call) -> Result<Answer, Response> {
+    let running = guest.clone();
+    let outcome = tokio::spawn(async move { running.run(call).await }).await;
+    match outcome {
+        Ok(Ok(Ok(answer))) => Ok(answer),
+        Ok(Ok(Err(guest_error))) => Err(guest_error_response(guest_error)),
+        Ok(Err(trap)) => Err(internal_error(&format!("the card logic (guest {}) failed", guest.short_hash), &format!("{trap:?}"))),
+        Err(join_error) => Err(internal_error("the request failed", &join_error.to_string())),
+    }
+}
+
+fn unexpected_shape(guest: &Guest) -> Response {
+    internal_error(&format!("the card logic (guest {}) answered an unexpected shape", guest.short_hash), "unexpected answer variant")
+}
+
+fn card_answer(answer: Answer) -> Result<CardResponse, Response> {
+    match answer {
+        Answer::Card(card) => Ok(card),
+        _ => Err(internal_error("the card logic answered an unexpected shape", "expected a card response")),
+    }
+}
