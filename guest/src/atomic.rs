@@ -444,6 +444,7 @@ fn card_content(
     }
 }
 
+// Same signature as `card_content`: the two per-kind content planners `plan_one` picks between; their bodies differ.
 fn source_content(
     realm: &str,
     href: &str,

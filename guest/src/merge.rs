@@ -335,6 +335,7 @@ mod tests {
                     "pets.0": {"links": {"self": "../Pet/z"}},
                     "friend": {"links": {"self": "./2"}}}})),
             ),
+            // Alike in shape to the row above: table rows, one plural-group case each.
             (
                 "array-valued plural field replaces the group and is re-emitted as field.N",
                 base(json!({"relationships": {

@@ -725,6 +725,7 @@ mod tests {
                 "/relationships/pet",
                 json!({"links": {"self": null}}),
             ),
+            // Alike in shape to the rows above: table rows, one relationship case each.
             (
                 "cross-realm link stays absolute",
                 card(

@@ -3,16 +3,16 @@
 
 use serde_json::Value;
 
-use super::card_body::{parse_card_body, side_loads, CardBody};
+use super::card_body::{parse_card_body, side_loads, CardBody, SideLoad};
 use super::{
-    card_dir_name, check_if_match, missing_card, not_a_card, respond, serialize_with_index,
-    CardResponse,
+    card_dir_name, check_if_match, missing_card, not_a_card, respond, respond_stored,
+    serialize_with_index, CardResponse,
 };
 use crate::error::{Error, Result};
 use crate::merge::merge_patch;
 use crate::paths;
 use crate::serialize::{absolutize_refs, parse_stored_card};
-use crate::store::{Store, StoredFile, WriteLock};
+use crate::store::{CardIndex, Store, WriteLock};
 
 const CREATE_INVALID: &str = "Request body is not valid card JSON-API";
 const PATCH_NOT_JSON: &str = "Invalid JSON body";
@@ -25,14 +25,7 @@ pub fn get_card<S: Store>(store: &S, realm: &str, path: &str) -> Result<CardResp
     let path = paths::card_path(path);
     let id = paths::card_id(realm, &path);
     match store.read_file(realm, &format!("{path}.json"))? {
-        Some(file) => respond(
-            &file.content,
-            &id,
-            realm,
-            &file.etag,
-            file.created,
-            file.last_modified,
-        ),
+        Some(file) => respond_stored(&file, &id, realm),
         None => Err(missing_card(store.read_file(realm, &path)?.is_some(), &id)),
     }
 }
@@ -69,7 +62,7 @@ pub fn create_card<S: Store>(
     let base = paths::file_url(realm, dir);
     absolutize_refs(&mut data, &base)?;
     let side = side_loads(realm, dir, &base, &included, &mut data, &path)?;
-    let (content, index) = serialize_with_index(&data, realm, &path)?;
+    let card = serialize_with_index(&data, realm, &path)?;
 
     let mut lock = store.with_write_lock(realm)?;
     if lock.exists(&path)? {
@@ -78,19 +71,7 @@ pub fn create_card<S: Store>(
             paths::file_url(realm, &path)
         )));
     }
-    for s in side {
-        lock.write(&s.path, &s.content, Some(s.index))?;
-    }
-    let meta = lock.write(&path, &content, Some(index))?;
-    lock.commit()?;
-    respond(
-        &content,
-        &id,
-        realm,
-        &meta.etag,
-        meta.created,
-        meta.last_modified,
-    )
+    write_and_commit(lock, side, &path, card, &id, realm)
 }
 
 /// PATCH merge onto the stored card `<path>.json`. Under the lock: 404/415
@@ -104,15 +85,7 @@ pub fn patch_card<S: Store>(
     body: &str,
     if_match: Option<&str>,
 ) -> Result<CardResponse> {
-    let path = paths::card_path(path);
-    let id = paths::card_id(realm, &path);
-    if paths::is_reserved(&path) {
-        return Err(Error::MethodNotAllowed(format!(
-            "PATCH not allowed for {id}"
-        )));
-    }
-    paths::validate_local_path(&path)?;
-    let file_path = format!("{path}.json");
+    let (path, id, file_path) = card_target("PATCH", realm, path)?;
     let CardBody {
         data: mut patch,
         included,
@@ -129,31 +102,51 @@ pub fn patch_card<S: Store>(
     let original =
         Value::Object(parse_stored_card(&stored.content).ok_or_else(|| not_a_card(&id))?);
     let merged = merge_patch(&original, &patch, &id)?;
-    let unchanged = |stored: &StoredFile| {
-        respond(
-            &stored.content,
-            &id,
-            realm,
-            &stored.etag,
-            stored.created,
-            stored.last_modified,
-        )
-    };
     if side.is_empty() && merged == original {
-        return unchanged(&stored);
+        return respond_stored(&stored, &id, realm);
     }
     let (content, index) = serialize_with_index(&merged, realm, &file_path)?;
     if side.is_empty() && content == stored.content {
-        return unchanged(&stored);
+        return respond_stored(&stored, &id, realm);
     }
+    write_and_commit(lock, side, &file_path, (content, index), &id, realm)
+}
+
+/// The card a PATCH or DELETE names: its path without `.json`, its id and
+/// its file `<path>.json`; 405 for `method` on a `_` path, 400 for an
+/// invalid one.
+fn card_target(method: &str, realm: &str, path: &str) -> Result<(String, String, String)> {
+    let path = paths::card_path(path);
+    let id = paths::card_id(realm, &path);
+    if paths::is_reserved(&path) {
+        return Err(Error::MethodNotAllowed(format!(
+            "{method} not allowed for {id}"
+        )));
+    }
+    paths::validate_local_path(&path)?;
+    let file_path = format!("{path}.json");
+    Ok((path, id, file_path))
+}
+
+/// The end of a create or PATCH under `lock`: writes the side-loaded cards,
+/// then the card (`content` and index row) at `path`, commits, and answers
+/// the card as written.
+fn write_and_commit<L: WriteLock>(
+    mut lock: L,
+    side: Vec<SideLoad>,
+    path: &str,
+    (content, index): (String, CardIndex),
+    id: &str,
+    realm: &str,
+) -> Result<CardResponse> {
     for s in side {
         lock.write(&s.path, &s.content, Some(s.index))?;
     }
-    let meta = lock.write(&file_path, &content, Some(index))?;
+    let meta = lock.write(path, &content, Some(index))?;
     lock.commit()?;
     respond(
         &content,
-        &id,
+        id,
         realm,
         &meta.etag,
         meta.created,
@@ -169,15 +162,7 @@ pub fn delete_card<S: Store>(
     path: &str,
     if_match: Option<&str>,
 ) -> Result<()> {
-    let path = paths::card_path(path);
-    let id = paths::card_id(realm, &path);
-    if paths::is_reserved(&path) {
-        return Err(Error::MethodNotAllowed(format!(
-            "DELETE not allowed for {id}"
-        )));
-    }
-    paths::validate_local_path(&path)?;
-    let file_path = format!("{path}.json");
+    let (path, id, file_path) = card_target("DELETE", realm, path)?;
     let mut lock = store.with_write_lock(realm)?;
     let Some(stored) = lock.read(&file_path)? else {
         return Err(missing_card(lock.exists(&path)?, &id));

@@ -258,6 +258,7 @@ mod tests {
             stored_data(&store, "person-1.json")["relationships"],
             json!({"pet": {"links": {"self": "./Pet/m"}}})
         );
+        // Alike in shape to the create test's checks, but of PATCH: the module is relative to the patched card, and the row's type is checked.
         assert_eq!(
             stored_data(&store, "Pet/m.json")["attributes"]["name"],
             "Mango"

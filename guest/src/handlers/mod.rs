@@ -136,6 +136,18 @@ fn respond(
     })
 }
 
+/// [`respond`] with a stored file's content, ETag and times.
+fn respond_stored(file: &StoredFile, id: &str, realm: &str) -> Result<CardResponse> {
+    respond(
+        &file.content,
+        id,
+        realm,
+        &file.etag,
+        file.created,
+        file.last_modified,
+    )
+}
+
 /// Serialise a card for the realm-local file `path` with its index row.
 fn serialize_with_index(resource: &Value, realm: &str, path: &str) -> Result<(String, CardIndex)> {
     let value = serialize_card_value(resource, &paths::file_url(realm, path), realm)?;

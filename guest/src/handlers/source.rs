@@ -27,6 +27,7 @@ fn refuse_reserved(method: &str, realm: &str, path: &str) -> Result<()> {
 /// If-Match on a missing file → 412). A `.json` file whose content is a
 /// card document gets its index row. An invalid path → 400, a path in the
 /// `_` namespace → 405, both before the lock.
+// Same parameters as `patch_card`/`delete_card`: each handler's own WIT signature; the bodies differ.
 pub fn write_source<S: Store>(
     store: &S,
     realm: &str,

@@ -57,6 +57,13 @@ impl PrivateRealm {
         ]
     }
 
+    /// Asserts that every request of [`Self::requests`] as `client` is denied with `status`.
+    async fn assert_all_denied(&self, client: &Client, status: u16) {
+        for (_, request) in self.requests(client) {
+            assert_denied(&request.fetch().await, status, &self.realm);
+        }
+    }
+
     /// Asserts that alice still sees the card and the file unchanged.
     async fn assert_untouched(&self) {
         let alice = self.srv.client_as(ALICE, &self.realm, &["read", "write"]).await;
@@ -81,9 +88,7 @@ fn assert_denied(resp: &Resp, status: u16, realm: &str) {
 async fn private_realm_without_a_token_is_401() {
     let private = PrivateRealm::new().await;
     let anonymous = private.srv.client();
-    for (_, request) in private.requests(&anonymous) {
-        assert_denied(&request.fetch().await, 401, &private.realm);
-    }
+    private.assert_all_denied(&anonymous, 401).await;
     private.assert_untouched().await;
 }
 
@@ -101,9 +106,7 @@ async fn garbage_wrong_secret_and_expired_tokens_are_401() {
     ];
     for token in &tokens {
         let client = private.srv.client().with_token(token);
-        for (_, request) in private.requests(&client) {
-            assert_denied(&request.fetch().await, 401, realm);
-        }
+        private.assert_all_denied(&client, 401).await;
     }
     private.assert_untouched().await;
 }
@@ -113,9 +116,7 @@ async fn token_for_another_realm_is_403() {
     let private = PrivateRealm::new().await;
     for other in ["test", "pubread"] {
         let client = private.srv.client_as(ALICE, &private.srv.realm(other), &["read", "write"]).await;
-        for (_, request) in private.requests(&client) {
-            assert_denied(&request.fetch().await, 403, &private.realm);
-        }
+        private.assert_all_denied(&client, 403).await;
     }
     private.assert_untouched().await;
 }
@@ -169,9 +170,7 @@ async fn token_signed_with_the_secret_bytes_is_accepted() {
 async fn user_without_a_grant_is_403_even_with_a_token() {
     let private = PrivateRealm::new().await;
     let mallory = private.srv.client_as("mallory", &private.realm, &["read", "write"]).await;
-    for (_, request) in private.requests(&mallory) {
-        assert_denied(&request.fetch().await, 403, &private.realm);
-    }
+    private.assert_all_denied(&mallory, 403).await;
     private.assert_untouched().await;
 }
 

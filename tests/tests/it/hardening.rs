@@ -1125,6 +1125,7 @@ async fn a_card_string_containing_nul_round_trips(backend: Backend) {
 on_both_backends!(relationship_links_that_are_not_an_object_are_400_and_write_nothing);
 
 async fn relationship_links_that_are_not_an_object_are_400_and_write_nothing(backend: Backend) {
+    // Same opening as `unreadable_preconditions_are_400_and_write_nothing`, spelled out: a stored card whose text each refusal must leave as it was.
     let srv = backend.start().await;
     let (realm, http) = (srv.realm("test"), srv.client());
     let (id, _) = http.create(&realm, &person_doc(&realm, json!({ "firstName": "Linked" }))).await;

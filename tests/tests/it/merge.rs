@@ -167,6 +167,7 @@ async fn array_valued_relationship_is_stored_as_numbered_keys() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn singular_relationship_is_deep_merged_and_stored_relative() {
+    // Alike in shape to the plural-group test above: one merge rule per test, each with its own expected relationships.
     let fx = Fixture::new().await;
     let target = format!("{}Person/z", fx.realm);
     fx.patch(None, Some(json!({ "bestFriend": link(&target) }))).await.expect_status(200);

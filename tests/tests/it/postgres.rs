@@ -462,6 +462,7 @@ async fn postgres_lock_timeout_is_503_with_retry_after_and_writes_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_replica_killed_while_holding_the_lock_releases_it_and_leaves_no_half_write() {
     let (mut a, b) = two_replicas(&["--lock-timeout", "20s"]).await;
+    // Same opening as the lock-timeout test above, spelled out: each test's locals (here `a` is killed) read better than a fixture struct.
     let (na, nb) = nodes(&a, &b);
     let card = "test/card-1";
     seed_card(&na, card, json!({ "firstName": "Before" })).await;

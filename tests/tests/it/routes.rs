@@ -234,6 +234,7 @@ async fn if_match_mismatch_gives_412_and_writes_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn source_files_round_trip_verbatim() {
+    // Alike in shape to atomic.rs's `source_content_is_stored_verbatim`, but through POST of each source, not one `/_atomic` request.
     let (_srv, realm, http) = test_realm().await;
     let files = [
         ("greeting.gts", "export const greeting = 'héllo ✓';\r\n\n  \t// trailing spaces   \n\n"),
