@@ -206,7 +206,7 @@ impl AsyncWrite for Watched {
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `router` on `listener` until `shutdown` completes, then lets the
-/// requests in progress finish (at most [`DRAIN_TIMEOUT`]).
+/// requests in progress finish (at most `DRAIN_TIMEOUT`).
 pub async fn serve(listener: TcpListener, router: Router, limits: ConnectionLimits, shutdown: impl Future<Output = ()>) {
     let registry = Arc::new(Registry {
         epoch: Instant::now(),
@@ -268,34 +268,60 @@ async fn serve_connection(stream: TcpStream, registry: Arc<Registry>, router: Ro
         hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let in_request = InRequest::begin(&conn, &registry);
             let router = router.clone();
-            async move {
+            Box::pin(async move {
                 let response = router.oneshot(request.map(axum::body::Body::new)).await;
                 drop(in_request);
                 response
-            }
+            })
         })
     };
-    let connection = hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(io, service);
-    tokio::pin!(connection);
+    let mut connection = hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(io, service);
     let mut draining = false;
-    loop {
+    let finished = loop {
         tokio::select! {
-            result = connection.as_mut() => {
-                if let Err(e) = result {
+            result = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)) => {
+                if let Err(e) = &result {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
-                break;
+                break result.is_ok();
             }
-            () = conn.close.notified() => break,
+            () = conn.close.notified() => break false,
             changed = stopping.changed(), if !draining => {
                 draining = true;
                 if changed.is_ok() {
-                    connection.as_mut().graceful_shutdown();
+                    Pin::new(&mut connection).graceful_shutdown();
                 }
             }
         }
-    }
+    };
     registry.remove(id);
+    if finished {
+        linger(connection.into_parts().io.into_inner().stream).await;
+    }
+}
+
+/// How long, and how much, a closing connection keeps reading.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 64 << 20;
+
+/// Closes our side, then discards what the client still sends for a
+/// moment: a client whose body was refused before it was read (413 on
+/// `Content-Length`) then receives the answer, instead of a reset caused
+/// by closing a socket with unread data.
+async fn linger(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + LINGER;
+    let mut buf = vec![0u8; 16 << 10];
+    let mut discarded = 0;
+    while discarded < LINGER_BYTES {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => discarded += n,
+            _ => break,
+        }
+    }
 }
 
 /// Raises this process's open-file limit to its hard limit (each
@@ -314,5 +340,5 @@ pub fn raise_open_file_limit() -> u64 {
             }
         }
     }
-    limit.rlim_cur as u64
+    limit.rlim_cur
 }
