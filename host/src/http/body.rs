@@ -46,19 +46,31 @@ pub(super) async fn read_text(body: Body, headers: &HeaderMap, limit: usize, dea
 
 /// Refuses an `/_atomic` body that is not JSON (400, in the atomic error
 /// shape) or carries more operations than allowed (413), before the guest
-/// spends memory on it. Counting does not build the document.
+/// spends memory on it. Counting does not build the document. A body of
+/// another shape passes: the guest reports what is wrong with it.
 pub(super) fn check_atomic_size(body: &str, max_operations: usize) -> Result<(), Response> {
-    match serde_json::from_str::<AtomicShape>(body) {
-        Err(_) => {
-            let doc = json!({"errors": [{"title": "Invalid atomic:operations format", "detail": "Request body is not valid JSON"}]});
-            Err(json_response(StatusCode::BAD_REQUEST, JSON_API, &doc))
+    /// Just enough of an `/_atomic` body to count its operations.
+    #[derive(serde::Deserialize)]
+    struct AtomicShape<'a> {
+        #[serde(rename = "atomic:operations", borrow)]
+        operations: Option<&'a serde_json::value::RawValue>,
+    }
+    let Ok(shape) = serde_json::from_str::<AtomicShape>(body) else {
+        if serde_json::from_str::<serde::de::IgnoredAny>(body).is_ok() {
+            return Ok(());
         }
-        Ok(AtomicShape { operations: Some(count) }) if count > max_operations => {
+        let doc = json!({"errors": [{"title": "Invalid atomic:operations format", "detail": "Request body is not valid JSON"}]});
+        return Err(json_response(StatusCode::BAD_REQUEST, JSON_API, &doc));
+    };
+    // A Vec of a zero-sized type counts without allocating per element.
+    let count = shape.operations.and_then(|ops| serde_json::from_str::<Vec<serde::de::IgnoredAny>>(ops.get()).ok()).map(|ops| ops.len());
+    match count {
+        Some(count) if count > max_operations => {
             let detail = format!("{count} operations in one request; at most {max_operations} are allowed (split the request)");
             let doc = json!({"errors": [{"status": 413, "title": "Too many operations", "detail": detail}]});
             Err(json_response(StatusCode::PAYLOAD_TOO_LARGE, JSON_API, &doc))
         }
-        Ok(_) => Ok(()),
+        _ => Ok(()),
     }
 }
 
@@ -127,79 +139,6 @@ impl<'de> serde::de::Visitor<'de> for CountValues<'_> {
     fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<(), E> { self.one() }
     fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<(), E> { self.one() }
     fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> { self.one() }
-}
-
-/// Just enough of an `/_atomic` body to count its operations.
-struct AtomicShape {
-    operations: Option<usize>,
-}
-
-impl<'de> serde::Deserialize<'de> for AtomicShape {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
-
-        /// Counts the elements of an array without keeping them.
-        struct Count(Option<usize>);
-        impl<'de> serde::Deserialize<'de> for Count {
-            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                struct CountVisitor;
-                impl<'de> Visitor<'de> for CountVisitor {
-                    type Value = Count;
-                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                        f.write_str("any JSON value")
-                    }
-                    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Count, A::Error> {
-                        let mut n = 0;
-                        while seq.next_element::<IgnoredAny>()?.is_some() {
-                            n += 1;
-                        }
-                        Ok(Count(Some(n)))
-                    }
-                    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Count, A::Error> {
-                        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                        Ok(Count(None))
-                    }
-                    fn visit_bool<E>(self, _: bool) -> Result<Count, E> { Ok(Count(None)) }
-                    fn visit_i64<E>(self, _: i64) -> Result<Count, E> { Ok(Count(None)) }
-                    fn visit_u64<E>(self, _: u64) -> Result<Count, E> { Ok(Count(None)) }
-                    fn visit_f64<E>(self, _: f64) -> Result<Count, E> { Ok(Count(None)) }
-                    fn visit_str<E>(self, _: &str) -> Result<Count, E> { Ok(Count(None)) }
-                    fn visit_unit<E>(self) -> Result<Count, E> { Ok(Count(None)) }
-                }
-                deserializer.deserialize_any(CountVisitor)
-            }
-        }
-
-        struct ShapeVisitor;
-        impl<'de> Visitor<'de> for ShapeVisitor {
-            type Value = AtomicShape;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AtomicShape, A::Error> {
-                let mut operations = None;
-                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                    if key == "atomic:operations" {
-                        operations = map.next_value::<Count>()?.0;
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                }
-                Ok(AtomicShape { operations })
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<AtomicShape, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(AtomicShape { operations: None })
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<AtomicShape, E> { Ok(AtomicShape { operations: None }) }
-            fn visit_i64<E>(self, _: i64) -> Result<AtomicShape, E> { Ok(AtomicShape { operations: None }) }
-            fn visit_u64<E>(self, _: u64) -> Result<AtomicShape, E> { Ok(AtomicShape { operations: None }) }
-            fn visit_f64<E>(self, _: f64) -> Result<AtomicShape, E> { Ok(AtomicShape { operations: None }) }
-            fn visit_str<E>(self, _: &str) -> Result<AtomicShape, E> { Ok(AtomicShape { operations: None }) }
-            fn visit_unit<E>(self) -> Result<AtomicShape, E> { Ok(AtomicShape { operations: None }) }
-        }
-        deserializer.deserialize_any(ShapeVisitor)
-    }
 }
 
 #[cfg(test)]
