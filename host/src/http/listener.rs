@@ -16,13 +16,14 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use hyper::body::Incoming;
+use axum::http::{header, HeaderValue};
+use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -269,7 +270,18 @@ async fn serve_connection(stream: TcpStream, registry: Arc<Registry>, router: Ro
             let in_request = InRequest::begin(&conn, &registry);
             let router = router.clone();
             Box::pin(async move {
-                let response = router.oneshot(request.map(axum::body::Body::new)).await;
+                let (parts, body) = request.into_parts();
+                let had_body = !body.is_end_stream();
+                let read_to_end = Arc::new(AtomicBool::new(false));
+                let body = Tracked { inner: body, read_to_end: read_to_end.clone() };
+                let mut response = router.oneshot(hyper::Request::from_parts(parts, axum::body::Body::new(body))).await;
+                if let Ok(response) = &mut response {
+                    if had_body && !read_to_end.load(Ordering::Relaxed) {
+                        // The rest of the body is still on the wire: this
+                        // connection cannot carry another request.
+                        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                }
                 drop(in_request);
                 response
             })
@@ -297,6 +309,33 @@ async fn serve_connection(stream: TcpStream, registry: Arc<Registry>, router: Ro
     registry.remove(id);
     if finished {
         linger(connection.into_parts().io.into_inner().stream).await;
+    }
+}
+
+/// A request body that records whether it was read to its end.
+struct Tracked {
+    inner: Incoming,
+    read_to_end: Arc<AtomicBool>,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = axum::body::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.read_to_end.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -675,6 +675,9 @@ async fn a_content_length_over_the_limit_is_413_before_the_body_arrives() {
         );
         let resp = send_for_an_answer(&mut stream, &head, PROMPT, &format!("{what} with a Content-Length of 1 TB")).await;
         resp.assert_error(413, what);
+        // The unread body is still on the wire: the client must not reuse the connection.
+        let connection = resp.header("connection").map(|v| String::from_utf8_lossy(v).to_ascii_lowercase());
+        assert_eq!(connection.as_deref(), Some("close"), "{what}: a 413 before the body says `connection: close`");
     }
     assert_eq!(http.read(&format!("{id}.json")).await, stored_card, "the PATCH wrote nothing");
     http.get_source(&format!("{realm}huge.txt")).fetch().await.card_error(404);
