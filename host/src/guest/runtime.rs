@@ -239,6 +239,7 @@ impl Guest {
         // Instantiating is the host's work, not the guest's.
         store.data().clock.reset();
         let h = guest.boxel_realm_handlers();
+        // One arm per WIT export: alike in shape, each calls its own export.
         Ok(match call {
             Call::GetCard { realm, path } => h.call_get_card(&mut *store, &realm, &path).await?.map(Answer::Card),
             Call::CreateCard { realm, dir, new_name, body } => {

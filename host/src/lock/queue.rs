@@ -182,6 +182,12 @@ mod tests {
         }
     }
 
+    /// The batches committed so far, and the requests they carried.
+    fn assert_commits(locks: &Locks, batches: u64, members: u64) {
+        assert_eq!(locks.stats.batches.load(Ordering::Relaxed), batches, "batches");
+        assert_eq!(locks.stats.members.load(Ordering::Relaxed), members, "members");
+    }
+
     async fn committed(db: &Database, path: &str) -> bool {
         db.read_file(REALM, path).await.expect("read").is_some()
     }
@@ -207,10 +213,10 @@ mod tests {
         b.commit().await.expect("b commits the batch");
         a_commit.await.expect("task").expect("a's commit succeeds with the batch");
         assert!(committed(&db, "a.txt").await && committed(&db, "b.txt").await);
-        assert_eq!(locks.stats.batches.load(Ordering::Relaxed), 1);
-        assert_eq!(locks.stats.members.load(Ordering::Relaxed), 2);
+        assert_commits(&locks, 1, 2);
     }
 
+    // Each test opens the same way (a holder, a waiter); what follows differs.
     #[tokio::test(flavor = "multi_thread")]
     async fn a_failing_member_rolls_back_alone() {
         let (_dir, db) = sqlite().await;
@@ -236,8 +242,7 @@ mod tests {
         a_commit.await.expect("task").expect("a committed");
         assert!(committed(&db, "a.txt").await && committed(&db, "c.txt").await);
         assert!(!committed(&db, "b.txt").await);
-        assert_eq!(locks.stats.batches.load(Ordering::Relaxed), 1);
-        assert_eq!(locks.stats.members.load(Ordering::Relaxed), 2);
+        assert_commits(&locks, 1, 2);
     }
 
     #[tokio::test(flavor = "multi_thread")]
