@@ -58,6 +58,8 @@ struct Registry {
     epoch: Instant,
     next_id: AtomicU64,
     open: Mutex<HashMap<u64, Arc<Conn>>>,
+    /// How many of `open` are being closed (changed only under its lock).
+    closing: AtomicUsize,
     limits: ConnectionLimits,
 }
 
@@ -86,30 +88,47 @@ impl Registry {
     }
 
     fn remove(&self, id: u64) {
-        self.open().remove(&id);
+        let mut open = self.open();
+        if let Some(conn) = open.remove(&id) {
+            if conn.phase.load(Ordering::Relaxed) == CLOSING {
+                self.closing.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Open connections not already being closed.
     fn live(&self) -> usize {
-        self.open().values().filter(|c| c.phase.load(Ordering::Relaxed) != CLOSING).count()
+        let open = self.open();
+        open.len().saturating_sub(self.closing.load(Ordering::Relaxed))
     }
 
-    /// Closes the connection that has waited longest without a request in
-    /// progress; false when every connection is busy.
+    /// Tells a connection to close (the caller holds the `open` lock).
+    fn close(&self, conn: &Conn) {
+        if conn.phase.swap(CLOSING, Ordering::Relaxed) != CLOSING {
+            self.closing.fetch_add(1, Ordering::Relaxed);
+            conn.close.notify_one();
+        }
+    }
+
+    /// Closes the connections that have waited longest without a request in
+    /// progress — a small share of the cap at once, so that under a flood
+    /// the scan is paid once per many accepted connections; false when every
+    /// connection is busy.
     fn evict_oldest_waiting(&self) -> bool {
         let open = self.open();
-        let oldest = open
-            .values()
-            .filter(|c| matches!(c.phase.load(Ordering::Relaxed), IDLE | HEADERS))
-            .min_by_key(|c| c.since.load(Ordering::Relaxed));
-        match oldest {
-            Some(conn) => {
-                conn.phase.store(CLOSING, Ordering::Relaxed);
-                conn.close.notify_one();
-                true
-            }
-            None => false,
+        let mut waiting: Vec<&Arc<Conn>> =
+            open.values().filter(|c| matches!(c.phase.load(Ordering::Relaxed), IDLE | HEADERS)).collect();
+        if waiting.is_empty() {
+            return false;
         }
+        let share = (self.limits.max_connections / 64).clamp(1, waiting.len());
+        if share < waiting.len() {
+            waiting.select_nth_unstable_by_key(share - 1, |c| c.since.load(Ordering::Relaxed));
+        }
+        for conn in &waiting[..share] {
+            self.close(conn);
+        }
+        true
     }
 
     /// Closes every connection past its deadline.
@@ -124,17 +143,21 @@ impl Registry {
                 _ => continue,
             };
             if now.saturating_sub(conn.since.load(Ordering::Relaxed)) > allowed {
-                conn.phase.store(CLOSING, Ordering::Relaxed);
-                conn.close.notify_one();
+                self.close(conn);
             }
         }
     }
 }
 
 impl Conn {
-    fn set_phase(&self, phase: u8, now: u64) {
-        self.since.store(now, Ordering::Relaxed);
-        self.phase.store(phase, Ordering::Relaxed);
+    /// Moves from `from` to `to`; never out of `CLOSING`, which only the
+    /// registry sets (and counts).
+    fn transition(&self, from: u8, to: u8, now: u64) -> bool {
+        let moved = self.phase.compare_exchange(from, to, Ordering::Relaxed, Ordering::Relaxed).is_ok();
+        if moved {
+            self.since.store(now, Ordering::Relaxed);
+        }
+        moved
     }
 }
 
@@ -147,17 +170,16 @@ struct InRequest {
 impl InRequest {
     fn begin(conn: &Arc<Conn>, registry: &Arc<Registry>) -> InRequest {
         conn.requests.fetch_add(1, Ordering::Relaxed);
-        if conn.phase.load(Ordering::Relaxed) != CLOSING {
-            conn.set_phase(BUSY, registry.now());
-        }
+        let now = registry.now();
+        let _ = conn.transition(HEADERS, BUSY, now) || conn.transition(IDLE, BUSY, now);
         InRequest { conn: conn.clone(), registry: registry.clone() }
     }
 }
 
 impl Drop for InRequest {
     fn drop(&mut self) {
-        if self.conn.requests.fetch_sub(1, Ordering::Relaxed) == 1 && self.conn.phase.load(Ordering::Relaxed) == BUSY {
-            self.conn.set_phase(IDLE, self.registry.now());
+        if self.conn.requests.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.conn.transition(BUSY, IDLE, self.registry.now());
         }
     }
 }
@@ -174,8 +196,8 @@ impl AsyncRead for Watched {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before && self.conn.phase.load(Ordering::Relaxed) == IDLE {
-            self.conn.set_phase(HEADERS, self.registry.now());
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.conn.transition(IDLE, HEADERS, self.registry.now());
         }
         polled
     }
@@ -213,6 +235,7 @@ pub async fn serve(listener: TcpListener, router: Router, limits: ConnectionLimi
         epoch: Instant::now(),
         next_id: AtomicU64::new(0),
         open: Mutex::new(HashMap::new()),
+        closing: AtomicUsize::new(0),
         limits,
     });
     let sweeper = tokio::spawn(sweep_forever(registry.clone()));
