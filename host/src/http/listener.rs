@@ -38,6 +38,9 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
 }
 
+/// How long a connection must have waited before the cap may close it.
+const EVICTABLE_AFTER: Duration = Duration::from_millis(100);
+
 /// What a connection is doing, as far as its deadlines are concerned.
 const IDLE: u8 = 0;
 const HEADERS: u8 = 1;
@@ -117,7 +120,7 @@ impl Registry {
     fn evict_oldest_waiting(&self) -> bool {
         let open = self.open();
         let mut waiting: Vec<&Arc<Conn>> =
-            open.values().filter(|c| matches!(c.phase.load(Ordering::Relaxed), IDLE | HEADERS)).collect();
+            open.values().filter(|c| self.evictable(c)).collect();
         if waiting.is_empty() {
             return false;
         }
@@ -129,6 +132,13 @@ impl Registry {
             self.close(conn);
         }
         true
+    }
+
+    /// Waiting without a request in progress for at least [`EVICTABLE_AFTER`]
+    /// (a connection that has just answered, or just connected, is spared).
+    fn evictable(&self, conn: &Conn) -> bool {
+        matches!(conn.phase.load(Ordering::Relaxed), IDLE | HEADERS)
+            && self.now().saturating_sub(conn.since.load(Ordering::Relaxed)) >= EVICTABLE_AFTER.as_millis() as u64
     }
 
     /// Closes every connection past its deadline.
@@ -240,6 +250,7 @@ pub async fn serve(listener: TcpListener, router: Router, limits: ConnectionLimi
     });
     let sweeper = tokio::spawn(sweep_forever(registry.clone()));
     let (stop, stopping) = watch::channel(false);
+    let lingering = Arc::new(tokio::sync::Semaphore::new(MAX_LINGERING));
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -249,10 +260,13 @@ pub async fn serve(listener: TcpListener, router: Router, limits: ConnectionLimi
         let stream = match accepted {
             Ok((stream, _peer)) => stream,
             Err(e) => {
-                // Out of file descriptors: make room, and don't spin.
-                tracing::warn!(error = %e, "accept failed");
-                registry.evict_oldest_waiting();
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                // Out of file descriptors or memory: make room, and don't
+                // spin. Other errors concern one connection only.
+                if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) {
+                    tracing::warn!(error = %e, "accept failed");
+                    registry.evict_oldest_waiting();
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
                 continue;
             }
         };
@@ -261,7 +275,9 @@ pub async fn serve(listener: TcpListener, router: Router, limits: ConnectionLimi
             continue;
         }
         let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_connection(stream, registry.clone(), router.clone(), stopping.clone()));
+        // Registered before the task starts, so a burst is counted at once.
+        let (id, conn) = registry.add();
+        tokio::spawn(serve_connection(stream, id, conn, registry.clone(), router.clone(), stopping.clone(), lingering.clone()));
     }
     let _ = stop.send(true);
     drop(listener);
@@ -284,8 +300,15 @@ async fn sweep_forever(registry: Arc<Registry>) {
     }
 }
 
-async fn serve_connection(stream: TcpStream, registry: Arc<Registry>, router: Router, mut stopping: watch::Receiver<bool>) {
-    let (id, conn) = registry.add();
+async fn serve_connection(
+    stream: TcpStream,
+    id: u64,
+    conn: Arc<Conn>,
+    registry: Arc<Registry>,
+    router: Router,
+    mut stopping: watch::Receiver<bool>,
+    lingering: Arc<tokio::sync::Semaphore>,
+) {
     let io = TokioIo::new(Watched { stream, conn: conn.clone(), registry: registry.clone() });
     let service = {
         let (conn, registry) = (conn.clone(), registry.clone());
@@ -331,7 +354,11 @@ async fn serve_connection(stream: TcpStream, registry: Arc<Registry>, router: Ro
     };
     registry.remove(id);
     if finished {
-        linger(connection.into_parts().io.into_inner().stream).await;
+        // Closes at once when too many are lingering already: each holds a
+        // file descriptor the connection cap no longer counts.
+        if let Ok(_permit) = lingering.try_acquire() {
+            linger(connection.into_parts().io.into_inner().stream).await;
+        }
     }
 }
 
@@ -362,6 +389,9 @@ impl hyper::body::Body for Tracked {
     }
 }
 
+/// How many closing connections may linger at once.
+const MAX_LINGERING: usize = 256;
+
 /// How long, and how much, a closing connection keeps reading.
 const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 64 << 20;
@@ -376,7 +406,7 @@ async fn linger(mut stream: TcpStream) {
         return;
     }
     let deadline = tokio::time::Instant::now() + LINGER;
-    let mut buf = vec![0u8; 16 << 10];
+    let mut buf = [0u8; 4 << 10];
     let mut discarded = 0;
     while discarded < LINGER_BYTES {
         match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {

@@ -29,7 +29,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 
 use admin::{guest_admin, metrics};
-use body::{check_atomic_size, check_json_values, read_text};
+use body::{check_atomic_body, check_json_values, read_text};
 use files::{card_response, head, precondition, set_file_headers, source};
 use resolve::{resolve, Resolved};
 use responses::{encode_url, error, guest_error_response, internal_error, redirect, text_response, Reply};
@@ -197,8 +197,7 @@ async fn route(app: &App, guest: &Arc<Guest>, request: Request, realm_header: &m
         }
         (Method::POST, Media::JsonApi) if local == "_atomic" => {
             let body = read_text(body, &headers, app.limits.atomic_bytes, app.limits.body_read).await?;
-            check_atomic_size(&body, app.limits.atomic_operations)?;
-            check_json_values(&body, app.limits.json_values)?;
+            check_atomic_body(&body, app.limits.atomic_operations, app.limits.json_values)?;
             match run(guest, Call::Atomic { realm, body }).await? {
                 Answer::Text(results) => text_response(StatusCode::CREATED, JSON_API, results),
                 _ => return Err(unexpected_shape(guest)),
