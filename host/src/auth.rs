@@ -42,13 +42,16 @@ impl Need {
     }
 }
 
-/// Why a request was refused: 401 or 403.
+/// Why a request was refused: 401, 403, or 503 when the permissions could
+/// not be read (a storage failure never turns into a 403).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Denied {
     #[error("{0}")]
     Unauthenticated(String),
     #[error("{0}")]
     Forbidden(String),
+    #[error("the permissions could not be read: {0}")]
+    Unavailable(String),
 }
 
 /// Parses `read,write,realm-owner` (comma separated) into permissions.
@@ -140,7 +143,7 @@ pub async fn authorize<F, Fut>(
 ) -> Result<(), Denied>
 where
     F: FnOnce(String) -> Fut,
-    Fut: std::future::Future<Output = Permissions>,
+    Fut: std::future::Future<Output = Result<Permissions, Denied>>,
 {
     if need.granted_by(public) {
         return Ok(());
@@ -152,7 +155,7 @@ where
     }
     let in_token = parse_permissions(claims.permissions.iter().map(String::as_str))
         .map_err(|_| Denied::Unauthenticated("Token invalid".into()))?;
-    let granted = user_grants(claims.user.clone()).await.union(public);
+    let granted = user_grants(claims.user.clone()).await?.union(public);
     if need.granted_by(in_token) && need.granted_by(granted) {
         Ok(())
     } else {
@@ -176,7 +179,7 @@ mod tests {
     }
 
     async fn check(need: Need, public: Permissions, header: Option<String>, grants: Permissions) -> Result<(), Denied> {
-        authorize(SECRET, REALM, need, public, header.as_deref(), |_| async move { grants }).await
+        authorize(SECRET, REALM, need, public, header.as_deref(), |_| async move { Ok(grants) }).await
     }
 
     #[tokio::test]
@@ -203,6 +206,11 @@ mod tests {
         let owner_token = issue(SECRET, "carol", REALM, owner, 60).unwrap();
         assert_eq!(check(Need::Write, none, Some(format!("Bearer {owner_token}")), owner).await, Ok(()), "realm-owner may write");
         assert_eq!(check(Need::Read, none, Some(format!("Bearer {owner_token}")), owner).await, Ok(()), "realm-owner may read");
+        let unreadable = authorize(SECRET, REALM, Need::Read, none, Some(&format!("Bearer {good}")), |_| async move {
+            Err(Denied::Unavailable("pool timed out".into()))
+        })
+        .await;
+        assert!(matches!(unreadable, Err(Denied::Unavailable(_))), "a storage failure is not a 403: {unreadable:?}");
         let wrong_secret = issue("other", "alice", REALM, rw(), 60).unwrap();
         assert!(matches!(check(Need::Read, none, Some(format!("Bearer {wrong_secret}")), rw()).await, Err(Denied::Unauthenticated(_))));
     }

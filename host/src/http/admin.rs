@@ -9,7 +9,7 @@ use serde_json::json;
 use super::app::App;
 use super::body::read_body;
 use super::responses::{error, json_response, storage_error, text_response, Reply};
-use crate::auth::{self, Denied};
+use crate::auth;
 
 /// Prometheus text: how many coalesced commits, and how many requests
 /// they carried (members / batches is the mean batch size).
@@ -35,10 +35,7 @@ pub(super) async fn guest_admin(app: &App, request: Request) -> Reply {
     let (parts, body) = request.into_parts();
     let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let body_read = app.limits.body_read;
-    let admin = auth::authorize_admin(&app.secret, authorization).map_err(|denied| match denied {
-        Denied::Unauthenticated(m) => error(StatusCode::UNAUTHORIZED, &m),
-        Denied::Forbidden(m) => error(StatusCode::FORBIDDEN, &m),
-    })?;
+    let admin = auth::authorize_admin(&app.secret, authorization).map_err(super::responses::denied)?;
     match parts.method {
         Method::PUT => {
             let bytes = read_body(body, &parts.headers, GUEST_UPLOAD_LIMIT, body_read).await?;

@@ -125,13 +125,10 @@ async fn route(app: &App, guest: &Arc<Guest>, request: Request, realm_header: &m
     let cache = &app.realms;
     let realm = target.realm.clone();
     auth::authorize(&app.secret, &target.realm, need, target.public, authorization, |user| async move {
-        cache.permissions(&realm, &user).await.unwrap_or_default()
+        cache.permissions(&realm, &user).await.map_err(|e| Denied::Unavailable(e.to_string()))
     })
     .await
-    .map_err(|denied| match denied {
-        Denied::Unauthenticated(m) => error(StatusCode::UNAUTHORIZED, &m),
-        Denied::Forbidden(m) => error(StatusCode::FORBIDDEN, &m),
-    })?;
+    .map_err(responses::denied)?;
 
     let media = media_of(&headers);
     let if_match = precondition(&headers, header::IF_MATCH)?;
