@@ -122,6 +122,11 @@ struct ServeArgs {
     /// How long a request waits for a free guest instance before answering 503.
     #[arg(long, env = "REALM_GUEST_WAIT", default_value = "10s", value_parser = parse_duration)]
     guest_wait: Duration,
+    /// Keep compiled guests in this directory, so a start (or a switch to a
+    /// guest compiled before) need not compile again. Trusted like the
+    /// binary: its files are loaded as machine code.
+    #[arg(long, env = "REALM_COMPILE_CACHE")]
+    compile_cache: Option<PathBuf>,
     /// Largest `/_atomic` request body, in bytes.
     #[arg(long, env = "REALM_ATOMIC_LIMIT", default_value_t = 8 * 1024 * 1024)]
     atomic_limit: usize,
@@ -378,7 +383,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         instances: args.guest_instances,
         instance_wait: args.guest_wait,
     };
-    let engine = runtime::engine(sandbox).map_err(|e| format!("cannot start wasmtime: {e}"))?;
+    let engine = runtime::engine(sandbox)
+        .map_err(|e| format!("cannot start wasmtime: {e}"))?
+        .with_compile_cache(args.compile_cache.clone());
     let (bytes, source) = match &args.guest {
         Some(path) => {
             let bytes = std::fs::read(path).map_err(|e| format!("cannot read guest {}: {e}", path.display()))?;

@@ -7,6 +7,8 @@
 pub mod registry;
 // The guest's CPU clock: host time is not charged.
 mod clock;
+// Compiled guests on disk, so a start need not run cranelift again.
+mod compile_cache;
 // wasmtime: the engine and its instance pool, a fresh `Store` per call, the `store` imports.
 pub mod runtime;
 // The self-test every guest must pass before activation.

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
+use wasmtime::component::{HasSelf, Linker, Resource, ResourceTable};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
 
 use super::clock::{Charged, GuestClock, InHost};
@@ -108,6 +108,16 @@ pub struct Wasm {
     /// One permit per pooled component instance: a call waits here rather
     /// than fail when every instance is in use (e.g. waiting for locks).
     slots: Arc<tokio::sync::Semaphore>,
+    /// Where compiled guests are kept between starts, if anywhere.
+    compile_cache: Option<std::path::PathBuf>,
+}
+
+impl Wasm {
+    /// Keeps compiled guests in `dir` (see `compile_cache`).
+    pub fn with_compile_cache(mut self, dir: Option<std::path::PathBuf>) -> Wasm {
+        self.compile_cache = dir;
+        self
+    }
 }
 
 impl Call {
@@ -159,7 +169,7 @@ pub fn engine(sandbox: Sandbox) -> wasmtime::Result<Wasm> {
             }
         })
         .map_err(|e| wasmtime::format_err!("cannot start the epoch ticker: {e}"))?;
-    Ok(Wasm { engine, slots: Arc::new(tokio::sync::Semaphore::new(slots as usize)) })
+    Ok(Wasm { engine, slots: Arc::new(tokio::sync::Semaphore::new(slots as usize)), compile_cache: None })
 }
 
 /// A compiled component that type-checks against the `realm-core` world.
@@ -173,7 +183,7 @@ pub struct Compiled {
 /// Compiles and links a component; fails with the reason when the bytes are
 /// not a component or do not fit the world (imports and exports type-check).
 pub fn compile(wasm: &Wasm, bytes: &[u8]) -> wasmtime::Result<Compiled> {
-    let component = Component::new(&wasm.engine, bytes)?;
+    let component = super::compile_cache::component(wasm.compile_cache.as_deref(), &wasm.engine, bytes)?;
     let mut linker = Linker::<CallState>::new(&wasm.engine);
     RealmCore::add_to_linker::<_, HasSelf<CallState>>(&mut linker, |state| state)?;
     let pre = RealmCorePre::new(linker.instantiate_pre(&component)?)?;

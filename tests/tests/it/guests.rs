@@ -315,3 +315,39 @@ async fn swaps_under_load_on_two_replicas_answer_no_errors() {
     }
     assert!(requests > 0, "the clients made no requests");
 }
+
+/// `serve --compile-cache DIR`: the first start stores the compiled guest,
+/// the next loads it, and an entry that is not wasmtime's own is replaced
+/// by a fresh compile (the server serves either way).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_compile_cache_is_filled_reused_and_repaired() {
+    let cache = tempfile::Builder::new().prefix("compile-cache-").tempdir().expect("temp dir");
+    let args = vec!["--compile-cache".to_string(), cache.path().display().to_string()];
+    let entries = || {
+        let mut found: Vec<std::path::PathBuf> = std::fs::read_dir(cache.path()).expect("read cache").map(|e| e.expect("entry").path()).collect();
+        found.sort();
+        found
+    };
+    let first = Server::start_with(ServerOptions { serve_args: args.clone(), ..ServerOptions::default() }).await;
+    let stored = entries();
+    assert_eq!(stored.len(), 1, "one entry for the built-in guest: {stored:?}");
+    assert!(stored[0].extension().is_some_and(|e| e == "cwasm"), "{stored:?}");
+    assert!(!first.log().contains("loaded from the compile cache"), "{}", first.log());
+
+    let second = first.replica().await;
+    assert!(second.log().contains("loaded from the compile cache"), "{}", second.log());
+    let card = format!("{}cached", second.realm("test"));
+    second.client().write_source(&format!("{card}.json"), person(json!({"firstName": "Cached"})).to_string()).fetch().await.expect_status(204);
+    second.client().get_card(&card).fetch().await.expect_status(200);
+
+    // Replaced, not rewritten in place: running servers map the file.
+    let corrupt = cache.path().join("corrupt.tmp");
+    std::fs::write(&corrupt, b"not a compiled component").expect("write a corrupt entry");
+    std::fs::rename(&corrupt, &stored[0]).expect("corrupt the entry");
+    let third = first.replica().await;
+    assert!(third.log().contains("unusable compile-cache entry"), "{}", third.log());
+    third.client().get_card(&card).fetch().await.expect_status(200);
+    assert_eq!(entries(), stored, "the same entry, rewritten");
+    let repaired = std::fs::read(&stored[0]).expect("read entry");
+    assert_ne!(repaired, b"not a compiled component", "the entry was rewritten");
+}

@@ -45,7 +45,14 @@ const CLI_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long one HTTP request may take (generous: debug builds, 2 cores).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// Environment variables the CLI reads; cleared so the caller's shell cannot leak in.
-const CLI_ENV: [&str; 4] = ["REALM_DATABASE_URL", "REALM_LISTEN", "REALM_SECRET", "REALM_GUEST"];
+const CLI_ENV: [&str; 5] = ["REALM_DATABASE_URL", "REALM_LISTEN", "REALM_SECRET", "REALM_GUEST", "REALM_COMPILE_CACHE"];
+
+/// The compile cache the harness gives every server (in cargo's scratch
+/// dir for tests): a guest is compiled once, not at every server start
+/// (see `serve --compile-cache`).
+pub fn compile_cache() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("compile-cache")
+}
 
 // ---------------------------------------------------------------------------
 // The binary and the command line
@@ -428,6 +435,7 @@ impl Server {
         for var in CLI_ENV {
             command.env_remove(var);
         }
+        command.env("REALM_COMPILE_CACHE", compile_cache());
         let child = ChildGuard(command.spawn().unwrap_or_else(|e| panic!("cannot spawn realm-host serve: {e}")));
         let mut server = Server {
             port,
@@ -458,7 +466,7 @@ impl Server {
             if Instant::now() > deadline {
                 panic!("realm-host serve did not answer HEAD {probe} within {STARTUP_TIMEOUT:?}\n--- server log ---\n{}", self.log());
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
