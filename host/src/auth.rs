@@ -22,6 +22,8 @@ pub struct Claims {
 pub enum Need {
     Read,
     Write,
+    /// Managing the realm itself (`_permissions`): only `realm-owner`.
+    RealmOwner,
 }
 
 impl Need {
@@ -29,6 +31,7 @@ impl Need {
         match self {
             Need::Read => "read",
             Need::Write => "write",
+            Need::RealmOwner => "realm-owner",
         }
     }
 
@@ -38,6 +41,7 @@ impl Need {
             || match self {
                 Need::Read => p.read,
                 Need::Write => p.write,
+                Need::RealmOwner => false,
             }
     }
 }
@@ -211,6 +215,10 @@ mod tests {
         })
         .await;
         assert!(matches!(unreadable, Err(Denied::Unavailable(_))), "a storage failure is not a 403: {unreadable:?}");
+        let owner_only = check(Need::RealmOwner, rw(), Some(format!("Bearer {good}")), rw()).await;
+        assert!(matches!(owner_only, Err(Denied::Forbidden(_))), "write is not realm-owner: {owner_only:?}");
+        assert!(matches!(check(Need::RealmOwner, rw(), None, rw()).await, Err(Denied::Unauthenticated(_))), "a public realm still needs a token");
+        assert_eq!(check(Need::RealmOwner, none, Some(format!("Bearer {owner_token}")), owner).await, Ok(()));
         let wrong_secret = issue("other", "alice", REALM, rw(), 60).unwrap();
         assert!(matches!(check(Need::Read, none, Some(format!("Bearer {wrong_secret}")), rw()).await, Err(Denied::Unauthenticated(_))));
     }

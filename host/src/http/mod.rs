@@ -16,8 +16,14 @@ mod app;
 mod resolve;
 // File and card answers: validators, caching, conditional requests.
 mod files;
+// Which media type a request asks for, parameters included.
+mod media;
 // `/_guest` and `/_metrics`.
 mod admin;
+// `_info`, `_mtimes`, directory listings, `_readiness-check`.
+mod realm_meta;
+// `_permissions`.
+mod permissions;
 // The accept loop: connection cap, header and idle deadlines, graceful drain.
 pub mod listener;
 
@@ -31,9 +37,10 @@ use axum::Router;
 use admin::{guest_admin, metrics};
 use body::{check_atomic_body, check_json_values, read_text};
 use files::{card_response, head, precondition, set_file_headers, source};
-use resolve::{resolve, Resolved};
+use media::{media_of, Media};
+use resolve::{resolve, Resolved, Target};
 use responses::{encode_url, error, guest_error_response, internal_error, redirect, text_response, Reply};
-use responses::{CARD_JSON, CARD_SOURCE, JSON_API};
+use responses::JSON_API;
 use crate::auth::{self, Denied, Need};
 use crate::guest::runtime::{Answer, Call, CardResponse, Guest};
 
@@ -63,44 +70,31 @@ pub fn router(app: Arc<App>) -> Router {
         )
 }
 
-/// The media type a request asks for (spec §2: Accept first, exact match).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Media {
-    Card,
-    Source,
-    JsonApi,
-    Other,
-}
-
-fn media_of(headers: &HeaderMap) -> Media {
-    let pick = |name: header::HeaderName| {
-        headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| {
-            v.split(',').map(str::trim).find_map(|t| match t {
-                CARD_JSON => Some(Media::Card),
-                CARD_SOURCE => Some(Media::Source),
-                JSON_API => Some(Media::JsonApi),
-                _ => None,
-            })
-        })
-    };
-    pick(header::ACCEPT).or_else(|| pick(header::CONTENT_TYPE)).unwrap_or(Media::Other)
+/// The realm a response belongs to, for its `x-boxel-realm-*` headers.
+struct RealmHeaders {
+    url: String,
+    public_readable: bool,
 }
 
 async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
-    let mut realm_header = None::<String>;
+    let mut realm_headers = None::<RealmHeaders>;
     // The guest this whole request runs on, even if a swap happens meanwhile.
     let guest = app.guests.current();
-    let reply = if request.uri().path() == "/_guest" {
-        guest_admin(&app, request).await
-    } else if request.uri().path() == "/_metrics" {
-        Ok(metrics(&app))
-    } else {
-        route(&app, &guest, request, &mut realm_header).await
+    let reply = match request.uri().path() {
+        "/_guest" => guest_admin(&app, request).await,
+        "/_metrics" => Ok(metrics(&app)),
+        "/_readiness-check" if request.method() == Method::GET => Ok(realm_meta::readiness(&app.db).await),
+        _ => route(&app, &guest, request, &mut realm_headers).await,
     };
     let mut response = reply.unwrap_or_else(|refusal| refusal);
     let headers = response.headers_mut();
-    if let Some(realm) = realm_header.and_then(|r| HeaderValue::from_str(&encode_url(&r)).ok()) {
-        headers.insert("x-boxel-realm-url", realm);
+    if let Some(realm) = realm_headers {
+        if let Ok(url) = HeaderValue::from_str(&encode_url(&realm.url)) {
+            headers.insert("x-boxel-realm-url", url);
+        }
+        if realm.public_readable {
+            headers.insert("x-boxel-realm-public-readable", HeaderValue::from_static("true"));
+        }
     }
     if let Ok(hash) = HeaderValue::from_str(&guest.short_hash) {
         headers.insert("x-realm-guest", hash);
@@ -108,36 +102,70 @@ async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
     response
 }
 
-async fn route(app: &App, guest: &Arc<Guest>, request: Request, realm_header: &mut Option<String>) -> Reply {
+/// The method a request means: `POST` with `X-HTTP-Method-Override: QUERY`
+/// is a `QUERY` (a read with a body), as in Boxel.
+fn method_of(method: &Method, headers: &HeaderMap) -> Method {
+    let overridden = headers.get("x-http-method-override").and_then(|v| v.to_str().ok());
+    match overridden {
+        Some(name) if *method == Method::POST && name.trim().eq_ignore_ascii_case("QUERY") => {
+            Method::from_bytes(b"QUERY").unwrap_or_else(|_| method.clone())
+        }
+        _ => method.clone(),
+    }
+}
+
+/// What a request needs: realm endpoints their own, else read for the
+/// methods that change nothing and write for the rest.
+fn need_of(method: &Method, local: &str) -> Need {
+    if local == "_permissions" {
+        return Need::RealmOwner;
+    }
+    match *method {
+        Method::GET | Method::HEAD | Method::OPTIONS => Need::Read,
+        _ if method.as_str() == "QUERY" => Need::Read,
+        _ => Need::Write,
+    }
+}
+
+async fn route(app: &App, guest: &Arc<Guest>, request: Request, realm_headers: &mut Option<RealmHeaders>) -> Reply {
     let (parts, body) = request.into_parts();
-    let method = parts.method.clone();
     let headers = parts.headers;
+    let method = method_of(&parts.method, &headers);
     let target = match resolve(app, &headers, parts.uri.path()).await? {
         Resolved::Target(t) => t,
         Resolved::Redirect(to) => return Ok(redirect(&to)),
     };
-    *realm_header = Some(target.realm.clone());
-    let need = match method {
-        Method::GET | Method::HEAD | Method::OPTIONS => Need::Read,
-        _ => Need::Write,
-    };
-    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let cache = &app.realms;
-    let realm = target.realm.clone();
-    auth::authorize(&app.secret, &target.realm, need, target.public, authorization, |user| async move {
-        cache.permissions(&realm, &user).await.map_err(|e| Denied::Unavailable(e.to_string()))
-    })
-    .await
-    .map_err(responses::denied)?;
+    *realm_headers = Some(RealmHeaders { url: target.realm.clone(), public_readable: target.public.read });
+    if method == Method::GET && target.local == "_readiness-check" {
+        return Ok(realm_meta::readiness(&app.db).await);
+    }
+    let authorized = authorize(app, &target, need_of(&method, &target.local), &headers).await;
+    if method == Method::HEAD {
+        // HEAD needs no credentials (as in Boxel): a client learns which
+        // realm a URL is in and whether it is public. Whether the path
+        // exists is told only to those who may read it.
+        return match authorized {
+            Ok(()) => head(app, &target).await,
+            Err(Denied::Unavailable(detail)) => Err(responses::denied(Denied::Unavailable(detail))),
+            Err(_) => Ok(StatusCode::OK.into_response()),
+        };
+    }
+    authorized.map_err(responses::denied)?;
 
-    let media = media_of(&headers);
+    let media = media_of(&headers)?;
     let if_match = precondition(&headers, header::IF_MATCH)?;
     // Read now so an unreadable one is refused on every route.
     precondition(&headers, header::IF_NONE_MATCH)?;
     let local = target.local.clone();
     let realm = target.realm.clone();
-    let mut response = match (method.clone(), media) {
-        (Method::HEAD, _) => head(app, &target).await?,
+    let is_query = method.as_str() == "QUERY";
+    let response = match (method.clone(), media) {
+        (Method::GET, Media::JsonApi) if local == "_info" => realm_meta::info(app, &target).await?,
+        (_, Media::JsonApi) if is_query && local == "_info" => realm_meta::info(app, &target).await?,
+        (Method::GET, Media::JsonApi) if local == "_mtimes" => realm_meta::mtimes(app, &target).await?,
+        (Method::GET, Media::JsonApi) if local == "_permissions" => permissions::get(app, &target).await?,
+        (Method::PATCH, Media::JsonApi) if local == "_permissions" => permissions::patch(app, &target, &headers, body).await?,
+        (Method::GET, Media::JsonApi) if local.is_empty() || local.ends_with('/') => realm_meta::directory(app, &target).await?,
         (Method::GET, Media::Card) => {
             if let Some(id) = local.strip_suffix(".json") {
                 return Ok(redirect(&encode_url(&format!("{realm}{id}"))));
@@ -207,10 +235,18 @@ async fn route(app: &App, guest: &Arc<Guest>, request: Request, realm_header: &m
             ))
         }
     };
-    if target.public.read {
-        response.headers_mut().insert("x-boxel-realm-public-readable", HeaderValue::from_static("true"));
-    }
     Ok(response)
+}
+
+/// Checks the request's credentials against what it needs in the realm.
+async fn authorize(app: &App, target: &Target, need: Need, headers: &HeaderMap) -> Result<(), Denied> {
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let realms = &app.realms;
+    let realm = target.realm.as_str();
+    auth::authorize(&app.secret, realm, need, target.public, authorization, |user| async move {
+        realms.permissions(realm, &user).await.map_err(|e| Denied::Unavailable(e.to_string()))
+    })
+    .await
 }
 
 /// Runs a guest call in its own task: the critical section finishes even

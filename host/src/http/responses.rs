@@ -116,6 +116,16 @@ pub(super) fn text_response(status: StatusCode, content_type: &'static str, body
     response
 }
 
+/// The answer to a refused request: 401, 403, or 503 (permissions unreadable).
+pub(super) fn denied(refusal: crate::auth::Denied) -> Response {
+    use crate::auth::Denied;
+    match refusal {
+        Denied::Unauthenticated(m) => error(StatusCode::UNAUTHORIZED, &m),
+        Denied::Forbidden(m) => error(StatusCode::FORBIDDEN, &m),
+        Denied::Unavailable(detail) => unavailable("the permissions cannot be checked right now; retry", &detail),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::encode_url;
@@ -125,15 +135,5 @@ mod tests {
         assert_eq!(encode_url("http://h:1/test/café"), "http://h:1/test/caf%C3%A9");
         assert_eq!(encode_url("http://h:1/a b/50%/x?y#z"), "http://h:1/a%20b/50%25/x%3Fy%23z");
         assert_eq!(encode_url("http://h:1/plain/Person/1"), "http://h:1/plain/Person/1");
-    }
-}
-
-/// The answer to a refused request: 401, 403, or 503 (permissions unreadable).
-pub(super) fn denied(refusal: crate::auth::Denied) -> Response {
-    use crate::auth::Denied;
-    match refusal {
-        Denied::Unauthenticated(m) => error(StatusCode::UNAUTHORIZED, &m),
-        Denied::Forbidden(m) => error(StatusCode::FORBIDDEN, &m),
-        Denied::Unavailable(detail) => unavailable("the permissions cannot be checked right now; retry", &detail),
     }
 }

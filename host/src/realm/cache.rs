@@ -1,18 +1,16 @@
-//! What a replica remembers about realms between requests: the realm list
-//! and permissions. The realm list lives in memory, so routing a request
-//! (even one for a path under no realm) costs no query; it is reloaded on
-//! a short timer, and on Postgres also whenever any process changes a
-//! realm (`LISTEN/NOTIFY` on [`REALM_CHANNEL`]), which also drops the
-//! cached permissions. On SQLite, where other processes cannot notify,
-//! permissions are read per request.
+//! What a replica remembers about realms between requests: the realm list.
+//! It lives in memory, so routing a request (even one for a path under no
+//! realm) costs no query; it is reloaded on a short timer, and on Postgres
+//! also whenever any process changes a realm (`LISTEN/NOTIFY` on
+//! [`REALM_CHANNEL`]). Permissions are not cached: they are read per
+//! request, so a `_permissions` change holds on every replica from the
+//! moment it commits (a notification arrives a little later).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::RwLock;
 
 use crate::store::{Database, DbError, Permissions, REALM_CHANNEL};
 
@@ -27,18 +25,12 @@ pub struct RealmCache {
     realms: ArcSwap<Vec<String>>,
     /// How many times the realm list was read from the database.
     loads: AtomicU64,
-    /// `(realm, user)` → permissions; only used on Postgres.
-    permissions: RwLock<HashMap<(String, String), Permissions>>,
 }
 
 impl RealmCache {
     pub async fn load(db: Database) -> Result<RealmCache, DbError> {
         let realms = ArcSwap::from_pointee(db.realms().await?);
-        Ok(RealmCache { db, realms, loads: AtomicU64::new(1), permissions: RwLock::default() })
-    }
-
-    fn caches_permissions(&self) -> bool {
-        matches!(self.db, Database::Postgres(_))
+        Ok(RealmCache { db, realms, loads: AtomicU64::new(1) })
     }
 
     /// The realm URLs, as last loaded.
@@ -78,29 +70,18 @@ impl RealmCache {
 
     /// What exactly this user (`*` is anyone) may do in the realm.
     pub async fn permissions(&self, realm: &str, user: &str) -> Result<Permissions, DbError> {
-        let key = (realm.to_string(), user.to_string());
-        if self.caches_permissions() {
-            if let Some(known) = self.permissions.read().await.get(&key) {
-                return Ok(*known);
-            }
-        }
-        let fresh = self.db.user_permissions(realm, user).await?;
-        if self.caches_permissions() {
-            self.permissions.write().await.insert(key, fresh);
-        }
-        Ok(fresh)
+        self.db.user_permissions(realm, user).await
     }
 
-    async fn forget(&self) {
-        self.permissions.write().await.clear();
+    async fn catch_up(&self) {
         if let Err(e) = self.reload_realms().await {
             tracing::warn!(error = %e, "cannot reload the realm list");
         }
     }
 
-    /// Drops the cache whenever any process changes a realm (Postgres).
+    /// Reloads the realm list whenever any process changes a realm (Postgres).
     /// If the listening connection is lost, notifications may have been
-    /// missed, so the cache is dropped then too.
+    /// missed, so the list is re-read then too.
     pub async fn follow_changes(self: Arc<Self>) {
         drop(tokio::spawn(self.clone().refresh_periodically()));
         let Database::Postgres(pool) = &self.db else { return };
@@ -113,22 +94,22 @@ impl RealmCache {
                 Ok(listener) => listener,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot LISTEN for realm changes; retrying");
-                    self.forget().await;
+                    self.catch_up().await;
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
             };
             // Anything changed before the LISTEN took effect is re-read.
-            self.forget().await;
+            self.catch_up().await;
             loop {
                 match listener.try_recv().await {
-                    Ok(Some(_)) => self.forget().await,
+                    Ok(Some(_)) => self.catch_up().await,
                     // The connection was lost: sqlx reconnects on the next
                     // call, but notifications in between are gone.
-                    Ok(None) => self.forget().await,
+                    Ok(None) => self.catch_up().await,
                     Err(e) => {
                         tracing::warn!(error = %e, "lost the realm-change listener");
-                        self.forget().await;
+                        self.catch_up().await;
                         break;
                     }
                 }

@@ -8,6 +8,8 @@
 mod rows;
 // The in-memory backend: files only, writes staged until commit.
 mod memory;
+// Paths and times of a realm's files, without contents.
+mod listing;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -16,6 +18,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::Row;
 
+pub use listing::FileEntry;
 pub use memory::MemoryStore;
 pub(crate) use memory::Staged;
 pub use rows::{etag_of, now_unix, FileRow, Permissions};
@@ -139,6 +142,53 @@ impl Database {
             .bind(realm).bind(user).bind(p.read).bind(p.write).bind(p.realm_owner)
             .execute(pool).await?; });
         self.announce_change(realm).await
+    }
+
+    /// Every user granted anything in the realm, with what they may do,
+    /// sorted by user name (`*` is anyone). Rows granting nothing are left out.
+    pub async fn realm_permissions(&self, realm: &str) -> Result<Vec<(String, Permissions)>, DbError> {
+        let sql = "SELECT username, can_read, can_write, realm_owner FROM realm_permissions WHERE realm_url = $1";
+        let mut rows = on_pool!(self, pool => {
+            let rows = sqlx::query(sql).bind(realm).fetch_all(pool).await?;
+            rows.iter()
+                .map(|r| Ok::<_, sqlx::Error>((r.try_get::<String, _>(0)?, Permissions {
+                    read: r.try_get(1)?, write: r.try_get(2)?, realm_owner: r.try_get(3)?,
+                })))
+                .collect::<Result<Vec<_>, _>>()?
+        });
+        rows.retain(|(_, p)| *p != Permissions::default());
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(rows)
+    }
+
+    /// Sets each listed user's permissions (`None`: removes the user) in
+    /// one transaction, then tells every replica.
+    pub async fn update_permissions(&self, realm: &str, changes: &[(String, Option<Permissions>)]) -> Result<(), DbError> {
+        let upsert = "INSERT INTO realm_permissions (realm_url, username, can_read, can_write, realm_owner)
+                      VALUES ($1, $2, $3, $4, $5)
+                      ON CONFLICT (realm_url, username) DO UPDATE
+                      SET can_read = excluded.can_read, can_write = excluded.can_write, realm_owner = excluded.realm_owner";
+        let remove = "DELETE FROM realm_permissions WHERE realm_url = $1 AND username = $2";
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            for (user, change) in changes {
+                match change {
+                    Some(p) => sqlx::query(upsert).bind(realm).bind(user).bind(p.read).bind(p.write).bind(p.realm_owner).execute(&mut *tx).await?,
+                    None => sqlx::query(remove).bind(realm).bind(user).execute(&mut *tx).await?,
+                };
+            }
+            tx.commit().await?;
+        });
+        self.announce_change(realm).await
+    }
+
+    /// A cheap query: whether the database answers at all.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        if let Database::Memory(_) = self {
+            return Ok(());
+        }
+        on_pool!(self, pool => { sqlx::query("SELECT 1").execute(pool).await?; });
+        Ok(())
     }
 
     /// Every realm URL, canonical.

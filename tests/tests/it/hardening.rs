@@ -874,7 +874,7 @@ fn rich_card(realm: &str, i: usize, pad: usize) -> Value {
         "firstName": format!("First{i}"),
         "lastName": format!("Last{i}"),
         "age": i % 90,
-        "active": i % 2 == 0,
+        "active": i.is_multiple_of(2),
         "rating": 4.5,
         "tags": ["alpha", "beta", format!("t{i}")],
         "address": { "street": format!("{i} Main St"), "city": "Paris", "zip": null, "geo": { "lat": 48.25, "lng": 2.5 } },

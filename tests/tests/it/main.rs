@@ -17,6 +17,7 @@ mod pg;
 mod atomic;
 mod auth;
 mod cli;
+mod client_surface;
 mod concurrency;
 mod guests;
 mod hardening;

@@ -848,16 +848,19 @@ async fn postgres_grants_reach_every_replica_at_once() {
     let carol_a = a.client_as("carol", &private, &["read"]).await;
     let carol_b = b.client_as("carol", &private, &["read"]).await;
     let on_b = private.replace(&a.base, &b.base);
-    // Both replicas look carol up (and cache that she may do nothing).
-    carol_a.head(&private, CARD_JSON).fetch().await.expect_status(403);
-    carol_b.head(&on_b, CARD_JSON).fetch().await.expect_status(403);
+    // Both replicas look carol up (and would cache that she may do
+    // nothing). A read of a missing file: 403 refused, 404 allowed (HEAD
+    // needs no permission).
+    let missing = |realm: &str| format!("{realm}missing.txt");
+    carol_a.get_source(&missing(&private)).fetch().await.expect_status(403);
+    carol_b.get_source(&missing(&on_b)).fetch().await.expect_status(403);
 
     cli(&["realm", "grant", &private, "carol", "read", "--database", a.db_url()]).await.expect_success();
     for (client, url) in [(&carol_a, &private), (&carol_b, &on_b)] {
         let started = std::time::Instant::now();
         loop {
-            let status = client.head(url, CARD_JSON).fetch().await.status;
-            if status == 200 {
+            let status = client.get_source(&missing(url)).fetch().await.status;
+            if status == 404 {
                 break;
             }
             assert_eq!(status, 403, "before the grant lands");

@@ -1,0 +1,39 @@
+//! What a realm holds, without the contents: each file's path and times,
+//! for `/_mtimes` and directory listings.
+
+use sqlx::Row;
+
+use super::{on_pool, Database, DbError};
+
+/// A stored file's path and times.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileEntry {
+    pub path: String,
+    /// Unix seconds.
+    pub created: i64,
+    /// Unix seconds.
+    pub last_modified: i64,
+}
+
+impl Database {
+    /// Every file of the realm whose path starts with `prefix` (`""` for
+    /// all), sorted by path (byte order, the same on both backends).
+    pub async fn list_files(&self, realm: &str, prefix: &str) -> Result<Vec<FileEntry>, DbError> {
+        // `substr`, not `LIKE`: no wildcard escaping, and SQLite's LIKE
+        // ignores ASCII case.
+        let sql = "SELECT path, created_at, last_modified FROM files
+                   WHERE realm_url = $1 AND substr(path, 1, length($2)) = $2";
+        let mut entries = on_pool!(self, pool => {
+            let rows = sqlx::query(sql).bind(realm).bind(prefix).fetch_all(pool).await?;
+            rows.iter()
+                .map(|r| Ok::<_, sqlx::Error>(FileEntry { path: r.try_get(0)?, created: r.try_get(1)?, last_modified: r.try_get(2)? }))
+                .collect::<Result<Vec<_>, _>>()?
+        });
+        // Byte order: SQL `ORDER BY` would follow the database's collation.
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        // `length` counts characters on both backends, so the prefix test
+        // is exact; this guards against a backend that counts bytes.
+        entries.retain(|e| e.path.starts_with(prefix));
+        Ok(entries)
+    }
+}
