@@ -9,35 +9,72 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::app::App;
-use super::resolve::Target;
-use super::responses::{error, storage_error, text_response, Reply, CARD_JSON};
+use super::file_types::{has_executable_extension, text_content_type, EXECUTABLE_EXTENSIONS};
+use super::resolve::{path_of, Target};
+use super::responses::{encode_url, error, redirect, storage_error, text_response, Reply, CARD_JSON};
 use crate::guest::runtime::CardResponse;
 
-/// HEAD: 200 when the realm root, a file, or a card at the path exists.
-pub(super) async fn head(app: &App, target: &Target) -> Reply {
-    let exists = target.local.is_empty()
-        || target.local.ends_with('/')
-        || app.db.read_file(&target.realm, &target.local).await.map_err(|e| storage_error(&e))?.is_some()
-        || app.db.read_file(&target.realm, &format!("{}.json", target.local)).await.map_err(|e| storage_error(&e))?.is_some();
-    Ok(if exists { StatusCode::OK } else { StatusCode::NOT_FOUND }.into_response())
+/// HEAD: 200 when the realm root, a directory, a file, or (asked for as a
+/// card) a card exists at the path; 302 where a GET would redirect.
+pub(super) async fn head(app: &App, target: &Target, as_card: bool) -> Reply {
+    let local = &target.local;
+    if local.is_empty() || local.ends_with('/') {
+        return Ok(StatusCode::OK.into_response());
+    }
+    let mut candidates = vec![local.clone()];
+    if as_card {
+        candidates.push(format!("{local}.json"));
+    }
+    let found = app.db.existing_paths(&target.realm, &candidates).await.map_err(|e| storage_error(&e))?;
+    if !found.is_empty() {
+        return Ok(StatusCode::OK.into_response());
+    }
+    match module_fallback(app, target).await? {
+        Some(path) => Ok(redirect_within(target, &path)),
+        None => Ok(StatusCode::NOT_FOUND.into_response()),
+    }
 }
 
-/// GET of a raw file (card+source, or any other Accept).
+/// GET of a raw file (card+source, or any other Accept), with the content
+/// type of its extension. A path without an executable extension that
+/// holds no file redirects (302) to the first of `<path>.js .gjs .ts .gts
+/// .json` that exists, as Boxel resolves a module specifier.
 pub(super) async fn source(app: &App, target: &Target, request_headers: &HeaderMap) -> Reply {
-    let file = app
-        .db
-        .read_file(&target.realm, &target.local)
-        .await
-        .map_err(|e| storage_error(&e))?
-        .ok_or_else(|| error(StatusCode::NOT_FOUND, &format!("Could not find {}{}", target.realm, target.local)))?;
+    let Some(file) = app.db.read_file(&target.realm, &target.local).await.map_err(|e| storage_error(&e))? else {
+        return match module_fallback(app, target).await? {
+            Some(path) => Ok(redirect_within(target, &path)),
+            None => Err(error(StatusCode::NOT_FOUND, &format!("Could not find {}{}", target.realm, target.local))),
+        };
+    };
     let etag = file.etag();
     if if_none_match(request_headers, &etag)? {
         return Ok(not_modified(&etag, file.last_modified, target));
     }
-    let mut response = text_response(StatusCode::OK, "text/plain; charset=utf-8", file.content);
+    let mut response = (StatusCode::OK, file.content).into_response();
+    if let Ok(v) = HeaderValue::from_str(&text_content_type(&target.local)) {
+        response.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
     set_file_headers(response.headers_mut(), &etag, file.created, file.last_modified);
     set_cache_control(response.headers_mut(), target);
     Ok(response)
+}
+
+/// The first `<local><ext>` that exists, for a local path that names no
+/// executable extension (and is not a directory).
+async fn module_fallback(app: &App, target: &Target) -> Result<Option<String>, Response> {
+    let local = &target.local;
+    if local.is_empty() || local.ends_with('/') || has_executable_extension(local) {
+        return Ok(None);
+    }
+    let candidates: Vec<String> = EXECUTABLE_EXTENSIONS.iter().chain(&[".json"]).map(|ext| format!("{local}{ext}")).collect();
+    let found = app.db.existing_paths(&target.realm, &candidates).await.map_err(|e| storage_error(&e))?;
+    Ok(candidates.into_iter().find(|c| found.contains(c)))
+}
+
+/// A 302 whose `Location` is the path of `local` in the realm, as Boxel sends it.
+fn redirect_within(target: &Target, local: &str) -> Response {
+    let url = encode_url(&format!("{}{local}", target.realm));
+    redirect(path_of(&url))
 }
 
 pub(super) fn card_response(status: StatusCode, card: CardResponse, target: &Target, request_headers: &HeaderMap) -> Response {

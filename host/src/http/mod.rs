@@ -14,6 +14,8 @@ mod body;
 mod app;
 // Which realm and local path a request addresses.
 mod resolve;
+// What a file is from its name: content type, module extensions, FileDef.
+mod file_types;
 // File and card answers: validators, caching, conditional requests.
 mod files;
 // Which media type a request asks for, parameters included.
@@ -24,6 +26,8 @@ mod admin;
 mod realm_meta;
 // `_permissions`.
 mod permissions;
+// `file-meta` documents: a non-card file asked for as a card.
+mod file_meta;
 // The accept loop: connection cap, header and idle deadlines, graceful drain.
 pub mod listener;
 
@@ -42,7 +46,7 @@ use resolve::{resolve, Resolved, Target};
 use responses::{encode_url, error, guest_error_response, internal_error, redirect, text_response, Reply};
 use responses::JSON_API;
 use crate::auth::{self, Denied, Need};
-use crate::guest::runtime::{Answer, Call, CardResponse, Guest};
+use crate::guest::runtime::{Answer, Call, CardResponse, Guest, GuestError};
 
 pub use app::{App, RequestLimits};
 
@@ -145,7 +149,7 @@ async fn route(app: &App, guest: &Arc<Guest>, request: Request, realm_headers: &
         // realm a URL is in and whether it is public. Whether the path
         // exists is told only to those who may read it.
         return match authorized {
-            Ok(()) => head(app, &target).await,
+            Ok(()) => head(app, &target, media_of(&headers).is_ok_and(|m| m == Media::Card)).await,
             Err(Denied::Unavailable(detail)) => Err(responses::denied(Denied::Unavailable(detail))),
             Err(_) => Ok(StatusCode::OK.into_response()),
         };
@@ -170,8 +174,15 @@ async fn route(app: &App, guest: &Arc<Guest>, request: Request, realm_headers: &
             if let Some(id) = local.strip_suffix(".json") {
                 return Ok(redirect(&encode_url(&format!("{realm}{id}"))));
             }
-            let card = card_answer(run(guest, Call::GetCard { realm, path: local }).await?)?;
-            card_response(StatusCode::OK, card, &target, &headers)
+            match run_call(guest, Call::GetCard { realm, path: local }).await? {
+                Ok(answer) => card_response(StatusCode::OK, card_answer(answer)?, &target, &headers),
+                // A file that is not a card: its `file-meta` document.
+                Err(GuestError::UnsupportedMediaType(message)) => match file_meta::document(app, &target).await? {
+                    Some(document) => document,
+                    None => return Err(guest_error_response(GuestError::UnsupportedMediaType(message))),
+                },
+                Err(refused) => return Err(guest_error_response(refused)),
+            }
         }
         (Method::GET, _) => source(app, &target, &headers).await?,
         (Method::POST, Media::Card) => {
@@ -252,11 +263,15 @@ async fn authorize(app: &App, target: &Target, need: Need, headers: &HeaderMap) 
 /// Runs a guest call in its own task: the critical section finishes even
 /// if the client disconnects and this request future is dropped.
 async fn run(guest: &Arc<Guest>, call: Call) -> Result<Answer, Response> {
+    run_call(guest, call).await?.map_err(guest_error_response)
+}
+
+/// `run`, with the guest's own refusal left for the caller to answer.
+async fn run_call(guest: &Arc<Guest>, call: Call) -> Result<Result<Answer, GuestError>, Response> {
     let running = guest.clone();
     let outcome = tokio::spawn(async move { running.run(call).await }).await;
     match outcome {
-        Ok(Ok(Ok(answer))) => Ok(answer),
-        Ok(Ok(Err(guest_error))) => Err(guest_error_response(guest_error)),
+        Ok(Ok(answer)) => Ok(answer),
         Ok(Err(trap)) => Err(internal_error(&format!("the card logic (guest {}) failed", guest.short_hash), &format!("{trap:?}"))),
         Err(join_error) => Err(internal_error("the request failed", &join_error.to_string())),
     }

@@ -43,6 +43,13 @@ pub(super) async fn readiness(db: &Database) -> Response {
 /// defaults; `visibility` and `realmUserId` from its permissions.
 pub(super) async fn info(app: &App, target: &Target) -> Reply {
     let realm = &target.realm;
+    let attributes = realm_info(app, realm).await?;
+    let doc = json!({"data": {"id": realm, "type": "realm-info", "attributes": attributes}});
+    Ok(json_response(StatusCode::OK, JSON_API, &doc))
+}
+
+/// The attributes of the realm's `realm-info` resource.
+pub(super) async fn realm_info(app: &App, realm: &str) -> Result<Map<String, Value>, Response> {
     let permissions = app.db.realm_permissions(realm).await.map_err(|e| storage_error(&e))?;
     let mut attributes = Map::new();
     attributes.insert("name".into(), json!("Unnamed Workspace"));
@@ -55,8 +62,7 @@ pub(super) async fn info(app: &App, target: &Target) -> Reply {
     attributes.insert("publishable".into(), Value::Null);
     attributes.insert("lastPublishedAt".into(), Value::Null);
     overlay_config(&app.db, realm, &mut attributes).await.map_err(|e| storage_error(&e))?;
-    let doc = json!({"data": {"id": realm, "type": "realm-info", "attributes": attributes}});
-    Ok(json_response(StatusCode::OK, JSON_API, &doc))
+    Ok(attributes)
 }
 
 /// Boxel's rule: anyone (`*`) → public; a `users` row or more than one

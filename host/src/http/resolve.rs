@@ -47,8 +47,8 @@ enum Found {
     Redirect(String),
 }
 
-/// The path part of a canonical realm URL (`http://h:p/a/b/` → `/a/b/`).
-fn path_of(realm: &str) -> &str {
+/// The path part of a URL (`http://h:p/a/b/` → `/a/b/`).
+pub(super) fn path_of(realm: &str) -> &str {
     let after_scheme = realm.find("://").map(|i| i + 3).unwrap_or(0);
     realm[after_scheme..].find('/').map(|i| &realm[after_scheme + i..]).unwrap_or("/")
 }

@@ -16,6 +16,26 @@ pub struct FileEntry {
 }
 
 impl Database {
+    /// Which of `paths` hold a file in the realm (one query).
+    pub async fn existing_paths(&self, realm: &str, paths: &[String]) -> Result<Vec<String>, DbError> {
+        if paths.is_empty() {
+            return Ok(Vec::new());
+        }
+        if let Database::Memory(store) = self {
+            return Ok(paths.iter().filter(|p| store.read(realm, p).is_some()).cloned().collect());
+        }
+        let placeholders: Vec<String> = (2..paths.len() + 2).map(|i| format!("${i}")).collect();
+        let sql = format!("SELECT path FROM files WHERE realm_url = $1 AND path IN ({})", placeholders.join(", "));
+        let found = on_pool!(self, pool => {
+            let mut query = sqlx::query_scalar::<_, String>(&sql).bind(realm);
+            for path in paths {
+                query = query.bind(path);
+            }
+            query.fetch_all(pool).await?
+        });
+        Ok(found)
+    }
+
     /// Every file of the realm whose path starts with `prefix` (`""` for
     /// all), sorted by path (byte order, the same on both backends).
     pub async fn list_files(&self, realm: &str, prefix: &str) -> Result<Vec<FileEntry>, DbError> {

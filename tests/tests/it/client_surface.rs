@@ -40,6 +40,8 @@ on_both_backends!(
     permission_changes_hold_on_every_replica_before_the_answer,
     readiness_check_is_public,
     json_api_media_type_parameters_are_honoured,
+    modules_resolve_without_their_extension_and_files_carry_their_type,
+    a_file_that_is_not_a_card_asked_for_as_one_is_a_file_meta_document,
 );
 
 async fn every_realm_response_names_its_realm_and_head_needs_no_credentials(backend: Backend) {
@@ -375,4 +377,91 @@ async fn json_api_media_type_parameters_are_honoured(backend: Backend) {
     http.get_card(&format!("{test}ext/three")).fetch().await.card_error(404);
     let resp = http.request(Method::GET, &format!("{test}ext/one"), "application/vnd.card+json; charset=latin1").fetch().await;
     resp.card_error(406);
+}
+
+async fn modules_resolve_without_their_extension_and_files_carry_their_type(backend: Backend) {
+    let srv = backend.start().await;
+    let (test, private) = (srv.realm("test"), srv.realm("private"));
+    let http = srv.client();
+    for (path, text) in [
+        ("person.gts", "export class Person {}"),
+        ("util.ts", "export const u = 1;"),
+        ("both.gts", "gts"),
+        ("both.js", "js"),
+        ("hello.test.gts", "dotted"),
+        ("notes.txt", "plain"),
+        ("readme.md", "# hi"),
+    ] {
+        http.seed(&format!("{test}{path}"), text).await;
+    }
+    let (card, _) = http.create(&test, &person_doc(&test, json!({"firstName": "Mango"}))).await;
+    let realm_path = url::Url::parse(&test).unwrap().path().to_string();
+
+    // No extension: 302 to the first of .js .gjs .ts .gts .json that
+    // exists; `Location` is the path, as Boxel sends it. HEAD says the same.
+    let card_path = &card[test.len()..];
+    for (asked, found) in [("person", "person.gts"), ("both", "both.js"), ("hello.test", "hello.test.gts"), (card_path, &*format!("{card_path}.json"))] {
+        let resp = http.get_source(&format!("{test}{asked}")).fetch().await.expect_status(302);
+        assert_eq!(resp.header("location"), Some(&*format!("{realm_path}{found}")), "{resp}");
+        let resp = http.head(&format!("{test}{asked}"), CARD_SOURCE).fetch().await.expect_status(302);
+        assert_eq!(resp.header("location"), Some(&*format!("{realm_path}{found}")), "{resp}");
+        let resp = http.request(Method::GET, &format!("{test}{asked}"), "*/*").fetch().await.expect_status(302);
+        assert_eq!(resp.header("location"), Some(&*format!("{realm_path}{found}")), "{resp}");
+    }
+    // A path with an executable extension is never redirected.
+    http.get_source(&format!("{test}util.gts")).fetch().await.card_error(404);
+    http.get_source(&format!("{test}nothing")).fetch().await.card_error(404);
+
+    for (path, content_type) in [
+        ("person.gts", "text/typescript+glimmer; charset=utf-8"),
+        ("util.ts", "text/typescript; charset=utf-8"),
+        ("notes.txt", "text/plain; charset=utf-8"),
+        ("readme.md", "text/markdown; charset=utf-8"),
+        (&*format!("{card_path}.json"), "application/json; charset=utf-8"),
+    ] {
+        let resp = http.get_source(&format!("{test}{path}")).fetch().await.expect_status(200);
+        assert_eq!(resp.header("content-type"), Some(content_type), "{resp}");
+    }
+    // Resolution reads the realm: a private one answers 401 first.
+    let alice = srv.client_as(ALICE, &private, &["read", "write"]).await;
+    alice.seed(&format!("{private}secret.gts"), "x").await;
+    srv.client().get_source(&format!("{private}secret")).fetch().await.card_error(401);
+    alice.get_source(&format!("{private}secret")).fetch().await.expect_status(302);
+}
+
+async fn a_file_that_is_not_a_card_asked_for_as_one_is_a_file_meta_document(backend: Backend) {
+    let srv = backend.start().await;
+    let (test, private) = (srv.realm("test"), srv.realm("private"));
+    let http = srv.client();
+    http.seed(&format!("{test}docs/notes.txt"), "hello notes").await;
+    let url = format!("{test}docs/notes.txt");
+
+    let resp = http.get_card(&url).fetch().await.expect_status(200);
+    assert_eq!(resp.media_type(), CARD_JSON);
+    let etag = resp.etag();
+    let source = http.get_source(&url).fetch().await.expect_status(200);
+    assert_eq!(source.etag(), etag, "the file's own etag");
+    let doc = resp.json();
+    let data = &doc["data"];
+    assert_eq!(data["type"], json!("file-meta"));
+    assert_eq!(data["id"], json!(url));
+    assert_eq!(data["links"]["self"], json!(url));
+    let attributes = &data["attributes"];
+    assert_eq!(attributes["name"], json!("notes.txt"));
+    assert_eq!(attributes["url"], json!(url));
+    assert_eq!(attributes["sourceUrl"], json!(url));
+    assert_eq!(attributes["contentType"], json!("text/plain"));
+    assert_eq!(attributes["contentSize"], json!(11));
+    assert!(attributes["contentHash"].is_string() && attributes["lastModified"].is_i64() && attributes["createdAt"].is_i64(), "{doc}");
+    assert_eq!(data["meta"]["adoptsFrom"], json!({"module": "https://cardstack.com/base/text-file-def", "name": "TextFileDef"}));
+    assert_eq!(data["meta"]["realmURL"], json!(test));
+    assert_eq!(data["meta"]["realmInfo"]["name"], json!("Unnamed Workspace"));
+
+    http.get_card(&format!("{test}docs/absent.txt")).fetch().await.card_error(404);
+    let alice = srv.client_as(ALICE, &private, &["read", "write"]).await;
+    alice.seed(&format!("{private}logo.svg"), "<svg/>").await;
+    srv.client().get_card(&format!("{private}logo.svg")).fetch().await.card_error(401);
+    let meta = alice.get_card(&format!("{private}logo.svg")).fetch().await.expect_status(200).json();
+    assert_eq!(meta["data"]["attributes"]["contentType"], json!("image/svg+xml"));
+    assert_eq!(meta["data"]["meta"]["adoptsFrom"]["name"], json!("SvgDef"));
 }
