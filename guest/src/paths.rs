@@ -120,6 +120,14 @@ pub fn maybe_relative_url(url: &Url, relative_to: &Url, realm: Option<&Url>) -> 
     rel
 }
 
+/// A bare module specifier (`@cardstack/base/card-api`, `lodash`): neither
+/// a URL nor a relative (`./`, `../`) or absolute (`/`) path. It names a
+/// package, not a file of the realm, so it is kept as written.
+pub fn is_bare_specifier(module: &str) -> bool {
+    let relative = module.starts_with("./") || module.starts_with("../") || module.starts_with('/') || module == "." || module == "..";
+    !relative && !module.is_empty() && Url::parse(module).is_err()
+}
+
 /// The absolute, extension-trimmed module URL of a code reference
 /// `module` resolved against `base`.
 pub fn resolve_module(module: &str, base: &Url) -> Result<Url> {
@@ -130,6 +138,9 @@ pub fn resolve_module(module: &str, base: &Url) -> Result<Url> {
 /// executable extension, `#`, and the export name. `./person.gts` and
 /// `./person` from the same base give the same key.
 pub fn type_key(module: &str, name: &str, base: &Url) -> Result<String> {
+    if is_bare_specifier(module) {
+        return Ok(format!("{module}#{name}"));
+    }
     Ok(format!("{}#{name}", resolve_module(module, base)?))
 }
 
@@ -453,6 +464,17 @@ mod tests {
             type_key("../person", "Person", &base).unwrap(),
             "http://localhost:4201/test/person#Person"
         );
+        assert_eq!(type_key("@cardstack/base/card-api", "CardDef", &base).unwrap(), "@cardstack/base/card-api#CardDef");
+    }
+
+    #[test]
+    fn bare_specifiers_name_packages() {
+        for bare in ["@cardstack/base/card-api", "lodash", "person"] {
+            assert!(is_bare_specifier(bare), "{bare}");
+        }
+        for not_bare in ["./person", "../person.gts", "/test/person", "https://cardstack.com/base/card-api", "", ".."] {
+            assert!(!is_bare_specifier(not_bare), "{not_bare}");
+        }
     }
 
     #[test]

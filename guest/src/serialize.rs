@@ -239,6 +239,9 @@ impl Ctx {
     }
 
     fn module(&self, module: &str) -> Result<String> {
+        if paths::is_bare_specifier(module) {
+            return Ok(module.to_string());
+        }
         let url = paths::resolve_module(module, &self.file)?;
         Ok(paths::maybe_relative_url(
             &url,
@@ -379,7 +382,10 @@ pub fn absolutize_refs(resource: &mut Value, base: &str) -> Result<()> {
         if let Some(Value::String(module)) =
             meta.get_mut("adoptsFrom").and_then(|a| a.get_mut("module"))
         {
-            abs(module)?;
+            // A package name is not relative to anything.
+            if !paths::is_bare_specifier(module) {
+                abs(module)?;
+            }
         }
         if let Some(Value::Object(fields)) = meta.get_mut("fields") {
             for (_, field) in fields.iter_mut() {
@@ -652,6 +658,12 @@ mod tests {
                 ),
                 "/meta/adoptsFrom/module",
                 json!("https://cardstack.com/base/card-api"),
+            ),
+            (
+                "bare package specifier kept verbatim",
+                card(json!({"meta": {"adoptsFrom": {"module": "@cardstack/base/card-api", "name": "CardDef"}}})),
+                "/meta/adoptsFrom/module",
+                json!("@cardstack/base/card-api"),
             ),
             (
                 "other realm module stays absolute",

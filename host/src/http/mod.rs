@@ -28,6 +28,10 @@ mod realm_meta;
 mod permissions;
 // `file-meta` documents: a non-card file asked for as a card.
 mod file_meta;
+// Running one guest call in its own task.
+mod guest_call;
+// `meta.realmInfo` and the linked cards of a card GET.
+mod included;
 // The accept loop: connection cap, header and idle deadlines, graceful drain.
 pub mod listener;
 
@@ -43,10 +47,11 @@ use body::{check_atomic_body, check_json_values, read_text};
 use files::{card_response, head, precondition, set_file_headers, source};
 use media::{media_of, Media};
 use resolve::{resolve, Resolved, Target};
-use responses::{encode_url, error, guest_error_response, internal_error, redirect, text_response, Reply};
+use responses::{encode_url, error, guest_error_response, redirect, text_response, Reply};
 use responses::JSON_API;
 use crate::auth::{self, Denied, Need};
-use crate::guest::runtime::{Answer, Call, CardResponse, Guest, GuestError};
+use crate::guest::runtime::{Answer, Call, Guest, GuestError};
+use guest_call::{card_answer, run, run_call, unexpected_shape};
 
 pub use app::{App, RequestLimits};
 
@@ -175,7 +180,15 @@ async fn route(app: &App, guest: &Arc<Guest>, request: Request, realm_headers: &
                 return Ok(redirect(&encode_url(&format!("{realm}{id}"))));
             }
             match run_call(guest, Call::GetCard { realm, path: local }).await? {
-                Ok(answer) => card_response(StatusCode::OK, card_answer(answer)?, &target, &headers),
+                Ok(answer) => {
+                    let mut card = card_answer(answer)?;
+                    let (body, side_loaded) = included::complete(app, guest, &target.realm, &card.body).await?;
+                    card.body = body;
+                    // The ETag is the card file's: with linked cards in the
+                    // answer, a 304 could hide a change to one of them.
+                    let conditions = if side_loaded { HeaderMap::new() } else { headers.clone() };
+                    card_response(StatusCode::OK, card, &target, &conditions)
+                }
                 // A file that is not a card: its `file-meta` document.
                 Err(GuestError::UnsupportedMediaType(message)) => match file_meta::document(app, &target).await? {
                     Some(document) => document,
@@ -260,30 +273,3 @@ async fn authorize(app: &App, target: &Target, need: Need, headers: &HeaderMap) 
     .await
 }
 
-/// Runs a guest call in its own task: the critical section finishes even
-/// if the client disconnects and this request future is dropped.
-async fn run(guest: &Arc<Guest>, call: Call) -> Result<Answer, Response> {
-    run_call(guest, call).await?.map_err(guest_error_response)
-}
-
-/// `run`, with the guest's own refusal left for the caller to answer.
-async fn run_call(guest: &Arc<Guest>, call: Call) -> Result<Result<Answer, GuestError>, Response> {
-    let running = guest.clone();
-    let outcome = tokio::spawn(async move { running.run(call).await }).await;
-    match outcome {
-        Ok(Ok(answer)) => Ok(answer),
-        Ok(Err(trap)) => Err(internal_error(&format!("the card logic (guest {}) failed", guest.short_hash), &format!("{trap:?}"))),
-        Err(join_error) => Err(internal_error("the request failed", &join_error.to_string())),
-    }
-}
-
-fn unexpected_shape(guest: &Guest) -> Response {
-    internal_error(&format!("the card logic (guest {}) answered an unexpected shape", guest.short_hash), "unexpected answer variant")
-}
-
-fn card_answer(answer: Answer) -> Result<CardResponse, Response> {
-    match answer {
-        Answer::Card(card) => Ok(card),
-        _ => Err(internal_error("the card logic answered an unexpected shape", "expected a card response")),
-    }
-}

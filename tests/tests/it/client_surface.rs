@@ -42,6 +42,8 @@ on_both_backends!(
     json_api_media_type_parameters_are_honoured,
     modules_resolve_without_their_extension_and_files_carry_their_type,
     a_file_that_is_not_a_card_asked_for_as_one_is_a_file_meta_document,
+    card_gets_carry_realm_info_and_their_linked_cards_in_included,
+    module_specifiers_are_kept_as_boxel_writes_them,
 );
 
 async fn every_realm_response_names_its_realm_and_head_needs_no_credentials(backend: Backend) {
@@ -464,4 +466,79 @@ async fn a_file_that_is_not_a_card_asked_for_as_one_is_a_file_meta_document(back
     let meta = alice.get_card(&format!("{private}logo.svg")).fetch().await.expect_status(200).json();
     assert_eq!(meta["data"]["attributes"]["contentType"], json!("image/svg+xml"));
     assert_eq!(meta["data"]["meta"]["adoptsFrom"]["name"], json!("SvgDef"));
+}
+
+/// A Person card document with these relationships.
+fn linked_person(realm: &str, name: &str, relationships: Value) -> Value {
+    let mut doc = person_doc(realm, json!({"firstName": name}));
+    doc["data"]["relationships"] = relationships;
+    doc
+}
+
+async fn card_gets_carry_realm_info_and_their_linked_cards_in_included(backend: Backend) {
+    let srv = backend.start().await;
+    let test = srv.realm("test");
+    let http = srv.client();
+    http.seed(&format!("{test}.realm.json"), r#"{"name":"Linked Realm"}"#).await;
+    // a → b (linksTo), a → [c, d] (linksToMany), c → e, d → a (a cycle),
+    // a → a missing card and a card of another realm (both left out).
+    let put = |name: &'static str, relationships: Value| {
+        let (http, test) = (http.clone(), test.clone());
+        let doc = linked_person(&test, name, relationships);
+        async move { http.seed(&format!("{test}Person/{name}.json"), &doc.to_string()).await }
+    };
+    put("e", json!({})).await;
+    put("b", json!({})).await;
+    put("c", json!({"friend": {"links": {"self": "./e"}}})).await;
+    put("d", json!({"friend": {"links": {"self": "./a"}}})).await;
+    put("a", json!({
+        "best": {"links": {"self": "./b"}},
+        "pets.0": {"links": {"self": "./c"}},
+        "pets.1": {"links": {"self": "./d"}},
+        "gone": {"links": {"self": "./missing"}},
+        "far": {"links": {"self": format!("{}Person/x", srv.realm("pubread"))}},
+        "none": {"links": {"self": null}},
+    }))
+    .await;
+
+    let resp = http.get_card(&format!("{test}Person/a")).fetch().await.expect_status(200);
+    let doc = resp.json();
+    assert_eq!(doc["data"]["meta"]["realmInfo"]["name"], json!("Linked Realm"), "{doc}");
+    assert_eq!(doc["data"]["meta"]["realmURL"], json!(test));
+    let included = doc["included"].as_array().unwrap_or_else(|| panic!("no included in {doc}"));
+    let ids: Vec<&str> = included.iter().map(|r| r["id"].as_str().unwrap_or_default()).collect();
+    let expected: Vec<String> = ["b", "c", "d", "e"].iter().map(|n| format!("{test}Person/{n}")).collect();
+    assert_eq!(ids, expected, "each linked card once, breadth first, never the card itself");
+    for resource in included {
+        assert_eq!(resource["type"], json!("card"));
+        assert!(resource["attributes"]["firstName"].is_string(), "{resource}");
+        assert_eq!(resource["meta"]["realmInfo"]["name"], json!("Linked Realm"));
+    }
+    // The ETag is the file's, so a card with linked cards is never a 304.
+    let etag = resp.etag();
+    http.get_card(&format!("{test}Person/a")).header(reqwest::header::IF_NONE_MATCH, &etag).fetch().await.expect_status(200);
+
+    // Without links, no `included` key at all (and 304 as before).
+    let lone = http.get_card(&format!("{test}Person/e")).fetch().await.expect_status(200);
+    assert!(lone.json().get("included").is_none(), "{lone}");
+    assert_eq!(lone.json()["data"]["meta"]["realmInfo"]["name"], json!("Linked Realm"));
+    http.get_card(&format!("{test}Person/e")).header(reqwest::header::IF_NONE_MATCH, lone.etag()).fetch().await.expect_status(304);
+}
+
+async fn module_specifiers_are_kept_as_boxel_writes_them(backend: Backend) {
+    let srv = backend.start().await;
+    let test = srv.realm("test");
+    let http = srv.client();
+    for (module, stored) in [
+        ("@cardstack/base/card-api", "@cardstack/base/card-api"),
+        ("https://cardstack.com/base/card-api", "https://cardstack.com/base/card-api"),
+        ("./person.gts", "../person"),
+        (&*format!("{test}person.gts"), "../person"),
+    ] {
+        let doc = json!({"data": {"type": "card", "attributes": {}, "meta": {"adoptsFrom": {"module": module, "name": "CardDef"}}}});
+        let (id, created) = http.create(&test, &doc).await;
+        assert_eq!(created.json()["data"]["meta"]["adoptsFrom"]["module"], json!(stored), "{module}: {created}");
+        let file: Value = serde_json::from_str(&http.read(&format!("{id}.json")).await).unwrap();
+        assert_eq!(file["data"]["meta"]["adoptsFrom"]["module"], json!(stored), "{module}: the stored file");
+    }
 }

@@ -1,0 +1,104 @@
+//! What a card GET adds to the guest's card document, as Boxel answers it:
+//! `meta.realmInfo`, and the cards it links to (`linksTo`, and each
+//! `field.N` of a `linksToMany`) side-loaded in a top-level `included` —
+//! followed through their own links up to [`MAX_DEPTH`], each card once,
+//! only cards of the same realm, and the key only when something is in it.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+
+use axum::response::Response;
+use serde_json::Value;
+use url::Url;
+
+use super::app::App;
+use super::guest_call::{card_answer, run_call};
+use super::realm_meta::realm_info;
+use super::responses::internal_error;
+use crate::guest::runtime::{Call, Guest};
+
+/// How many links away from the requested card `included` reaches.
+pub(super) const MAX_DEPTH: usize = 3;
+/// Most cards one response side-loads.
+pub(super) const MAX_INCLUDED: usize = 100;
+
+/// The card document with `meta.realmInfo` and `included`; the flag says
+/// whether anything was side-loaded.
+pub(super) async fn complete(app: &App, guest: &Arc<Guest>, realm: &str, body: &str) -> Result<(String, bool), Response> {
+    let mut doc: Value = serde_json::from_str(body).map_err(|e| internal_error("the card logic answered a document that is not JSON", &e.to_string()))?;
+    let info = Value::Object(realm_info(app, realm).await?);
+    if let Some(meta) = doc.pointer_mut("/data/meta").and_then(Value::as_object_mut) {
+        meta.insert("realmInfo".into(), info.clone());
+    }
+    let Some(primary) = doc.get("data").cloned() else { return Ok((body.to_string(), false)) };
+    let mut seen: HashSet<String> = primary.get("id").and_then(Value::as_str).map(String::from).into_iter().collect();
+    let mut queue = VecDeque::from([(primary, 0usize)]);
+    let mut included = Vec::new();
+    while let Some((resource, depth)) = queue.pop_front() {
+        if depth >= MAX_DEPTH {
+            continue;
+        }
+        for linked in links_in_realm(&resource, realm) {
+            if included.len() >= MAX_INCLUDED || !seen.insert(linked.clone()) {
+                continue;
+            }
+            let path = linked[realm.len()..].to_string();
+            // A missing or unreadable linked card is left out, as in Boxel.
+            let Ok(answer) = run_call(guest, Call::GetCard { realm: realm.to_string(), path }).await? else { continue };
+            let card = card_answer(answer)?;
+            let Ok(Value::Object(mut linked_doc)) = serde_json::from_str::<Value>(&card.body) else { continue };
+            let Some(mut data) = linked_doc.remove("data") else { continue };
+            if let Some(meta) = data.pointer_mut("/meta").and_then(Value::as_object_mut) {
+                meta.insert("realmInfo".into(), info.clone());
+            }
+            included.push(data.clone());
+            queue.push_back((data, depth + 1));
+        }
+    }
+    let side_loaded = !included.is_empty();
+    if side_loaded {
+        if let Some(object) = doc.as_object_mut() {
+            object.insert("included".into(), Value::Array(included));
+        }
+    }
+    Ok((doc.to_string(), side_loaded))
+}
+
+/// The absolute ids (no `.json`) of the cards a resource links to inside
+/// `realm`, in the order of its relationships.
+fn links_in_realm(resource: &Value, realm: &str) -> Vec<String> {
+    let Some(id) = resource.get("id").and_then(Value::as_str).and_then(|id| Url::parse(id).ok()) else { return Vec::new() };
+    let Some(relationships) = resource.get("relationships").and_then(Value::as_object) else { return Vec::new() };
+    relationships
+        .values()
+        .filter_map(|r| r.pointer("/links/self").and_then(Value::as_str))
+        .filter_map(|link| id.join(link).ok())
+        .filter_map(|url| {
+            let mut url = url;
+            url.set_query(None);
+            url.set_fragment(None);
+            // Our realm URLs keep their path percent-decoded.
+            let decoded = percent_encoding::percent_decode_str(url.as_str()).decode_utf8().ok()?.into_owned();
+            let id = decoded.strip_suffix(".json").unwrap_or(&decoded).to_string();
+            (id.starts_with(realm) && id.len() > realm.len()).then_some(id)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::links_in_realm;
+    use serde_json::json;
+
+    #[test]
+    fn links_resolve_against_the_card_and_stay_in_the_realm() {
+        let card = json!({"id": "http://h/r/Person/1", "relationships": {
+            "friend": {"links": {"self": "./2"}},
+            "pets.0": {"links": {"self": "../Pet/a.json"}},
+            "pets.1": {"links": {"self": null}},
+            "elsewhere": {"links": {"self": "http://h/other/x"}},
+            "spaced": {"links": {"self": "../My%20Pet/b"}},
+        }});
+        assert_eq!(links_in_realm(&card, "http://h/r/"), ["http://h/r/Person/2", "http://h/r/Pet/a", "http://h/r/My Pet/b"]);
+    }
+}
