@@ -406,13 +406,14 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let compiled = runtime::compile(&engine, &bytes).map_err(|e| format!("the guest does not fit the realm-core world: {e:#}"))?;
     tracing::info!(guest = %&compiled.hash[..12], %source, "guest loaded");
     let stats = locks.stats.clone();
+    let app_locks = locks.clone();
     let guests = Arc::new(swap::Guests::new(engine, db.clone(), locks, sandbox, compiled));
     match (&args.guest, args.watch) {
         (Some(path), true) => drop(tokio::spawn(guests.clone().watch_file(path.clone()))),
         (Some(_), false) => {}
         (None, _) => drop(tokio::spawn(guests.clone().follow_registry())),
     }
-    let app = Arc::new(http::App::new(db, guests, secret, request_limits, stats).await.map_err(|e| e.to_string())?);
+    let app = Arc::new(http::App::new(db, guests, secret, request_limits, stats, app_locks).await.map_err(|e| e.to_string())?);
     drop(tokio::spawn(app.realms.clone().follow_changes()));
     let listener = bind(args.listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;

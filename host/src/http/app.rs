@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::guest::swap::Guests;
-use crate::lock::BatchStats;
+use crate::lock::{BatchStats, Locks};
 use crate::realm::cache::RealmCache;
 use crate::store::Database;
 
@@ -37,6 +37,9 @@ pub struct App {
     pub(super) stats: Arc<BatchStats>,
     /// Realm list and permissions.
     pub realms: Arc<RealmCache>,
+    /// The realms' write locks (the guest's own): binary file writes,
+    /// which need no card logic, take them here.
+    pub(super) locks: Arc<Locks>,
 }
 
 impl App {
@@ -46,8 +49,9 @@ impl App {
         secret: String,
         limits: RequestLimits,
         stats: Arc<BatchStats>,
+        locks: Arc<Locks>,
     ) -> Result<App, crate::store::DbError> {
         let realms = Arc::new(RealmCache::load(db.clone()).await?);
-        Ok(App { db, guests, secret, limits, stats, realms })
+        Ok(App { db, guests, secret, limits, stats, realms, locks })
     }
 }

@@ -33,7 +33,7 @@ pub(super) async fn document(app: &App, target: &Target) -> Result<Option<Respon
             "sourceUrl": url,
             "contentType": content_type(name),
             "contentHash": file.content_hash,
-            "contentSize": file.content.len(),
+            "contentSize": file.size(),
             "lastModified": file.last_modified,
             "createdAt": file.created,
         },

@@ -9,7 +9,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::app::App;
-use super::file_types::{has_executable_extension, text_content_type, EXECUTABLE_EXTENSIONS};
+use super::file_types::{content_type, has_executable_extension, text_content_type, EXECUTABLE_EXTENSIONS};
 use super::resolve::{path_of, Target};
 use super::responses::{encode_url, error, redirect, storage_error, text_response, Reply, CARD_JSON};
 use crate::guest::runtime::CardResponse;
@@ -50,8 +50,9 @@ pub(super) async fn source(app: &App, target: &Target, request_headers: &HeaderM
     if if_none_match(request_headers, &etag)? {
         return Ok(not_modified(&etag, file.last_modified, target));
     }
-    let mut response = (StatusCode::OK, file.content).into_response();
-    if let Ok(v) = HeaderValue::from_str(&text_content_type(&target.local)) {
+    let content_type = if file.binary { content_type(&target.local) } else { text_content_type(&target.local) };
+    let mut response = if file.binary { (StatusCode::OK, file.bytes()).into_response() } else { (StatusCode::OK, file.content).into_response() };
+    if let Ok(v) = HeaderValue::from_str(&content_type) {
         response.headers_mut().insert(header::CONTENT_TYPE, v);
     }
     set_file_headers(response.headers_mut(), &etag, file.created, file.last_modified);

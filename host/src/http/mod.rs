@@ -30,6 +30,8 @@ mod permissions;
 mod file_meta;
 // Running one guest call in its own task.
 mod guest_call;
+// Files of any type, written byte-exact under the realm's lock.
+mod binary;
 // `meta.realmInfo` and the linked cards of a card GET.
 mod included;
 // The accept loop: connection cap, header and idle deadlines, graceful drain.
@@ -225,7 +227,9 @@ async fn route(app: &App, guest: &Arc<Guest>, request: Request, realm_headers: &
             run(guest, Call::DeleteCard { realm, path, if_match }).await?;
             StatusCode::NO_CONTENT.into_response()
         }
-        (Method::POST, Media::Source) => {
+        // Card source; also any other body for a `.json` path (the guest
+        // indexes it as a card).
+        (Method::POST, Media::Source | Media::Other) if media == Media::Source || local.ends_with(".json") => {
             let content = read_text(body, &headers, app.limits.file_bytes, app.limits.body_read).await?;
             if local.ends_with(".json") {
                 // The guest parses a `.json` file to index it as a card.
@@ -240,6 +244,7 @@ async fn route(app: &App, guest: &Arc<Guest>, request: Request, realm_headers: &
                 _ => return Err(unexpected_shape(guest)),
             }
         }
+        (Method::POST, Media::Other) => binary::write(app, &target, &headers, body, if_match).await?,
         (Method::DELETE, Media::Source) => {
             run(guest, Call::DeleteSource { realm, path: local, if_match }).await?;
             StatusCode::NO_CONTENT.into_response()

@@ -104,7 +104,7 @@ impl WriteTxn {
     }
 
     pub async fn read(&mut self, path: &str) -> Result<Option<FileRow>, WriteError> {
-        let sql = "SELECT content, content_hash, created_at, last_modified FROM files WHERE realm_url = $1 AND path = $2";
+        let sql = "SELECT content, content_hash, created_at, last_modified, content_encoding FROM files WHERE realm_url = $1 AND path = $2";
         let realm = &self.realm;
         let row = on_tx!(tx_of(&mut self.batch)?, conn => sqlx::query(sql).bind(realm).bind(path).fetch_optional(conn).await?
             .map(|r| store::file_row(&r)).transpose()?,
@@ -122,26 +122,40 @@ impl WriteTxn {
         Ok(found)
     }
 
-    /// Stores a file (and its index row, or removes a stale one). Identical
-    /// content is not rewritten.
+    /// Stores a text file (and its index row, or removes a stale one).
+    /// Identical content is not rewritten.
     pub async fn write(&mut self, path: &str, content: &str, index: Option<IndexRow>) -> Result<Written, WriteError> {
-        check_path(path)?;
-        // Postgres `text` cannot hold U+0000; refusing it everywhere keeps
-        // both backends answering the same.
+        // Postgres `text` cannot hold U+0000; refusing it in text everywhere
+        // keeps both backends answering the same (bytes go by `write_bytes`).
         if content.contains('\0') {
             return Err(WriteError::Invalid(format!("{path}: file content may not contain U+0000 (NUL)")));
         }
+        let content_hash = hex::encode(Sha256::digest(content.as_bytes()));
+        self.store(path, content, false, content.len(), content_hash, index).await
+    }
+
+    /// Stores a file of any bytes, byte-exact (as text when they are UTF-8
+    /// without NUL, else as base64); no index row.
+    pub async fn write_bytes(&mut self, path: &str, bytes: Vec<u8>) -> Result<Written, WriteError> {
+        let content_hash = hex::encode(Sha256::digest(&bytes));
+        let size = bytes.len();
+        match store::StoredContent::of(bytes) {
+            store::StoredContent::Text(text) => self.store(path, &text, false, size, content_hash, None).await,
+            store::StoredContent::Base64(encoded) => self.store(path, &encoded, true, size, content_hash, None).await,
+        }
+    }
+
+    /// Writes `content` (base64 when `binary`) of `size` bytes hashing to
+    /// `content_hash`, unless the stored file already has that hash.
+    async fn store(&mut self, path: &str, content: &str, binary: bool, size: usize, content_hash: String, index: Option<IndexRow>) -> Result<Written, WriteError> {
+        check_path(path)?;
         let (what, limit) = match index {
             Some(_) => ("Card", self.limits.card_bytes),
             None => ("File", self.limits.file_bytes),
         };
-        if content.len() > limit {
-            return Err(WriteError::TooLarge(format!(
-                "{what} size ({} bytes) exceeds maximum allowed size ({limit} bytes)",
-                content.len()
-            )));
+        if size > limit {
+            return Err(WriteError::TooLarge(format!("{what} size ({size} bytes) exceeds maximum allowed size ({limit} bytes)")));
         }
-        let content_hash = hex::encode(Sha256::digest(content.as_bytes()));
         let now = store::now_unix();
         let realm = &self.realm;
         let existing_sql = "SELECT content_hash, created_at, last_modified FROM files WHERE realm_url = $1 AND path = $2";
@@ -157,17 +171,18 @@ impl WriteTxn {
                 return Ok(Written { content_hash, created: *created, last_modified: *last_modified, existed: true });
             }
         }
-        let upsert = "INSERT INTO files (realm_url, path, content, content_hash, created_at, last_modified)
-                      VALUES ($1, $2, $3, $4, $5, $5)
+        let upsert = "INSERT INTO files (realm_url, path, content, content_hash, created_at, last_modified, content_encoding)
+                      VALUES ($1, $2, $3, $4, $5, $5, $6)
                       ON CONFLICT (realm_url, path) DO UPDATE
                       SET content = excluded.content, content_hash = excluded.content_hash,
-                          last_modified = excluded.last_modified";
+                          last_modified = excluded.last_modified, content_encoding = excluded.content_encoding";
+        let encoding = if binary { "base64" } else { "utf-8" };
         let created = existing.as_ref().map(|(_, created, _)| *created).unwrap_or(now);
         on_tx!(tx_of(&mut self.batch)?, conn => { sqlx::query(upsert)
-            .bind(realm).bind(path).bind(content).bind(&content_hash).bind(now)
+            .bind(realm).bind(path).bind(content).bind(&content_hash).bind(now).bind(encoding)
             .execute(conn).await?; },
             (_store, staged) => staged.put(path, FileRow {
-                content: content.to_string(), content_hash: content_hash.clone(), created, last_modified: now,
+                content: content.to_string(), content_hash: content_hash.clone(), created, last_modified: now, binary,
             }));
         match index {
             Some(row) => {

@@ -21,7 +21,7 @@ use sqlx::Row;
 pub use listing::FileEntry;
 pub use memory::MemoryStore;
 pub(crate) use memory::Staged;
-pub use rows::{etag_of, now_unix, FileRow, Permissions};
+pub use rows::{etag_of, now_unix, FileRow, Permissions, StoredContent};
 
 /// Runs the same statement on whichever backend `$db` is; the SQL uses
 /// `$N` placeholders, which both backends accept.
@@ -213,14 +213,14 @@ impl Database {
         if let Database::Memory(store) = self {
             return Ok(store.read(realm, path));
         }
-        let sql = "SELECT content, content_hash, created_at, last_modified FROM files WHERE realm_url = $1 AND path = $2";
+        let sql = "SELECT content, content_hash, created_at, last_modified, content_encoding FROM files WHERE realm_url = $1 AND path = $2";
         let row = on_pool!(self, pool => sqlx::query(sql).bind(realm).bind(path).fetch_optional(pool).await?
             .map(|r| file_row(&r)).transpose()?);
         Ok(row)
     }
 }
 
-/// Decodes a `SELECT content, content_hash, created_at, last_modified` row.
+/// Decodes a `SELECT content, content_hash, created_at, last_modified, content_encoding` row.
 pub(crate) fn file_row<R: Row>(row: &R) -> Result<FileRow, sqlx::Error>
 where
     usize: sqlx::ColumnIndex<R>,
@@ -232,5 +232,6 @@ where
         content_hash: row.try_get(1)?,
         created: row.try_get(2)?,
         last_modified: row.try_get(3)?,
+        binary: row.try_get::<String, _>(4)? == "base64",
     })
 }

@@ -44,6 +44,7 @@ on_both_backends!(
     a_file_that_is_not_a_card_asked_for_as_one_is_a_file_meta_document,
     card_gets_carry_realm_info_and_their_linked_cards_in_included,
     module_specifiers_are_kept_as_boxel_writes_them,
+    binary_files_round_trip_byte_exact,
 );
 
 async fn every_realm_response_names_its_realm_and_head_needs_no_credentials(backend: Backend) {
@@ -541,4 +542,82 @@ async fn module_specifiers_are_kept_as_boxel_writes_them(backend: Backend) {
         let file: Value = serde_json::from_str(&http.read(&format!("{id}.json")).await).unwrap();
         assert_eq!(file["data"]["meta"]["adoptsFrom"]["module"], json!(stored), "{module}: the stored file");
     }
+}
+
+/// PNG signature, a NUL, bytes that are not UTF-8, and some text.
+fn png_bytes() -> Vec<u8> {
+    let mut bytes = vec![0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0xff, 0xfe, 0x80];
+    bytes.extend((0..=255u8).cycle().take(3000));
+    bytes.extend_from_slice("tail ✓".as_bytes());
+    bytes
+}
+
+fn post_bytes(http: &Client, url: &str, content_type: &str, bytes: Vec<u8>) -> reqwest::RequestBuilder {
+    http.request(Method::POST, url, "*/*").header(CONTENT_TYPE, content_type).body(bytes)
+}
+
+async fn binary_files_round_trip_byte_exact(backend: Backend) {
+    use sha2::{Digest, Sha256};
+    let srv = backend.start_with(ServerOptions { serve_args: vec!["--file-limit".into(), "10000".into()], ..ServerOptions::default() }).await;
+    let (test, private) = (srv.realm("test"), srv.realm("private"));
+    let http = srv.client();
+    let url = format!("{test}images/logo.png");
+    let bytes = png_bytes();
+
+    let written = post_bytes(&http, &url, "application/octet-stream", bytes.clone()).fetch().await.expect_status(204);
+    let etag = format!("\"{}\"", hex_of(&Sha256::digest(&bytes)));
+    assert_eq!(written.etag(), etag, "the ETag is the SHA-256 of the bytes");
+    for accept in ["*/*", "image/png"] {
+        let response = http.http_get_bytes(&url, accept).await;
+        assert_eq!(response.0, 200);
+        assert_eq!(response.1, bytes, "byte-exact with Accept {accept}");
+        assert_eq!(response.2.get("content-type").and_then(|v| v.to_str().ok()), Some("image/png"));
+        assert_eq!(response.2.get("etag").and_then(|v| v.to_str().ok()), Some(etag.as_str()));
+        assert!(response.2.get("last-modified").is_some());
+    }
+    http.request(Method::GET, &url, "*/*").header(reqwest::header::IF_NONE_MATCH, &etag).fetch().await.expect_status(304);
+    http.head(&url, "*/*").fetch().await.expect_status(200);
+    let meta = http.get_card(&url).fetch().await.expect_status(200).json();
+    assert_eq!(meta["data"]["attributes"]["contentSize"], json!(bytes.len()), "{meta}");
+    assert_eq!(meta["data"]["attributes"]["contentType"], json!("image/png"));
+    assert_eq!(meta["data"]["meta"]["adoptsFrom"]["name"], json!("PngDef"));
+    let listing = get_api(&http, &format!("{test}images/")).await.expect_status(200).json();
+    assert!(listing["data"]["relationships"]["logo.png"].is_object(), "{listing}");
+
+    // Any non-card type writes bytes; text stays text; If-Match is honoured.
+    post_bytes(&http, &url, "image/png", b"\x00changed".to_vec()).header(reqwest::header::IF_MATCH, "\"wrong\"").fetch().await.card_error(412);
+    assert_eq!(http.http_get_bytes(&url, "*/*").await.1, bytes, "a refused write changes nothing");
+    post_bytes(&http, &url, "image/png", b"\x00changed".to_vec()).header(reqwest::header::IF_MATCH, &etag).fetch().await.expect_status(204);
+    assert_eq!(http.http_get_bytes(&url, "*/*").await.1, b"\x00changed");
+    post_bytes(&http, &format!("{test}notes.txt"), "text/plain", "plain ✓".as_bytes().to_vec()).fetch().await.expect_status(204);
+    assert_eq!(http.read(&format!("{test}notes.txt")).await, "plain ✓");
+    // Card source over a binary file makes it text again.
+    http.seed(&url, "now text").await;
+    assert_eq!(http.read(&url).await, "now text");
+    http.delete_source(&url).fetch().await.expect_status(204);
+    http.request(Method::GET, &url, "*/*").fetch().await.card_error(404);
+
+    // A `.json` body goes through the card logic, and is indexed as a card.
+    let card = person_doc(&test, json!({"firstName": "Bytes"}));
+    post_bytes(&http, &format!("{test}Person/bytes.json"), "application/octet-stream", card.to_string().into_bytes()).fetch().await.expect_status(204);
+    let got = http.get_card(&format!("{test}Person/bytes")).fetch().await.expect_status(200).json();
+    assert_eq!(got["data"]["attributes"]["firstName"], json!("Bytes"));
+    post_bytes(&http, &format!("{test}bad.json"), "application/octet-stream", vec![0xff, 0xfe]).fetch().await.card_error(400);
+
+    // Limits, reserved paths, auth.
+    post_bytes(&http, &format!("{test}big.bin"), "application/octet-stream", vec![7; 10_001]).fetch().await.card_error(413);
+    http.request(Method::GET, &format!("{test}big.bin"), "*/*").fetch().await.card_error(404);
+    post_bytes(&http, &format!("{test}_x.bin"), "application/octet-stream", vec![1]).fetch().await.card_error(405);
+    post_bytes(&http, &format!("{test}dir/"), "application/octet-stream", vec![1]).fetch().await.card_error(405);
+    post_bytes(&http, &format!("{private}logo.png"), "application/octet-stream", bytes.clone()).fetch().await.card_error(401);
+    let reader = srv.client_as(ALICE, &private, &["read"]).await;
+    post_bytes(&reader, &format!("{private}logo.png"), "application/octet-stream", bytes.clone()).fetch().await.card_error(403);
+    let alice = srv.client_as(ALICE, &private, &["read", "write"]).await;
+    post_bytes(&alice, &format!("{private}logo.png"), "application/octet-stream", bytes.clone()).fetch().await.expect_status(204);
+    assert_eq!(alice.http_get_bytes(&format!("{private}logo.png"), "*/*").await.1, bytes);
+    srv.client().request(Method::GET, &format!("{private}logo.png"), "*/*").fetch().await.card_error(401);
+}
+
+fn hex_of(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -626,6 +626,15 @@ impl Client {
         self.request(Method::DELETE, url, CARD_SOURCE)
     }
 
+    /// GET `url` and its body as bytes: status, bytes, headers.
+    pub async fn http_get_bytes(&self, url: &str, accept: &str) -> (u16, Vec<u8>, HeaderMap) {
+        let response = self.request(Method::GET, url, accept).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.unwrap_or_else(|e| panic!("GET {url}: reading body: {e}"));
+        (status, bytes.to_vec(), headers)
+    }
+
     pub fn head(&self, url: &str, accept: &str) -> RequestBuilder {
         self.request(Method::HEAD, url, accept)
     }
