@@ -50,6 +50,7 @@ pub(super) fn text_content_type(name: &str) -> String {
 
 /// `(module, name)` of the `FileDef` type Boxel gives a file of this name.
 pub(super) fn file_def(name: &str) -> (String, &'static str) {
+    // Boxel's table of FileDef types by extension: data, one arm each.
     let (module, def) = match extension(name).as_deref() {
         Some(".md" | ".markdown") => ("markdown-file-def", "MarkdownDef"),
         Some(".html" | ".htm") => ("html-file-def", "HtmlDef"),

@@ -133,10 +133,15 @@ async fn info_follows_the_realm_config_file_and_permissions_on_every_replica(bac
     let overridden = api(&srv.client(), Method::POST, &format!("{test}_info")).header("x-http-method-override", "QUERY").fetch().await;
     assert_eq!(overridden.expect_status(200).json()["data"]["id"], json!(test), "a read: public read is enough");
 
-    // Auth: 401 without a token, 403 with one that grants nothing here.
-    get_api(&srv.client(), &format!("{private}_info")).await.card_error(401);
-    let stranger = srv.client_as(BOB, &private, &["read"]).await;
-    get_api(&stranger, &format!("{private}_info")).await.card_error(403);
+    assert_private_read_refused(&srv, &format!("{private}_info")).await;
+}
+
+/// A read in the `private` realm: 401 without a token, 403 with a token
+/// that grants nothing there.
+async fn assert_private_read_refused(srv: &Server, url: &str) {
+    get_api(&srv.client(), url).await.card_error(401);
+    let stranger = srv.client_as(BOB, &srv.realm("private"), &["read"]).await;
+    get_api(&stranger, url).await.card_error(403);
 }
 
 async fn mtimes_list_every_file_of_the_realm(backend: Backend) {
@@ -166,9 +171,7 @@ async fn mtimes_list_every_file_of_the_realm(backend: Backend) {
         let mtime = mtime.as_i64().unwrap_or_else(|| panic!("{url}: {mtime} is not unix seconds"));
         assert!((now - 600..=now + 5).contains(&mtime), "{url}: {mtime} is not a recent unix time");
     }
-    get_api(&http, &format!("{private}_mtimes")).await.card_error(401);
-    let stranger = srv.client_as(BOB, &private, &["read"]).await;
-    get_api(&stranger, &format!("{private}_mtimes")).await.card_error(403);
+    assert_private_read_refused(&srv, &format!("{private}_mtimes")).await;
 }
 
 async fn directories_list_one_level_sorted(backend: Backend) {
@@ -206,9 +209,7 @@ async fn directories_list_one_level_sorted(backend: Backend) {
     get_api(&http, &format!("{test}nothing/")).await.card_error(404);
     get_api(&http, &format!("{test}doc/")).await.card_error(404);
 
-    get_api(&http, &private).await.card_error(401);
-    let stranger = srv.client_as(BOB, &private, &["read"]).await;
-    get_api(&stranger, &private).await.card_error(403);
+    assert_private_read_refused(&srv, &private).await;
 }
 
 fn permissions_patch(permissions: Value) -> Value {
@@ -429,6 +430,8 @@ async fn modules_resolve_without_their_extension_and_files_carry_their_type(back
     let alice = srv.client_as(ALICE, &private, &["read", "write"]).await;
     alice.seed(&format!("{private}secret.gts"), "x").await;
     srv.client().get_source(&format!("{private}secret")).fetch().await.card_error(401);
+    let stranger = srv.client_as(BOB, &private, &["read"]).await;
+    stranger.get_source(&format!("{private}secret")).fetch().await.card_error(403);
     alice.get_source(&format!("{private}secret")).fetch().await.expect_status(302);
 }
 
@@ -464,6 +467,8 @@ async fn a_file_that_is_not_a_card_asked_for_as_one_is_a_file_meta_document(back
     let alice = srv.client_as(ALICE, &private, &["read", "write"]).await;
     alice.seed(&format!("{private}logo.svg"), "<svg/>").await;
     srv.client().get_card(&format!("{private}logo.svg")).fetch().await.card_error(401);
+    let stranger = srv.client_as(BOB, &private, &["read"]).await;
+    stranger.get_card(&format!("{private}logo.svg")).fetch().await.card_error(403);
     let meta = alice.get_card(&format!("{private}logo.svg")).fetch().await.expect_status(200).json();
     assert_eq!(meta["data"]["attributes"]["contentType"], json!("image/svg+xml"));
     assert_eq!(meta["data"]["meta"]["adoptsFrom"]["name"], json!("SvgDef"));
