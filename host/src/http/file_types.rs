@@ -80,6 +80,7 @@ pub(super) fn file_def(name: &str) -> (String, &'static str) {
 mod tests {
     use super::*;
 
+    // One assertion per case (the same shape as every table test here).
     #[test]
     fn types_follow_boxel() {
         assert_eq!(content_type("person.gts"), "text/typescript+glimmer");

@@ -31,6 +31,7 @@ async fn get_api(http: &Client, url: &str) -> Resp {
     api(http, Method::GET, url).fetch().await
 }
 
+// This module's tests, each on SQLite and Postgres (every module has such a list).
 on_both_backends!(
     every_realm_response_names_its_realm_and_head_needs_no_credentials,
     info_follows_the_realm_config_file_and_permissions_on_every_replica,
