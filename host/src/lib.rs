@@ -9,6 +9,7 @@
 //! |---|---|
 //! | [`store`] | storage: SQLite, Postgres or memory; migrations, realm admin, lock-free reads |
 //! | [`realm`] | realm URLs and local paths; the replica's in-memory realm list and permissions |
+//! | [`search`] | `_search`: the query language, the card-field index, running a query |
 //! | [`auth`] | JWTs and the permission rule |
 //! | [`lock`] | the per-realm write lock: queues, coalesced batches, transactional writes |
 //! | [`guest`] | the WebAssembly guest: runtime, registry, self-test, the running guest |
@@ -17,6 +18,7 @@
 
 pub mod store;
 pub mod realm;
+pub mod search;
 pub mod auth;
 pub mod lock;
 pub mod guest;

@@ -3,7 +3,7 @@
 use realm_host::guest::{runtime, selftest, swap};
 use realm_host::http::{self, listener};
 use realm_host::realm::url as realm_url;
-use realm_host::{auth, lock};
+use realm_host::{auth, lock, search};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -137,6 +137,15 @@ struct ServeArgs {
     /// the guest memory a request can need, whatever the body's shape.
     #[arg(long, env = "REALM_JSON_MAX_VALUES", default_value_t = 200_000)]
     json_max_values: usize,
+    /// Largest `_search` page (also the page size when a query names none).
+    #[arg(long, env = "REALM_SEARCH_MAX_PAGE_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    search_max_page_size: u64,
+    /// Most terms (filter nodes, field conditions, sort keys) in one `_search` query.
+    #[arg(long, env = "REALM_SEARCH_MAX_TERMS", default_value_t = 500)]
+    search_max_terms: usize,
+    /// How long one `_search` query may run in the database (400 beyond).
+    #[arg(long, env = "REALM_SEARCH_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    search_timeout: Duration,
     /// How long a client may take to send a request's headers, from its first byte.
     #[arg(long, env = "REALM_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     header_read_timeout: Duration,
@@ -354,6 +363,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let embedded_default = args.database.is_none();
     let database = args.database.unwrap_or_else(|| DEFAULT_DATABASE.to_string());
     let db = connect(&database).await?;
+    let rebuilt = search::index::rebuild_stale(&db).await.map_err(|e| format!("cannot rebuild the search index: {e}"))?;
+    if rebuilt > 0 {
+        tracing::info!(cards = rebuilt, "search index rebuilt for cards indexed by an older version");
+    }
     if embedded_default {
         let demo = format!("http://{}/demo/", args.listen);
         db.create_realm(&demo, Public::Write.permissions()).await.map_err(|e| e.to_string())?;
@@ -374,6 +387,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         atomic_operations: args.atomic_max_operations,
         json_values: args.json_max_values,
         body_read: args.body_read_timeout,
+        search: search::SearchLimits {
+            query: search::QueryLimits { max_page_size: args.search_max_page_size, max_terms: args.search_max_terms },
+            timeout: args.search_timeout,
+        },
     };
     let coalescing = lock::Coalescing { max_batch: args.coalesce_max_batch, max_wait: args.coalesce_max_wait };
     let locks = Arc::new(Locks::with_coalescing(args.lock_timeout, limits, coalescing));

@@ -25,6 +25,8 @@ pub struct RequestLimits {
     pub json_values: usize,
     /// How long a client may take to send a whole body (408 beyond).
     pub body_read: Duration,
+    /// What one `_search` may ask for and how long it may run.
+    pub search: crate::search::SearchLimits,
 }
 
 /// Everything a request handler needs.

@@ -143,7 +143,7 @@ pub(super) fn set_file_headers(headers: &mut HeaderMap, etag: &str, created: i64
     }
 }
 
-fn set_cache_control(headers: &mut HeaderMap, target: &Target) {
+pub(super) fn set_cache_control(headers: &mut HeaderMap, target: &Target) {
     let value = if target.public.read {
         "public, max-age=0, must-revalidate"
     } else {

@@ -3,8 +3,9 @@
 //! `field.N` of a `linksToMany`) side-loaded in a top-level `included` —
 //! followed through their own links up to [`MAX_DEPTH`], each card once,
 //! only cards of the same realm, and the key only when something is in it.
+//! `_search` side-loads the linked cards of its results the same way.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use axum::response::Response;
@@ -12,10 +13,11 @@ use serde_json::Value;
 use url::Url;
 
 use super::app::App;
-use super::guest_call::{card_answer, run_call};
+use super::guest_call::{run, unexpected_shape};
 use super::realm_meta::realm_info;
 use super::responses::internal_error;
-use crate::guest::runtime::{Call, Guest};
+use crate::guest::runtime::{Answer, Call, Guest};
+use crate::store::FileRow;
 
 /// How many links away from the requested card `included` reaches.
 pub(super) const MAX_DEPTH: usize = 3;
@@ -31,30 +33,7 @@ pub(super) async fn complete(app: &App, guest: &Arc<Guest>, realm: &str, body: &
         meta.insert("realmInfo".into(), info.clone());
     }
     let Some(primary) = doc.get("data").cloned() else { return Ok((body.to_string(), false)) };
-    let mut seen: HashSet<String> = primary.get("id").and_then(Value::as_str).map(String::from).into_iter().collect();
-    let mut queue = VecDeque::from([(primary, 0usize)]);
-    let mut included = Vec::new();
-    while let Some((resource, depth)) = queue.pop_front() {
-        if depth >= MAX_DEPTH {
-            continue;
-        }
-        for linked in links_in_realm(&resource, realm) {
-            if included.len() >= MAX_INCLUDED || !seen.insert(linked.clone()) {
-                continue;
-            }
-            let path = linked[realm.len()..].to_string();
-            // A missing or unreadable linked card is left out, as in Boxel.
-            let Ok(answer) = run_call(guest, Call::GetCard { realm: realm.to_string(), path }).await? else { continue };
-            let card = card_answer(answer)?;
-            let Ok(Value::Object(mut linked_doc)) = serde_json::from_str::<Value>(&card.body) else { continue };
-            let Some(mut data) = linked_doc.remove("data") else { continue };
-            if let Some(meta) = data.pointer_mut("/meta").and_then(Value::as_object_mut) {
-                meta.insert("realmInfo".into(), info.clone());
-            }
-            included.push(data.clone());
-            queue.push_back((data, depth + 1));
-        }
-    }
+    let included = side_load(guest, realm, &[primary], &info).await?;
     let side_loaded = !included.is_empty();
     if side_loaded {
         if let Some(object) = doc.as_object_mut() {
@@ -62,6 +41,57 @@ pub(super) async fn complete(app: &App, guest: &Arc<Guest>, realm: &str, body: &
         }
     }
     Ok((doc.to_string(), side_loaded))
+}
+
+/// The cards `primaries` link to in `realm`, and theirs, up to
+/// [`MAX_DEPTH`] links away: each once, never a primary, at most
+/// [`MAX_INCLUDED`], each with `meta.realmInfo`. One guest call per depth.
+pub(super) async fn side_load(guest: &Arc<Guest>, realm: &str, primaries: &[Value], info: &Value) -> Result<Vec<Value>, Response> {
+    let mut seen: HashSet<String> = primaries.iter().filter_map(|p| p.get("id").and_then(Value::as_str)).map(String::from).collect();
+    let mut level: Vec<Value> = primaries.to_vec();
+    let mut included = Vec::new();
+    for _ in 0..MAX_DEPTH {
+        let mut wanted = Vec::new();
+        for resource in &level {
+            for linked in links_in_realm(resource, realm) {
+                if included.len() + wanted.len() < MAX_INCLUDED && seen.insert(linked.clone()) {
+                    wanted.push(linked[realm.len()..].to_string());
+                }
+            }
+        }
+        if wanted.is_empty() {
+            break;
+        }
+        level = cards(guest, realm, wanted, HashMap::new()).await?;
+        for card in &mut level {
+            if let Some(meta) = card.pointer_mut("/meta").and_then(Value::as_object_mut) {
+                meta.insert("realmInfo".into(), info.clone());
+            }
+        }
+        included.extend(level.iter().cloned());
+    }
+    Ok(included)
+}
+
+/// The `data` resource of each card at `paths` that the card logic can
+/// answer, in order; a missing or broken card is left out, as in Boxel.
+pub(super) async fn cards(guest: &Arc<Guest>, realm: &str, paths: Vec<String>, prefetched: HashMap<String, FileRow>) -> Result<Vec<Value>, Response> {
+    if paths.is_empty() {
+        return Ok(Vec::new());
+    }
+    let answer = run(guest, Call::GetCards { realm: realm.to_string(), paths: paths.clone(), prefetched }).await?;
+    let Answer::Cards(answers) = answer else { return Err(unexpected_shape(guest)) };
+    let mut out = Vec::with_capacity(answers.len());
+    for (path, answer) in paths.iter().zip(answers) {
+        match answer {
+            Ok(card) => match serde_json::from_str::<Value>(&card.body) {
+                Ok(Value::Object(mut doc)) => out.extend(doc.remove("data")),
+                _ => tracing::warn!(%realm, %path, "the card logic answered a card that is not a JSON document"),
+            },
+            Err(refused) => tracing::debug!(%realm, %path, ?refused, "card left out"),
+        }
+    }
+    Ok(out)
 }
 
 /// The absolute ids (no `.json`) of the cards a resource links to inside

@@ -34,6 +34,8 @@ mod guest_call;
 mod binary;
 // `meta.realmInfo` and the linked cards of a card GET.
 mod included;
+// `_search`: the three request forms, the answer document.
+mod search;
 // The accept loop: connection cap, header and idle deadlines, graceful drain.
 pub mod listener;
 
@@ -177,6 +179,12 @@ async fn route(app: &App, guest: &Arc<Guest>, request: Request, realm_headers: &
         (Method::GET, Media::JsonApi) if local == "_permissions" => permissions::get(app, &target).await?,
         (Method::PATCH, Media::JsonApi) if local == "_permissions" => permissions::patch(app, &target, &headers, body).await?,
         (Method::GET, Media::JsonApi) if local.is_empty() || local.ends_with('/') => realm_meta::directory(app, &target).await?,
+        (Method::GET, Media::Card) if local == "_search" => search::get(app, guest, &target, parts.uri.query().unwrap_or("")).await?,
+        (_, Media::Card) if is_query && local == "_search" => {
+            let body = read_text(body, &headers, app.limits.card_bytes, app.limits.body_read).await?;
+            check_json_values(&body, app.limits.json_values)?;
+            search::query(app, guest, &target, &body).await?
+        }
         (Method::GET, Media::Card) => {
             if let Some(id) = local.strip_suffix(".json") {
                 return Ok(redirect(&encode_url(&format!("{realm}{id}"))));

@@ -13,6 +13,7 @@ use tokio::sync::OwnedMutexGuard;
 
 use super::batch::{BatchStats, Coalescing, OpenBatch, RealmQueue, Tx};
 use super::error::WriteError;
+use crate::search;
 use crate::store::{self, FileRow};
 
 /// Size limits on what may be stored.
@@ -186,14 +187,25 @@ impl WriteTxn {
             }));
         match index {
             Some(row) => {
-                let sql = "INSERT INTO card_index (realm_url, path, card_id, card_type, search_doc, updated_at)
-                           VALUES ($1, $2, $3, $4, $5, $6)
+                let sql = "INSERT INTO card_index (realm_url, path, card_id, card_type, search_doc, updated_at, search_version)
+                           VALUES ($1, $2, $3, $4, $5, $6, $7)
                            ON CONFLICT (realm_url, path) DO UPDATE
                            SET card_id = excluded.card_id, card_type = excluded.card_type,
-                               search_doc = excluded.search_doc, updated_at = excluded.updated_at";
-                on_tx!(tx_of(&mut self.batch)?, conn => { sqlx::query(sql)
-                    .bind(realm).bind(path).bind(&row.card_id).bind(&row.card_type).bind(&row.search_doc).bind(now)
-                    .execute(conn).await?; },
+                               search_doc = excluded.search_doc, updated_at = excluded.updated_at,
+                               search_version = excluded.search_version";
+                // The card's searchable values, from what is stored.
+                let fields = if binary { Vec::new() } else { search::fields::fields_of(content, &row.card_id) };
+                let inserts = search::index::insert_statements(&fields);
+                on_tx!(tx_of(&mut self.batch)?, conn => {
+                    sqlx::query(sql)
+                        .bind(realm).bind(path).bind(&row.card_id).bind(&row.card_type).bind(&row.search_doc).bind(now)
+                        .bind(search::index::SEARCH_VERSION)
+                        .execute(&mut *conn).await?;
+                    sqlx::query(search::index::DELETE_FIELDS).bind(realm).bind(path).execute(&mut *conn).await?;
+                    for (sql, rows) in &inserts {
+                        search::index::bind_field_rows!(sqlx::query(sql).bind(realm).bind(path), rows).execute(&mut *conn).await?;
+                    }
+                },
                     (_store, _staged) => ());
             }
             None => self.delete_index_row(path).await?,

@@ -1,0 +1,92 @@
+//! Keeping `card_fields` in step with the cards: the statements the write
+//! path runs in its own transaction (see `lock::txn`), and the start-up
+//! pass that rebuilds the rows of cards indexed by an older version.
+
+use sqlx::Row;
+
+use super::fields::{fields_of, FieldRow};
+use crate::store::{on_pool, Database, DbError};
+
+/// The version of the field rows this build writes; cards whose
+/// `card_index.search_version` is older are re-indexed at start-up.
+pub const SEARCH_VERSION: i64 = 1;
+
+/// Removes a card's field rows (`$1` realm, `$2` path).
+pub const DELETE_FIELDS: &str = "DELETE FROM card_fields WHERE realm_url = $1 AND path = $2";
+
+/// Field rows per INSERT (7 parameters each, under both backends' caps).
+const ROWS_PER_INSERT: usize = 500;
+
+/// The INSERTs that store `rows` for one card: each statement with the
+/// rows it binds after `$1` realm and `$2` path (see [`bind_field_rows`]).
+pub fn insert_statements(rows: &[FieldRow]) -> Vec<(String, &[FieldRow])> {
+    rows.chunks(ROWS_PER_INSERT)
+        .map(|chunk| {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let p = 3 + i * 7;
+                    format!("($1, $2, ${}, ${}, ${}, ${}, ${}, ${}, ${})", p, p + 1, p + 2, p + 3, p + 4, p + 5, p + 6)
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO card_fields (realm_url, path, field, position, kind, text_key, text_value, folded, number_value) VALUES {}",
+                values.join(", ")
+            );
+            (sql, chunk)
+        })
+        .collect()
+}
+
+/// Binds the rows of one of [`insert_statements`] to its query.
+macro_rules! bind_field_rows {
+    ($query:expr, $rows:expr) => {{
+        let mut query = $query;
+        for row in $rows.iter() {
+            query = query
+                .bind(row.field.as_str())
+                .bind(row.position)
+                .bind(row.kind as i64)
+                .bind(row.key.as_str())
+                .bind(row.text.as_str())
+                .bind(row.folded.as_deref())
+                .bind(row.number);
+        }
+        query
+    }};
+}
+pub(crate) use bind_field_rows;
+
+/// Re-indexes every card whose field rows are older than this build's,
+/// one card per transaction. A card being written meanwhile is safe: the
+/// version flag is claimed first, and a writer's newer rows replace ours.
+pub async fn rebuild_stale(db: &Database) -> Result<u64, DbError> {
+    let pending = "SELECT realm_url, path, card_id FROM card_index WHERE search_version < $1 LIMIT 500";
+    let claim = "UPDATE card_index SET search_version = $3 WHERE realm_url = $1 AND path = $2 AND search_version < $3";
+    let content = "SELECT content FROM files WHERE realm_url = $1 AND path = $2";
+    let mut rebuilt = 0;
+    loop {
+        let batch: Vec<(String, String, String)> = on_pool!(db, pool => {
+            let rows = sqlx::query(pending).bind(SEARCH_VERSION).fetch_all(pool).await?;
+            rows.iter().map(|r| Ok::<_, sqlx::Error>((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).collect::<Result<Vec<_>, _>>()?
+        });
+        if batch.is_empty() {
+            return Ok(rebuilt);
+        }
+        for (realm, path, card_id) in batch {
+            on_pool!(db, pool => {
+                let mut tx = pool.begin().await?;
+                let claimed = sqlx::query(claim).bind(&realm).bind(&path).bind(SEARCH_VERSION).execute(&mut *tx).await?.rows_affected();
+                if claimed > 0 {
+                    let text: Option<String> = sqlx::query_scalar(content).bind(&realm).bind(&path).fetch_optional(&mut *tx).await?;
+                    let rows = text.map(|t| fields_of(&t, &card_id)).unwrap_or_default();
+                    sqlx::query(DELETE_FIELDS).bind(&realm).bind(&path).execute(&mut *tx).await?;
+                    for (sql, chunk) in insert_statements(&rows) {
+                        bind_field_rows!(sqlx::query(&sql).bind(&realm).bind(&path), chunk).execute(&mut *tx).await?;
+                    }
+                    rebuilt += 1;
+                }
+                tx.commit().await?;
+            });
+        }
+    }
+}
