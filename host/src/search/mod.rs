@@ -12,8 +12,8 @@ pub mod index;
 pub mod query;
 // The GET form: bracket syntax into the query's JSON.
 pub mod brackets;
-// A `Query` as SQL, per backend.
-mod sql;
+// A `Query` as SQL, per backend (public so the bench can EXPLAIN it).
+pub mod sql;
 // Running a query: the page, the total, the timeout.
 mod run;
 
