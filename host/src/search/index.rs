@@ -90,3 +90,34 @@ pub async fn rebuild_stale(db: &Database) -> Result<u64, DbError> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::rebuild_stale;
+    use crate::search::query::{parse, QueryLimits};
+    use crate::search::search;
+    use crate::store::{Database, Permissions};
+    use serde_json::json;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn cards_indexed_by_an_older_version_are_rebuilt_once_and_then_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::connect(&format!("sqlite://{}", dir.path().join("db.sqlite").display())).await.unwrap();
+        let realm = "http://h/r/";
+        db.create_realm(realm, Permissions::default()).await.unwrap();
+        let Database::Sqlite(pool) = &db else { unreachable!() };
+        let card = r#"{"data":{"attributes":{"firstName":"Mango"},"meta":{"adoptsFrom":{"module":"../person","name":"Person"}}}}"#;
+        sqlx::query("INSERT INTO files (realm_url, path, content, content_hash, created_at, last_modified) VALUES ($1, 'Person/1.json', $2, 'h', 1, 1)")
+            .bind(realm).bind(card).execute(pool).await.unwrap();
+        // As an earlier build wrote it: an index row, no field rows.
+        sqlx::query("INSERT INTO card_index (realm_url, path, card_id, card_type, search_doc, updated_at) VALUES ($1, 'Person/1.json', 'http://h/r/Person/1', 'http://h/person#Person', '{}', 1)")
+            .bind(realm).execute(pool).await.unwrap();
+        let query = parse(&json!({"filter": {"eq": {"firstName": "Mango"}}}), &url::Url::parse(realm).unwrap(), QueryLimits { max_page_size: 10, max_terms: 10 }).unwrap();
+        assert_eq!(search(&db, realm, &query, Duration::from_secs(5)).await.unwrap().total, 0);
+        assert_eq!(rebuild_stale(&db).await.unwrap(), 1);
+        assert_eq!(rebuild_stale(&db).await.unwrap(), 0);
+        let hits = search(&db, realm, &query, Duration::from_secs(5)).await.unwrap();
+        assert_eq!((hits.total, hits.cards.len(), hits.cards[0].0.as_str()), (1, 1, "Person/1.json"));
+    }
+}
