@@ -6,7 +6,8 @@
 //! out: `address.city`, `pets.name` (each element of `pets`), `nickNames`
 //! (each element). A relationship is a field too (`friend`, `friends` for
 //! `friends.0`, `friends.1`…) whose value is the linked card's URL, so a
-//! query can follow it. Nulls are not stored: absent and null are one.
+//! query can follow it; so is the card's own `id` (its URL). Nulls are
+//! not stored: absent and null are one.
 
 use std::collections::HashMap;
 
@@ -64,7 +65,13 @@ pub fn text_key(text: &str) -> String {
 pub fn fields_of(content: &str, card_url: &str) -> Vec<FieldRow> {
     let Ok(doc) = serde_json::from_str::<Value>(content) else { return Vec::new() };
     let resource = doc.get("data").unwrap_or(&doc);
+    if !resource.is_object() {
+        return Vec::new();
+    }
     let mut rows = Rows::default();
+    // A card's `id` is a field too (Boxel's CardDef has one): `eq` on it,
+    // or on `friend.id` through a link, finds cards by URL.
+    rows.push("id".to_string(), Kind::Text, card_url.to_string(), None);
     if let Some(Value::Object(attributes)) = resource.get("attributes") {
         for (name, value) in attributes {
             rows.attribute(name, value, 0);
@@ -145,6 +152,7 @@ mod tests {
         let rows = fields_of(card, "http://h/r/Person/Mango");
         let t = |f: &str, p, k, v: &str| (f.to_string(), p, k, v.to_string());
         assert_eq!(summary(&rows), [
+            t("id", 0, Kind::Text, "http://h/r/Person/Mango"),
             t("name", 0, Kind::Text, "Mango"),
             t("age", 0, Kind::Number, "3"),
             t("cool", 0, Kind::Bool, "true"),
@@ -157,8 +165,8 @@ mod tests {
             t("friend", 0, Kind::Link, "http://h/r/Person/Van"),
             t("friends", 0, Kind::Link, "http://h/r/Person/My Pal"),
         ]);
-        assert_eq!(rows[1].number, Some(3.0));
-        assert_eq!(rows[0].folded.as_deref(), Some("mango"));
+        assert_eq!(rows[2].number, Some(3.0));
+        assert_eq!(rows[1].folded.as_deref(), Some("mango"));
     }
 
     #[test]

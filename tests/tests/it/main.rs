@@ -24,3 +24,4 @@ mod hardening;
 mod merge;
 mod postgres;
 mod routes;
+mod search;
