@@ -46,6 +46,12 @@ const MAX_KEY_BYTES: usize = 256;
 /// Nesting beyond this is not indexed.
 const MAX_DEPTH: usize = 32;
 
+/// A text as the index keeps it: NUL, which Postgres `text` cannot hold,
+/// becomes U+FFFD (queries are mapped the same way, so they still match).
+pub fn storable(text: &str) -> String {
+    text.replace('\0', "\u{FFFD}")
+}
+
 /// The equality-index key of a value: the value itself when short, else
 /// a prefix and the SHA-256 of the whole (a match is confirmed on `text`).
 pub fn text_key(text: &str) -> String {
@@ -71,7 +77,7 @@ pub fn fields_of(content: &str, card_url: &str) -> Vec<FieldRow> {
     let mut rows = Rows::default();
     // A card's `id` is a field too (Boxel's CardDef has one): `eq` on it,
     // or on `friend.id` through a link, finds cards by URL.
-    rows.push("id".to_string(), Kind::Text, card_url.to_string(), None);
+    rows.push("id".to_string(), Kind::Text, storable(card_url), None);
     if let Some(Value::Object(attributes)) = resource.get("attributes") {
         for (name, value) in attributes {
             rows.attribute(name, value, 0);
@@ -80,7 +86,7 @@ pub fn fields_of(content: &str, card_url: &str) -> Vec<FieldRow> {
     if let (Some(Value::Object(relationships)), Ok(base)) = (resource.get("relationships"), Url::parse(card_url)) {
         for (name, relationship) in relationships {
             if let Some(target) = relationship.pointer("/links/self").and_then(Value::as_str).and_then(|link| card_url_of(link, &base)) {
-                rows.push(relationship_field(name), Kind::Link, target, None);
+                rows.push(relationship_field(name), Kind::Link, storable(&target), None);
             }
         }
     }
@@ -117,7 +123,7 @@ impl Rows {
             Value::Null => {}
             Value::Bool(b) => self.push(field.to_string(), Kind::Bool, b.to_string(), None),
             Value::Number(n) => self.push(field.to_string(), Kind::Number, n.to_string(), n.as_f64().filter(|f| f.is_finite())),
-            Value::String(s) => self.push(field.to_string(), Kind::Text, s.clone(), None),
+            Value::String(s) => self.push(field.to_string(), Kind::Text, storable(s), None),
             Value::Array(items) => items.iter().for_each(|item| self.attribute(field, item, depth + 1)),
             Value::Object(fields) => {
                 for (name, value) in fields {
@@ -128,6 +134,7 @@ impl Rows {
     }
 
     fn push(&mut self, field: String, kind: Kind, text: String, number: Option<f64>) {
+        let field = storable(&field);
         let position = self.positions.entry(field.clone()).or_insert(0);
         let folded = (kind == Kind::Text).then(|| text.to_lowercase());
         self.rows.push(FieldRow { key: text_key(&text), field, position: *position, kind, text, folded, number });
@@ -177,5 +184,7 @@ mod tests {
         assert_eq!(text_key("short"), "short");
         assert!(fields_of("not json", "http://h/r/x").is_empty());
         assert!(fields_of("[1,2]", "http://h/r/x").is_empty());
+        let rows = fields_of(r#"{"attributes":{"a\u0000":"x\u0000y"}}"#, "http://h/r/x");
+        assert_eq!((rows[1].field.as_str(), rows[1].text.as_str()), ("a\u{FFFD}", "x\u{FFFD}y"));
     }
 }

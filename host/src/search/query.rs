@@ -5,6 +5,8 @@
 use serde_json::{Map, Value};
 use url::Url;
 
+use super::fields::storable;
+
 /// Why a query was refused; the client sees `Invalid query: <this>`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -274,7 +276,7 @@ pub fn type_key(module: &str, name: &str, realm: &Url) -> Result<String, Invalid
 }
 
 fn field_path(path: &str) -> Result<FieldPath, InvalidQuery> {
-    let segments: Vec<String> = path.split('.').map(str::to_string).collect();
+    let segments: Vec<String> = storable(path).split('.').map(str::to_string).collect();
     if segments.iter().any(String::is_empty) {
         return invalid(format!("'{path}' is not a field path (dot-separated field names)"));
     }
@@ -287,6 +289,7 @@ fn field_path(path: &str) -> Result<FieldPath, InvalidQuery> {
 fn scalar(value: &Value) -> Option<Scalar> {
     match value {
         Value::String(s) => {
+            let s = &storable(s);
             // Only a string that is exactly a JSON number counts as one.
             let number = (s.trim() == s).then(|| serde_json::from_str::<f64>(s).ok()).flatten().filter(|n| n.is_finite());
             Some(Scalar { text: s.clone(), number })
@@ -306,7 +309,7 @@ fn eq_value(value: &Value, operator: &str) -> Result<Option<Scalar>, InvalidQuer
 
 fn contains_value(value: &Value) -> Result<String, InvalidQuery> {
     match value {
-        Value::String(s) => Ok(s.to_lowercase()),
+        Value::String(s) => Ok(storable(s).to_lowercase()),
         Value::Number(n) => Ok(n.to_string()),
         v => invalid(format!("contains looks for a string, not {v}")),
     }

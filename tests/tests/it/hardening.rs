@@ -1120,6 +1120,10 @@ async fn a_card_string_containing_nul_round_trips(backend: Backend) {
     assert_eq!(got, expected, "GET after PATCH");
     let stored: Value = serde_json::from_str(&http.read(&format!("{id}.json")).await).expect("stored JSON");
     assert_eq!(stored["data"]["attributes"], expected, "the stored file");
+    // The search index holds it too, and finds it by that very string.
+    let query = json!({"filter": {"eq": {"lastName": "\u{0}z", "firstName": "a\u{0}b"}}}).to_string();
+    let found = http.request(Method::from_bytes(b"QUERY").unwrap(), &format!("{realm}_search"), "application/vnd.card+json").body(query).fetch().await.expect_status(200);
+    assert_eq!(found.json()["data"][0]["id"], json!(id), "found by search: {}", found.body);
 }
 
 // ---------------------------------------------------------------------------
