@@ -92,6 +92,7 @@ on_both_backends!(
     search_needs_read_permission_like_a_card_get,
     a_realm_search_sees_only_that_realms_cards,
     writes_show_in_the_very_next_search_on_every_replica,
+    a_search_past_its_timeout_is_400_and_the_server_stays_healthy,
 );
 
 // ---------------------------------------------------------------------------
@@ -1422,5 +1423,29 @@ async fn postgres_two_replicas_see_each_others_writes_in_the_next_search() {
         assert_eq!(found(&reader, &format!("W5 round {round}: source POST"), &named(&format!("{name}src"))).await, vec![src_path], "W5 round {round}");
         writer.delete_source(&file).fetch().await.expect_status(204);
         assert_eq!(found(&reader, &format!("W6 round {round}: source DELETE"), &named(&format!("{name}src"))).await, Vec::<String>::new(), "W6 round {round}");
+    }
+}
+
+async fn a_search_past_its_timeout_is_400_and_the_server_stays_healthy(backend: Backend) {
+    let srv = backend.start_with(ServerOptions { serve_args: vec!["--search-timeout".into(), "1ms".into()], ..Default::default() }).await;
+    let (realm, http) = (srv.realm("test"), srv.client());
+    let operations: Vec<Value> = (0..1000)
+        .map(|i| {
+            let card = doc("../person", "Person", json!({ "firstName": format!("P{i}"), "a": { "b": { "c": { "d": { "e": { "f": format!("v{i}") } } } } } }), json!({}));
+            json!({ "op": "add", "href": format!("Person/p{i}.json"), "data": card["data"] })
+        })
+        .collect();
+    http.atomic(&realm, &json!({ "atomic:operations": operations })).fetch().await.expect_status(201);
+    // Every 6-segment path is 32 ways through links and attributes: a
+    // query far beyond a 1 ms budget, on either backend.
+    let heavy: Vec<Value> = (0..100).map(|i| json!({ "contains": { "a.b.c.d.e.f": format!("{i}x") } })).collect();
+    let query = json!({ "filter": { "not": { "any": heavy } }, "sort": [{ "by": "a.b.c.d.e.f", "direction": "desc" }] });
+    let resp = http.request(query_method(), &format!("{realm}_search"), CARD_JSON).body(query.to_string()).fetch().await;
+    assert_invalid("timeout", "QUERY", &resp);
+    assert!(resp.json()["errors"][0]["message"].as_str().unwrap_or_default().contains("ran longer than"), "timeout message\n{resp}");
+    // The connection that was interrupted serves the next requests, reads and writes.
+    for i in 0..10 {
+        http.get_card(&format!("{realm}Person/p{i}")).fetch().await.expect_status(200);
+        http.patch_card(&format!("{realm}Person/p{i}"), &doc("../person", "Person", json!({ "firstName": "again" }), json!({}))).fetch().await.expect_status(200);
     }
 }
