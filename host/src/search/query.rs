@@ -158,7 +158,11 @@ struct Parser<'a> {
 impl Parser<'_> {
     /// Counts one term; refuses the query past the limit.
     fn term(&mut self) -> Result<(), InvalidQuery> {
-        self.terms += 1;
+        self.terms_of(1)
+    }
+
+    fn terms_of(&mut self, n: usize) -> Result<(), InvalidQuery> {
+        self.terms = self.terms.saturating_add(n);
         if self.terms > self.max_terms {
             return invalid(format!("the query has more than {} terms", self.max_terms));
         }
@@ -210,9 +214,16 @@ impl Parser<'_> {
         }
         let mut out = Vec::with_capacity(fields.len());
         for (path, value) in fields {
-            self.term()?;
+            let segments = field_path(path)?;
+            // What the SQL will hold: a condition per way through the path
+            // (attribute or link at each dot), per value of an `in`.
+            let values = match value {
+                Value::Array(values) => values.len().max(1),
+                _ => 1,
+            };
+            self.terms_of((1usize << (segments.len() - 1)).saturating_mul(values))?;
             let checked = check(value).map_err(|InvalidQuery(why)| InvalidQuery(format!("{operator} '{path}': {why}")))?;
-            out.push((field_path(path)?, checked));
+            out.push((segments, checked));
         }
         Ok(out)
     }
@@ -414,6 +425,10 @@ mod tests {
         assert!(refusal(json!({"sort": [{"by": "a", "direction": "up"}]})).contains("asc or desc"));
         let many: Vec<Value> = (0..20).map(|i| json!({"eq": {"a": i}})).collect();
         assert!(refusal(json!({"filter": {"any": many}})).contains("more than 10 terms"));
+        // A path of 5 segments is 16 ways through links; 11 values of an `in` are 11 terms.
+        assert!(refusal(json!({"filter": {"eq": {"a.b.c.d.e": 1}}})).contains("more than 10 terms"));
+        assert!(refusal(json!({"filter": {"in": {"a": (0..11).collect::<Vec<_>>()}}})).contains("more than 10 terms"));
+        assert!(parse(&json!({"filter": {"in": {"a.b.c": [1, 2]}}}), &realm(), LIMITS).is_ok());
         let mut deep = json!({"eq": {"a": 1}});
         for _ in 0..40 {
             deep = json!({"not": deep});
