@@ -12,6 +12,7 @@
 //! | [`search`] | `_search`: the query language, the card-field index, running a query |
 //! | [`auth`] | JWTs and the permission rule |
 //! | [`lock`] | the per-realm write lock: queues, coalesced batches, transactional writes |
+//! | [`events`] | realm events: per-realm feeds of the outbox, woken by commits, NOTIFY and a poll |
 //! | [`guest`] | the WebAssembly guest: runtime, registry, self-test, the running guest |
 //! | [`http`] | the data plane: routing, responses and errors, bodies, admin endpoints, the accept loop |
 //! | [`testing`] | `GuestHarness`, for guest authors |
@@ -21,6 +22,7 @@ pub mod realm;
 pub mod search;
 pub mod auth;
 pub mod lock;
+pub mod events;
 pub mod guest;
 pub mod http;
 pub mod testing;

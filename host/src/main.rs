@@ -3,7 +3,7 @@
 use realm_host::guest::{runtime, selftest, swap};
 use realm_host::http::{self, listener};
 use realm_host::realm::url as realm_url;
-use realm_host::{auth, lock, search};
+use realm_host::{auth, events, lock, search};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -146,6 +146,22 @@ struct ServeArgs {
     /// How long one `_search` query may run in the database (400 beyond).
     #[arg(long, env = "REALM_SEARCH_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     search_timeout: Duration,
+    /// Events a realm-event subscriber may fall behind before it is
+    /// disconnected (it resumes with `Last-Event-ID`).
+    #[arg(long, env = "REALM_EVENTS_BUFFER", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    events_buffer: u64,
+    /// Newest events each realm keeps for `Last-Event-ID` resumes.
+    #[arg(long, env = "REALM_EVENTS_RETAIN_COUNT", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    events_retain_count: u64,
+    /// Events older than this are dropped (each realm keeps its newest).
+    #[arg(long, env = "REALM_EVENTS_RETAIN_AGE", default_value = "7d", value_parser = parse_duration)]
+    events_retain_age: Duration,
+    /// Heartbeat comment interval on event streams (keeps proxies from closing them).
+    #[arg(long, env = "REALM_EVENTS_HEARTBEAT", default_value = "15s", value_parser = parse_duration)]
+    events_heartbeat: Duration,
+    /// How often each followed realm's events are re-read (repairs a lost NOTIFY).
+    #[arg(long, env = "REALM_EVENTS_POLL", default_value = "1s", value_parser = parse_duration)]
+    events_poll: Duration,
     /// How long a client may take to send a request's headers, from its first byte.
     #[arg(long, env = "REALM_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     header_read_timeout: Duration,
@@ -391,9 +407,16 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             query: search::QueryLimits { max_page_size: args.search_max_page_size, max_terms: args.search_max_terms },
             timeout: args.search_timeout,
         },
+        events_heartbeat: args.events_heartbeat,
     };
     let coalescing = lock::Coalescing { max_batch: args.coalesce_max_batch, max_wait: args.coalesce_max_wait };
-    let locks = Arc::new(Locks::with_coalescing(args.lock_timeout, limits, coalescing));
+    let locks = Arc::new(Locks::with_coalescing(args.lock_timeout, limits, coalescing).retaining_events(args.events_retain_count));
+    let event_options = events::EventOptions {
+        buffer: usize::try_from(args.events_buffer).unwrap_or(usize::MAX),
+        poll: args.events_poll,
+        retain_age: args.events_retain_age,
+    };
+    let hub = events::start(db.clone(), &locks, event_options);
     let sandbox = runtime::Sandbox {
         cpu: args.guest_timeout,
         memory_bytes: args.guest_memory_mib << 20,
@@ -430,7 +453,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         (Some(_), false) => {}
         (None, _) => drop(tokio::spawn(guests.clone().follow_registry())),
     }
-    let app = Arc::new(http::App::new(db, guests, secret, request_limits, stats, app_locks).await.map_err(|e| e.to_string())?);
+    let app = Arc::new(http::App::new(db, guests, secret, request_limits, stats, app_locks, hub).await.map_err(|e| e.to_string())?);
     drop(tokio::spawn(app.realms.clone().follow_changes()));
     let listener = bind(args.listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;

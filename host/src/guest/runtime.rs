@@ -70,6 +70,8 @@ pub struct CallState {
     /// Files of the call's realm the host has already read for it (a
     /// search page): `read-file` answers them without a query, once each.
     prefetched: HashMap<String, FileRow>,
+    /// The request's `X-Boxel-Client-Request-Id`, given to its write lock.
+    client_request_id: Option<String>,
 }
 
 /// A loaded guest, ready to be instantiated per call.
@@ -217,6 +219,12 @@ impl Guest {
     /// answer; `Err(_)` is a trap or a host failure. Any write lock the
     /// guest still holds afterwards is rolled back before this returns.
     pub async fn run(&self, call: Call) -> wasmtime::Result<Result<Answer, GuestError>> {
+        self.run_for(call, None).await
+    }
+
+    /// `run` for a request that named itself (`X-Boxel-Client-Request-Id`):
+    /// the realm event of its writes carries the id.
+    pub async fn run_for(&self, call: Call, client_request_id: Option<String>) -> wasmtime::Result<Result<Answer, GuestError>> {
         let slot = tokio::time::timeout(self.sandbox.instance_wait, self.wasm.slots.acquire()).await;
         let _slot = match slot {
             Ok(slot) => slot.map_err(|_| wasmtime::format_err!("the guest runtime is shutting down"))?,
@@ -241,6 +249,7 @@ impl Guest {
             clock: clock.clone(),
             cpu_budget: self.sandbox.cpu,
             prefetched,
+            client_request_id,
         };
         let mut store = Store::new(&self.wasm.engine, state);
         // At every epoch tick, check the guest's own running time; yield to
@@ -367,6 +376,8 @@ impl boxel::realm::store::Host for CallState {
             Ok(txn) => txn,
             Err(e) => return Ok(Err(guest_error(e))),
         };
+        let mut txn = txn;
+        txn.set_client_request_id(self.client_request_id.clone());
         let lock = self.table.push(txn)?;
         self.held.push((realm, lock.rep()));
         Ok(Ok(lock))

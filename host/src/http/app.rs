@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::events::EventHub;
 use crate::guest::swap::Guests;
 use crate::lock::{BatchStats, Locks};
 use crate::realm::cache::RealmCache;
@@ -27,6 +28,8 @@ pub struct RequestLimits {
     pub body_read: Duration,
     /// What one `_search` may ask for and how long it may run.
     pub search: crate::search::SearchLimits,
+    /// How often an idle event stream sends a heartbeat comment.
+    pub events_heartbeat: Duration,
 }
 
 /// Everything a request handler needs.
@@ -42,6 +45,8 @@ pub struct App {
     /// The realms' write locks (the guest's own): binary file writes,
     /// which need no card logic, take them here.
     pub(super) locks: Arc<Locks>,
+    /// This replica's feeds of realm events.
+    pub(super) events: Arc<EventHub>,
 }
 
 impl App {
@@ -52,8 +57,9 @@ impl App {
         limits: RequestLimits,
         stats: Arc<BatchStats>,
         locks: Arc<Locks>,
+        events: Arc<EventHub>,
     ) -> Result<App, crate::store::DbError> {
         let realms = Arc::new(RealmCache::load(db.clone()).await?);
-        Ok(App { db, guests, secret, limits, stats, realms, locks })
+        Ok(App { db, guests, secret, limits, stats, realms, locks, events })
     }
 }

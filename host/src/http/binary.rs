@@ -25,6 +25,7 @@ pub(super) async fn write(app: &App, target: &Target, headers: &HeaderMap, body:
     }
     let bytes = read_body(body, headers, app.limits.file_bytes, app.limits.body_read).await?;
     let mut txn = app.locks.acquire(&app.db, realm).await.map_err(write_refused)?;
+    txn.set_client_request_id(super::guest_call::client_request_id(headers));
     if let Some(expected) = if_match {
         let current = match txn.read(local).await {
             Ok(current) => current,

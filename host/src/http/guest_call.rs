@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use axum::http::HeaderMap;
 use axum::response::Response;
 
 use super::responses::{guest_error_response, internal_error};
@@ -15,10 +16,25 @@ pub(super) async fn run(guest: &Arc<Guest>, call: Call) -> Result<Answer, Respon
     run_call(guest, call).await?.map_err(guest_error_response)
 }
 
+/// `run` for a write request: its realm event names the request by its
+/// `X-Boxel-Client-Request-Id` header.
+pub(super) async fn run_write(guest: &Arc<Guest>, call: Call, headers: &HeaderMap) -> Result<Answer, Response> {
+    run_in_task(guest, call, client_request_id(headers)).await?.map_err(guest_error_response)
+}
+
+/// The request's `X-Boxel-Client-Request-Id`, if it sent one.
+pub(super) fn client_request_id(headers: &HeaderMap) -> Option<String> {
+    headers.get("x-boxel-client-request-id").and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
 /// `run`, with the guest's own refusal left for the caller to answer.
 pub(super) async fn run_call(guest: &Arc<Guest>, call: Call) -> Result<Result<Answer, GuestError>, Response> {
+    run_in_task(guest, call, None).await
+}
+
+async fn run_in_task(guest: &Arc<Guest>, call: Call, client_request_id: Option<String>) -> Result<Result<Answer, GuestError>, Response> {
     let running = guest.clone();
-    let outcome = tokio::spawn(async move { running.run(call).await }).await;
+    let outcome = tokio::spawn(async move { running.run_for(call, client_request_id).await }).await;
     match outcome {
         Ok(Ok(answer)) => Ok(answer),
         Ok(Err(trap)) => Err(internal_error(&format!("the card logic (guest {}) failed", guest.short_hash), &format!("{trap:?}"))),

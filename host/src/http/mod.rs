@@ -36,6 +36,8 @@ mod binary;
 mod included;
 // `_search`: the three request forms, the answer document.
 mod search;
+// `_events`: a realm's events as Server-Sent Events.
+mod events;
 // The accept loop: connection cap, header and idle deadlines, graceful drain.
 pub mod listener;
 
@@ -55,7 +57,7 @@ use responses::{encode_url, error, guest_error_response, redirect, text_response
 use responses::JSON_API;
 use crate::auth::{self, Denied, Need};
 use crate::guest::runtime::{Answer, Call, Guest, GuestError};
-use guest_call::{card_answer, run, run_call, unexpected_shape};
+use guest_call::{card_answer, run_call, run_write, unexpected_shape};
 
 pub use app::{App, RequestLimits};
 
@@ -165,6 +167,9 @@ async fn route(app: &App, guest: &Arc<Guest>, request: Request, realm_headers: &
     }
     authorized.map_err(responses::denied)?;
 
+    if method == Method::GET && target.local == "_events" && accepts_event_stream(&headers) {
+        return events::stream(app, &target, &headers, parts.uri.query()).await;
+    }
     let media = media_of(&headers)?;
     let if_match = precondition(&headers, header::IF_MATCH)?;
     // Read now so an unreadable one is refused on every route.
@@ -215,7 +220,7 @@ async fn route(app: &App, guest: &Arc<Guest>, request: Request, realm_headers: &
             let body = read_text(body, &headers, app.limits.card_bytes, app.limits.body_read).await?;
             check_json_values(&body, app.limits.json_values)?;
             let new_name = uuid::Uuid::new_v4().to_string();
-            let card = card_answer(run(guest, Call::CreateCard { realm, dir: local, new_name, body }).await?)?;
+            let card = card_answer(run_write(guest, Call::CreateCard { realm, dir: local, new_name, body }, &headers).await?)?;
             let location = card.id.clone();
             let mut response = card_response(StatusCode::CREATED, card, &target, &HeaderMap::new());
             if let Ok(location) = HeaderValue::from_str(&encode_url(&location)) {
@@ -227,12 +232,12 @@ async fn route(app: &App, guest: &Arc<Guest>, request: Request, realm_headers: &
             let body = read_text(body, &headers, app.limits.card_bytes, app.limits.body_read).await?;
             check_json_values(&body, app.limits.json_values)?;
             let path = local.strip_suffix(".json").unwrap_or(&local).to_string();
-            let card = card_answer(run(guest, Call::PatchCard { realm, path, body, if_match }).await?)?;
+            let card = card_answer(run_write(guest, Call::PatchCard { realm, path, body, if_match }, &headers).await?)?;
             card_response(StatusCode::OK, card, &target, &HeaderMap::new())
         }
         (Method::DELETE, Media::Card) => {
             let path = local.strip_suffix(".json").unwrap_or(&local).to_string();
-            run(guest, Call::DeleteCard { realm, path, if_match }).await?;
+            run_write(guest, Call::DeleteCard { realm, path, if_match }, &headers).await?;
             StatusCode::NO_CONTENT.into_response()
         }
         // Card source; also any other body for a `.json` path (the guest
@@ -243,7 +248,7 @@ async fn route(app: &App, guest: &Arc<Guest>, request: Request, realm_headers: &
                 // The guest parses a `.json` file to index it as a card.
                 check_json_values(&content, app.limits.json_values)?;
             }
-            match run(guest, Call::WriteSource { realm, path: local, content, if_match }).await? {
+            match run_write(guest, Call::WriteSource { realm, path: local, content, if_match }, &headers).await? {
                 Answer::File(meta) => {
                     let mut response = StatusCode::NO_CONTENT.into_response();
                     set_file_headers(response.headers_mut(), &meta.etag, meta.created, meta.last_modified);
@@ -254,13 +259,13 @@ async fn route(app: &App, guest: &Arc<Guest>, request: Request, realm_headers: &
         }
         (Method::POST, Media::Other) => binary::write(app, &target, &headers, body, if_match).await?,
         (Method::DELETE, Media::Source) => {
-            run(guest, Call::DeleteSource { realm, path: local, if_match }).await?;
+            run_write(guest, Call::DeleteSource { realm, path: local, if_match }, &headers).await?;
             StatusCode::NO_CONTENT.into_response()
         }
         (Method::POST, Media::JsonApi) if local == "_atomic" => {
             let body = read_text(body, &headers, app.limits.atomic_bytes, app.limits.body_read).await?;
             check_atomic_body(&body, app.limits.atomic_operations, app.limits.json_values)?;
-            match run(guest, Call::Atomic { realm, body }).await? {
+            match run_write(guest, Call::Atomic { realm, body }, &headers).await? {
                 Answer::Text(results) => text_response(StatusCode::CREATED, JSON_API, results),
                 _ => return Err(unexpected_shape(guest)),
             }
@@ -273,6 +278,16 @@ async fn route(app: &App, guest: &Arc<Guest>, request: Request, realm_headers: &
         }
     };
     Ok(response)
+}
+
+/// Whether `Accept` names `text/event-stream`.
+fn accepts_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| item.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream")))
 }
 
 /// Checks the request's credentials against what it needs in the realm.

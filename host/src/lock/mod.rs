@@ -14,6 +14,8 @@ mod error;
 mod key;
 // Coalescing: a realm's turn, and the open transaction its writers hand along.
 mod batch;
+// The realm event a write request appends (the outbox), and its NOTIFY.
+mod outbox;
 // A held lock (`WriteTxn`): read, exists, write, delete, commit, rollback.
 mod txn;
 // `Locks`: the per-realm queues, and taking the database lock.
@@ -21,5 +23,6 @@ mod queue;
 
 pub use batch::{BatchStats, Coalescing};
 pub use error::WriteError;
+pub use outbox::EVENTS_CHANNEL;
 pub use queue::Locks;
 pub use txn::{IndexRow, Limits, WriteTxn, Written};

@@ -23,6 +23,10 @@ pub struct Locks {
     limits: Limits,
     coalescing: Coalescing,
     pub stats: Arc<BatchStats>,
+    /// Realms whose commit appended an event, announced in-process.
+    committed: tokio::sync::broadcast::Sender<String>,
+    /// How many events each realm keeps (older ones are pruned as new ones come).
+    retain_events: i64,
 }
 
 impl Locks {
@@ -31,7 +35,26 @@ impl Locks {
     }
 
     pub fn with_coalescing(timeout: Duration, limits: Limits, coalescing: Coalescing) -> Locks {
-        Locks { queues: Mutex::new(HashMap::new()), timeout, limits, coalescing, stats: Arc::default() }
+        Locks {
+            queues: Mutex::new(HashMap::new()),
+            timeout,
+            limits,
+            coalescing,
+            stats: Arc::default(),
+            committed: tokio::sync::broadcast::channel(4096).0,
+            retain_events: 10_000,
+        }
+    }
+
+    /// Keeps the newest `count` events of each realm.
+    pub fn retaining_events(mut self, count: u64) -> Locks {
+        self.retain_events = i64::try_from(count).unwrap_or(i64::MAX);
+        self
+    }
+
+    /// The realm of every commit that appended an event, from now on.
+    pub fn commits(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.committed.subscribe()
     }
 
     /// Writers waiting for the realm's turn right now.
@@ -74,6 +97,10 @@ impl Locks {
             stats: self.stats.clone(),
             limits: self.limits,
             known: HashMap::new(),
+            changes: Default::default(),
+            client_request_id: None,
+            committed: self.committed.clone(),
+            retain_events: self.retain_events,
         };
         if let Err(e) = txn.savepoint("SAVEPOINT realm_member").await {
             txn.end_turn(false).await.ok();

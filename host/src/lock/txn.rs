@@ -13,6 +13,7 @@ use tokio::sync::OwnedMutexGuard;
 
 use super::batch::{BatchStats, Coalescing, OpenBatch, RealmQueue, Tx};
 use super::error::WriteError;
+use super::outbox::{self, Changes};
 use crate::search;
 use crate::store::{self, FileRow};
 
@@ -65,6 +66,14 @@ pub struct WriteTxn {
     /// created, last modified), so `write` need not read it again. Valid
     /// for the whole turn: nobody else can change the realm meanwhile.
     pub(super) known: HashMap<String, Option<(String, i64, i64)>>,
+    /// What this request changed: its realm event, appended at commit.
+    pub(super) changes: Changes,
+    /// The request's `X-Boxel-Client-Request-Id`, for its event.
+    pub(super) client_request_id: Option<String>,
+    /// Where a commit that appended an event is announced in-process.
+    pub(super) committed: tokio::sync::broadcast::Sender<String>,
+    /// How many events each realm keeps.
+    pub(super) retain_events: i64,
 }
 
 /// The host's own check of a path the guest writes or deletes, whatever
@@ -185,6 +194,7 @@ impl WriteTxn {
             (_store, staged) => staged.put(path, FileRow {
                 content: content.to_string(), content_hash: content_hash.clone(), created, last_modified: now, binary,
             }));
+        self.changes.note(realm, path, index.is_some());
         match index {
             Some(row) => {
                 let sql = "INSERT INTO card_index (realm_url, path, card_id, card_type, search_doc, updated_at, search_version)
@@ -208,19 +218,22 @@ impl WriteTxn {
                 },
                     (_store, _staged) => ());
             }
-            None => self.delete_index_row(path).await?,
+            None => {
+                self.delete_index_row(path).await?;
+            }
         }
         let existed = existing.is_some();
         self.known.insert(path.to_string(), Some((content_hash.clone(), created, now)));
         Ok(Written { content_hash, created, last_modified: now, existed })
     }
 
-    async fn delete_index_row(&mut self, path: &str) -> Result<(), WriteError> {
+    /// Removes a path's index row; true when it had one (it was a card).
+    async fn delete_index_row(&mut self, path: &str) -> Result<bool, WriteError> {
         let sql = "DELETE FROM card_index WHERE realm_url = $1 AND path = $2";
         let realm = &self.realm;
-        on_tx!(tx_of(&mut self.batch)?, conn => { sqlx::query(sql).bind(realm).bind(path).execute(conn).await?; },
-            (_store, _staged) => ());
-        Ok(())
+        let removed = on_tx!(tx_of(&mut self.batch)?, conn => sqlx::query(sql).bind(realm).bind(path).execute(conn).await?.rows_affected(),
+            (_store, _staged) => 0);
+        Ok(removed > 0)
     }
 
     /// Removes a file and its index row; false when there was no such file.
@@ -234,7 +247,10 @@ impl WriteTxn {
                 staged.remove(path);
                 u64::from(existed)
             });
-        self.delete_index_row(path).await?;
+        let was_card = self.delete_index_row(path).await?;
+        if removed > 0 {
+            self.changes.note(&self.realm, path, was_card);
+        }
         self.known.insert(path.to_string(), None);
         Ok(removed > 0)
     }
@@ -243,8 +259,41 @@ impl WriteTxn {
     /// coalescing, the writes may join a batch that the next holder extends;
     /// this returns only once that batch has committed.
     pub async fn commit(mut self) -> Result<(), WriteError> {
+        let announce = !self.changes.is_empty();
+        if announce {
+            self.append_event().await?;
+        }
         self.savepoint("RELEASE SAVEPOINT realm_member").await?;
-        self.end_turn(true).await
+        let (committed, realm) = (self.committed.clone(), self.realm.clone());
+        self.end_turn(true).await?;
+        if announce {
+            // Nobody listening (no subscriber yet) is fine.
+            let _ = committed.send(realm);
+        }
+        Ok(())
+    }
+
+    /// Sets the `X-Boxel-Client-Request-Id` this request's event carries.
+    pub fn set_client_request_id(&mut self, id: Option<String>) {
+        self.client_request_id = id;
+    }
+
+    /// Appends this request's realm event, the realm's next sequence number.
+    async fn append_event(&mut self) -> Result<(), WriteError> {
+        let payload = self.changes.payload(&self.realm, self.client_request_id.as_deref());
+        let (realm, now, keep) = (&self.realm, store::now_unix(), self.retain_events);
+        match tx_of(&mut self.batch)? {
+            Tx::Sqlite(t) => {
+                let seq: i64 = sqlx::query_scalar(outbox::APPEND_SQLITE).bind(realm).bind(&payload).bind(now).fetch_one(&mut **t).await?;
+                sqlx::query(outbox::PRUNE_SQLITE).bind(realm).bind(seq).bind(keep).execute(&mut **t).await?;
+            }
+            Tx::Postgres(t) => {
+                sqlx::query(outbox::APPEND_POSTGRES).bind(realm).bind(&payload).bind(now).bind(keep).fetch_one(&mut **t).await?;
+            }
+            // The in-memory store keeps files only.
+            Tx::Memory(..) => {}
+        }
+        Ok(())
     }
 
     /// Undoes this request's writes and releases the lock, waiting until

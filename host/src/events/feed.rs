@@ -1,0 +1,135 @@
+//! One replica's view of the outbox: per realm, the last event it has read
+//! and a bounded broadcast of the events after it. A feed reads each new
+//! event from the database once, whoever woke it, and hands it to every
+//! subscriber of that realm on this replica.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use sqlx::Row;
+use tokio::sync::broadcast;
+
+use crate::store::{on_pool, Database, DbError};
+
+/// One committed realm event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub seq: i64,
+    /// The event's JSON (Boxel's realm-event shape).
+    pub payload: String,
+}
+
+/// The events a replica has read, per realm, for its subscribers.
+pub struct EventHub {
+    db: Database,
+    feeds: Mutex<HashMap<String, Arc<Feed>>>,
+    /// Events one feed holds for a subscriber that has not read them yet.
+    buffer: usize,
+}
+
+struct Feed {
+    events: broadcast::Sender<Arc<Event>>,
+    /// The newest seq read from the database (`None` until the first
+    /// subscriber sets it): the async lock makes one reader at a time.
+    last: tokio::sync::Mutex<Option<i64>>,
+}
+
+/// Most events read in one query.
+const PAGE: i64 = 500;
+
+impl EventHub {
+    pub fn new(db: Database, buffer: usize) -> EventHub {
+        EventHub { db, feeds: Mutex::new(HashMap::new()), buffer: buffer.max(1) }
+    }
+
+    fn feeds(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Feed>>> {
+        match self.feeds.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Every event of `realm` committed after this returns reaches the
+    /// receiver (until it lags by more than the buffer, then it is closed
+    /// with `Lagged`); earlier ones are in the database ([`EventHub::after`]).
+    pub async fn subscribe(&self, realm: &str) -> Result<broadcast::Receiver<Arc<Event>>, DbError> {
+        let feed = self
+            .feeds()
+            .entry(realm.to_string())
+            .or_insert_with(|| Arc::new(Feed { events: broadcast::channel(self.buffer).0, last: tokio::sync::Mutex::new(None) }))
+            .clone();
+        let receiver = feed.events.subscribe();
+        let mut last = feed.last.lock().await;
+        if last.is_none() {
+            *last = Some(self.window(realm).await?.1);
+        }
+        Ok(receiver)
+    }
+
+    /// Reads the realm's new events, if anyone here follows it, and hands
+    /// them to its subscribers.
+    pub async fn wake(&self, realm: &str) {
+        let feed = self.feeds().get(realm).cloned();
+        if let Some(feed) = feed {
+            if let Err(e) = self.pump(realm, &feed).await {
+                tracing::warn!(%realm, error = %e, "cannot read new realm events; the next wake-up retries");
+            }
+        }
+    }
+
+    /// [`EventHub::wake`] for every realm someone here follows: the repair
+    /// after a notification may have been lost.
+    pub async fn wake_all(&self) {
+        let realms: Vec<String> = self.feeds().keys().cloned().collect();
+        for realm in realms {
+            self.wake(&realm).await;
+        }
+    }
+
+    async fn pump(&self, realm: &str, feed: &Feed) -> Result<(), DbError> {
+        let mut last = feed.last.lock().await;
+        let Some(mut seen) = *last else { return Ok(()) };
+        loop {
+            let events = self.after(realm, seen, PAGE).await?;
+            let full = events.len() as i64 == PAGE;
+            for event in events {
+                seen = event.seq;
+                // No subscriber right now is fine.
+                let _ = feed.events.send(Arc::new(event));
+            }
+            *last = Some(seen);
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The realm's retained events after `seq`, oldest first, at most `limit`.
+    pub async fn after(&self, realm: &str, seq: i64, limit: i64) -> Result<Vec<Event>, DbError> {
+        let sql = "SELECT seq, payload FROM realm_events WHERE realm_url = $1 AND seq > $2 ORDER BY seq LIMIT $3";
+        let events = on_pool!(&self.db, pool => {
+            let rows = sqlx::query(sql).bind(realm).bind(seq).bind(limit).fetch_all(pool).await?;
+            rows.iter().map(|r| Ok::<_, sqlx::Error>(Event { seq: r.try_get(0)?, payload: r.try_get(1)? })).collect::<Result<Vec<_>, _>>()?
+        });
+        Ok(events)
+    }
+
+    /// The realm's oldest retained and newest seq (`None`, 0 with no events).
+    pub async fn window(&self, realm: &str) -> Result<(Option<i64>, i64), DbError> {
+        let sql = "SELECT MIN(seq), MAX(seq) FROM realm_events WHERE realm_url = $1";
+        let window = on_pool!(&self.db, pool => {
+            let row = sqlx::query(sql).bind(realm).fetch_one(pool).await?;
+            (row.try_get::<Option<i64>, _>(0)?, row.try_get::<Option<i64>, _>(1)?.unwrap_or(0))
+        });
+        Ok(window)
+    }
+
+    /// Drops events older than `cutoff` (unix seconds), keeping each realm's
+    /// newest: its seq is what the next one counts from.
+    pub async fn prune_older_than(&self, cutoff: i64) -> Result<u64, DbError> {
+        let sql = "DELETE FROM realm_events WHERE created_at < $1
+                   AND seq < (SELECT MAX(e.seq) FROM realm_events e WHERE e.realm_url = realm_events.realm_url)";
+        let removed = on_pool!(&self.db, pool => sqlx::query(sql).bind(cutoff).execute(pool).await?.rows_affected());
+        Ok(removed)
+    }
+}

@@ -1,0 +1,82 @@
+//! The realm event a write request appends to the outbox (`realm_events`)
+//! in its own savepoint, so it commits with the writes or not at all; on
+//! Postgres the same statement queues a NOTIFY, which is delivered only
+//! if the transaction commits.
+
+use serde_json::json;
+
+/// The channel a committed event is announced on (payload: the realm URL).
+pub const EVENTS_CHANNEL: &str = "realm_events";
+
+/// What a write request changed, for its event.
+#[derive(Default)]
+pub(super) struct Changes {
+    /// The changed URLs in write order, each once.
+    urls: Vec<String>,
+}
+
+impl Changes {
+    /// Notes a changed file; a card file counts as its card URL.
+    pub(super) fn note(&mut self, realm: &str, path: &str, is_card: bool) {
+        let local = if is_card { path.strip_suffix(".json").unwrap_or(path) } else { path };
+        let url = format!("{realm}{local}");
+        if !self.urls.contains(&url) {
+            self.urls.push(url);
+        }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.urls.is_empty()
+    }
+
+    /// Boxel's realm-event shape.
+    pub(super) fn payload(&self, realm: &str, client_request_id: Option<&str>) -> String {
+        json!({
+            "eventName": "index",
+            "indexType": "incremental",
+            "invalidations": self.urls,
+            "clientRequestId": client_request_id,
+            "realmURL": realm,
+        })
+        .to_string()
+    }
+}
+
+/// Appends the event (`$1` realm, `$2` payload, `$3` now, `$4` how many
+/// events to keep): the next sequence number under the realm's lock.
+pub(super) const APPEND_SQLITE: &str = "INSERT INTO realm_events (realm_url, seq, payload, created_at)
+    SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3 FROM realm_events WHERE realm_url = $1 RETURNING seq";
+
+/// The same, plus pruning past the retained count and the NOTIFY, in one
+/// round trip.
+pub(super) const APPEND_POSTGRES: &str = "WITH appended AS (
+        INSERT INTO realm_events (realm_url, seq, payload, created_at)
+        SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3 FROM realm_events WHERE realm_url = $1 RETURNING seq
+    ), pruned AS (
+        DELETE FROM realm_events WHERE realm_url = $1 AND seq <= (SELECT seq FROM appended) - $4
+    )
+    SELECT seq, pg_notify('realm_events', $1) FROM appended";
+
+/// Drops a realm's events past the retained count (`$1` realm, `$2` the
+/// newest seq, `$3` how many to keep).
+pub(super) const PRUNE_SQLITE: &str = "DELETE FROM realm_events WHERE realm_url = $1 AND seq <= $2 - $3";
+
+#[cfg(test)]
+mod tests {
+    use super::Changes;
+
+    #[test]
+    fn cards_count_as_their_url_and_each_change_once() {
+        let mut changes = Changes::default();
+        changes.note("http://h/r/", "Person/1.json", true);
+        changes.note("http://h/r/", "person.gts", false);
+        changes.note("http://h/r/", "Person/1.json", true);
+        changes.note("http://h/r/", "config.json", false);
+        let payload: serde_json::Value = serde_json::from_str(&changes.payload("http://h/r/", Some("c1"))).unwrap();
+        assert_eq!(payload, serde_json::json!({
+            "eventName": "index", "indexType": "incremental",
+            "invalidations": ["http://h/r/Person/1", "http://h/r/person.gts", "http://h/r/config.json"],
+            "clientRequestId": "c1", "realmURL": "http://h/r/",
+        }));
+    }
+}
