@@ -5,7 +5,7 @@
 //! only cards of the same realm, and the key only when something is in it.
 //! `_search` side-loads the linked cards of its results the same way.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::response::Response;
@@ -15,7 +15,7 @@ use url::Url;
 use super::app::App;
 use super::guest_call::{run, unexpected_shape};
 use super::realm_meta::realm_info;
-use super::responses::internal_error;
+use super::responses::{internal_error, storage_error};
 use crate::guest::runtime::{Answer, Call, Guest};
 use crate::store::FileRow;
 
@@ -33,7 +33,7 @@ pub(super) async fn complete(app: &App, guest: &Arc<Guest>, realm: &str, body: &
         meta.insert("realmInfo".into(), info.clone());
     }
     let Some(primary) = doc.get("data").cloned() else { return Ok((body.to_string(), false)) };
-    let included = side_load(guest, realm, &[primary], &info).await?;
+    let included = side_load(app, guest, realm, &[primary], &info).await?;
     let side_loaded = !included.is_empty();
     if side_loaded {
         if let Some(object) = doc.as_object_mut() {
@@ -46,7 +46,7 @@ pub(super) async fn complete(app: &App, guest: &Arc<Guest>, realm: &str, body: &
 /// The cards `primaries` link to in `realm`, and theirs, up to
 /// [`MAX_DEPTH`] links away: each once, never a primary, at most
 /// [`MAX_INCLUDED`], each with `meta.realmInfo`. One guest call per depth.
-pub(super) async fn side_load(guest: &Arc<Guest>, realm: &str, primaries: &[Value], info: &Value) -> Result<Vec<Value>, Response> {
+pub(super) async fn side_load(app: &App, guest: &Arc<Guest>, realm: &str, primaries: &[Value], info: &Value) -> Result<Vec<Value>, Response> {
     let mut seen: HashSet<String> = primaries.iter().filter_map(|p| p.get("id").and_then(Value::as_str)).map(String::from).collect();
     let mut level: Vec<Value> = primaries.to_vec();
     let mut included = Vec::new();
@@ -62,7 +62,12 @@ pub(super) async fn side_load(guest: &Arc<Guest>, realm: &str, primaries: &[Valu
         if wanted.is_empty() {
             break;
         }
-        level = cards(guest, realm, wanted, HashMap::new()).await?;
+        // One query for the level's files rather than one per card.
+        let prefetched = match app.db.read_files(realm, &with_json(&wanted)).await {
+            Ok(files) => files,
+            Err(e) => return Err(storage_error(&e)),
+        };
+        level = cards(guest, realm, wanted, prefetched).await?;
         for card in &mut level {
             if let Some(meta) = card.pointer_mut("/meta").and_then(Value::as_object_mut) {
                 meta.insert("realmInfo".into(), info.clone());
@@ -73,9 +78,14 @@ pub(super) async fn side_load(guest: &Arc<Guest>, realm: &str, primaries: &[Valu
     Ok(included)
 }
 
+/// The file paths of card ids (realm-local, without `.json`).
+fn with_json(paths: &[String]) -> Vec<String> {
+    paths.iter().map(|p| format!("{p}.json")).collect()
+}
+
 /// The `data` resource of each card at `paths` that the card logic can
 /// answer, in order; a missing or broken card is left out, as in Boxel.
-pub(super) async fn cards(guest: &Arc<Guest>, realm: &str, paths: Vec<String>, prefetched: HashMap<String, FileRow>) -> Result<Vec<Value>, Response> {
+pub(super) async fn cards(guest: &Arc<Guest>, realm: &str, paths: Vec<String>, prefetched: std::collections::HashMap<String, FileRow>) -> Result<Vec<Value>, Response> {
     if paths.is_empty() {
         return Ok(Vec::new());
     }

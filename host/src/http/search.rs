@@ -55,7 +55,7 @@ async fn answer(app: &App, guest: &Arc<Guest>, target: &Target, query: &Value) -
             meta.insert("realmInfo".into(), info.clone());
         }
     }
-    let included = side_load(guest, realm, &data, &info).await?;
+    let included = side_load(app, guest, realm, &data, &info).await?;
     let mut doc = json!({"data": data, "meta": {"page": {"total": hits.total}}});
     if !included.is_empty() {
         doc["included"] = Value::Array(included);

@@ -220,6 +220,36 @@ impl Database {
     }
 }
 
+impl Database {
+    /// Lock-free read of several files of a realm in one query (missing
+    /// ones are absent from the map).
+    pub async fn read_files(&self, realm: &str, paths: &[String]) -> Result<std::collections::HashMap<String, FileRow>, DbError> {
+        let mut files = std::collections::HashMap::new();
+        if paths.is_empty() {
+            return Ok(files);
+        }
+        if let Database::Memory(store) = self {
+            files.extend(paths.iter().filter_map(|p| store.read(realm, p).map(|f| (p.clone(), f))));
+            return Ok(files);
+        }
+        let placeholders: Vec<String> = (0..paths.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "SELECT content, content_hash, created_at, last_modified, content_encoding, path FROM files WHERE realm_url = $1 AND path IN ({})",
+            placeholders.join(", ")
+        );
+        on_pool!(self, pool => {
+            let mut query = sqlx::query(&sql).bind(realm);
+            for path in paths {
+                query = query.bind(path.as_str());
+            }
+            for row in query.fetch_all(pool).await? {
+                files.insert(row.try_get::<String, _>(5)?, file_row(&row)?);
+            }
+        });
+        Ok(files)
+    }
+}
+
 /// Decodes a `SELECT content, content_hash, created_at, last_modified, content_encoding` row.
 pub(crate) fn file_row<R: Row>(row: &R) -> Result<FileRow, sqlx::Error>
 where
