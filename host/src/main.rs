@@ -25,6 +25,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of `serve`'s flags costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Serve every realm in the database over HTTP.
@@ -410,7 +412,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         events_heartbeat: args.events_heartbeat,
     };
     let coalescing = lock::Coalescing { max_batch: args.coalesce_max_batch, max_wait: args.coalesce_max_wait };
-    let locks = Arc::new(Locks::with_coalescing(args.lock_timeout, limits, coalescing).retaining_events(args.events_retain_count));
+    let locks = Arc::new(Locks::with_coalescing(args.lock_timeout, limits, coalescing).retaining_events(args.events_retain_count, args.events_retain_age));
     let event_options = events::EventOptions {
         buffer: usize::try_from(args.events_buffer).unwrap_or(usize::MAX),
         poll: args.events_poll,

@@ -32,6 +32,8 @@ struct Feed {
     /// The newest seq read from the database (`None` until the first
     /// subscriber sets it): the async lock makes one reader at a time.
     last: tokio::sync::Mutex<Option<i64>>,
+    /// The same, readable without waiting for a read in progress.
+    newest: std::sync::atomic::AtomicI64,
 }
 
 /// Most events read in one query.
@@ -56,12 +58,16 @@ impl EventHub {
         let feed = self
             .feeds()
             .entry(realm.to_string())
-            .or_insert_with(|| Arc::new(Feed { events: broadcast::channel(self.buffer).0, last: tokio::sync::Mutex::new(None) }))
+            .or_insert_with(|| {
+                Arc::new(Feed { events: broadcast::channel(self.buffer).0, last: tokio::sync::Mutex::new(None), newest: Default::default() })
+            })
             .clone();
         let receiver = feed.events.subscribe();
         let mut last = feed.last.lock().await;
         if last.is_none() {
-            *last = Some(self.window(realm).await?.1);
+            let newest = self.window(realm).await?.1;
+            *last = Some(newest);
+            feed.newest.fetch_max(newest, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(receiver)
     }
@@ -98,10 +104,21 @@ impl EventHub {
                 let _ = feed.events.send(Arc::new(event));
             }
             *last = Some(seen);
+            feed.newest.fetch_max(seen, std::sync::atomic::Ordering::Relaxed);
             if !full {
                 return Ok(());
             }
         }
+    }
+
+    /// The newest seq of `realm` this replica has read (0 if it follows none).
+    pub fn newest_read(&self, realm: &str) -> i64 {
+        self.feeds().get(realm).map_or(0, |feed| feed.newest.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Events a subscriber may fall behind (see `http::events`).
+    pub fn buffer(&self) -> usize {
+        self.buffer
     }
 
     /// The realm's retained events after `seq`, oldest first, at most `limit`.

@@ -2,8 +2,8 @@
 //! as Server-Sent Events, `id:` the sequence number. `Last-Event-ID` (or
 //! `?lastEventId=`) resumes after that event; an id outside the retained
 //! window gets one `reset` event (reload) and the stream goes on from the
-//! newest. A subscriber that falls more than the buffer behind is
-//! disconnected, and resumes with its last id.
+//! newest. A subscriber that falls more than the buffer behind while not
+//! reading is disconnected, and resumes with its last id.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -17,14 +17,18 @@ use serde_json::json;
 use tokio::sync::broadcast::{error::RecvError, Receiver};
 
 use super::app::App;
+use super::listener::WriteStalls;
 use super::resolve::Target;
 use super::responses::{error, storage_error, Reply};
 use crate::events::{Event, EventHub};
 
 /// Events replayed per query while catching up.
 const CATCH_UP: i64 = 1000;
+/// A client that takes longer than this to accept the next event while
+/// more than the buffer behind is not keeping up: it is disconnected.
+const STALLED: Duration = Duration::from_millis(100);
 
-pub(super) async fn stream(app: &App, target: &Target, headers: &HeaderMap, query: Option<&str>) -> Reply {
+pub(super) async fn stream(app: &App, target: &Target, headers: &HeaderMap, query: Option<&str>, stalls: Option<Arc<WriteStalls>>) -> Reply {
     let resume = last_event_id(headers, query)?;
     let realm = target.realm.clone();
     let hub = app.events.clone();
@@ -36,12 +40,12 @@ pub(super) async fn stream(app: &App, target: &Target, headers: &HeaderMap, quer
     let sent = match resume {
         None => newest,
         Some(after) if after > newest || oldest.is_some_and(|oldest| after < oldest - 1) => {
-            first.push_back(reset(&realm, newest));
+            first.push_back((reset(&realm, newest), Some(newest)));
             newest
         }
         Some(after) => after,
     };
-    let state = Subscriber { hub, realm, live, sent, pending: first, caught_up: resume.is_none() || sent == newest };
+    let state = Subscriber { hub, realm, live, sent, handed: sent, stalls, pending: first, caught_up: resume.is_none() || sent == newest };
     let events = futures_util::stream::unfold(state, |mut s| async move { s.next().await.map(|event| (Ok::<_, Infallible>(event), s)) });
     let heartbeat = app.limits.events_heartbeat;
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(heartbeat.max(Duration::from_millis(10))).text("heartbeat")).into_response())
@@ -75,9 +79,13 @@ struct Subscriber {
     hub: Arc<EventHub>,
     realm: String,
     live: Receiver<Arc<Event>>,
-    /// The last seq this subscriber has been sent (or skipped past).
+    /// The last seq queued for this subscriber (or skipped past).
     sent: i64,
-    pending: VecDeque<SseEvent>,
+    /// The last seq handed to the connection.
+    handed: i64,
+    /// How long the connection's writes wait for the client.
+    stalls: Option<Arc<WriteStalls>>,
+    pending: VecDeque<(SseEvent, Option<i64>)>,
     /// Whether every retained event up to the live feed has been read.
     caught_up: bool,
 }
@@ -86,6 +94,21 @@ impl Subscriber {
     /// The next event to send; `None` ends the stream (lagged, or the
     /// database failed: the client resumes with its last id).
     async fn next(&mut self) -> Option<SseEvent> {
+        let (event, seq) = self.next_event().await?;
+        let behind = self.hub.newest_read(&self.realm).saturating_sub(self.handed);
+        // The client made the connection wait while it fell more than the
+        // buffer behind: it does not keep up (a burst alone, read
+        // promptly, is caught up from the outbox instead).
+        let waited = self.stalls.as_ref().map_or(Duration::ZERO, |s| s.take_longest());
+        if behind > self.hub.buffer() as i64 && waited > STALLED {
+            tracing::debug!(realm = %self.realm, last = self.handed, "closing an event stream that does not keep up; it resumes with Last-Event-ID");
+            return None;
+        }
+        self.handed = seq.unwrap_or(self.handed);
+        Some(event)
+    }
+
+    async fn next_event(&mut self) -> Option<(SseEvent, Option<i64>)> {
         loop {
             if let Some(event) = self.pending.pop_front() {
                 return Some(event);
@@ -98,11 +121,12 @@ impl Subscriber {
                 Ok(event) if event.seq <= self.sent => continue,
                 Ok(event) if event.seq == self.sent + 1 => {
                     self.sent = event.seq;
-                    return Some(message(&event));
+                    return Some((message(&event), Some(event.seq)));
                 }
-                // Something between is only in the database: read it first.
-                Ok(_) => self.caught_up = false,
-                Err(RecvError::Lagged(_)) | Err(RecvError::Closed) => return None,
+                // Something between is only in the database (or the feed's
+                // buffer overflowed under us): read it from there first.
+                Ok(_) | Err(RecvError::Lagged(_)) => self.caught_up = false,
+                Err(RecvError::Closed) => return None,
             }
         }
     }
@@ -121,7 +145,7 @@ impl Subscriber {
         }
         for event in events {
             self.sent = event.seq;
-            self.pending.push_back(message(&event));
+            self.pending.push_back((message(&event), Some(event.seq)));
         }
         Some(())
     }

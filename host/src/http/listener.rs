@@ -195,11 +195,55 @@ impl Drop for InRequest {
 }
 
 /// The socket, watched: the first bytes read while idle start the
-/// header-read deadline.
+/// header-read deadline; writes the client does not take are timed.
 struct Watched {
     stream: TcpStream,
     conn: Arc<Conn>,
     registry: Arc<Registry>,
+    stalls: Arc<WriteStalls>,
+}
+
+/// How long a connection's writes have waited for the client to read:
+/// a long response (an event stream) uses it to tell a client that does
+/// not keep up from one that is merely far behind for a moment. Every
+/// request of the connection carries it in its extensions.
+#[derive(Default)]
+pub struct WriteStalls {
+    /// Since when the socket refuses bytes, and the longest such wait
+    /// since the last [`WriteStalls::take_longest`].
+    state: Mutex<(Option<Instant>, Duration)>,
+}
+
+impl WriteStalls {
+    fn note(&self, blocked: bool) {
+        let mut state = match self.state.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match (blocked, state.0) {
+            (true, None) => state.0 = Some(Instant::now()),
+            (false, Some(since)) => {
+                state.1 = state.1.max(since.elapsed());
+                state.0 = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// The longest wait for the client since the last call (including
+    /// one still going on), and starts counting afresh.
+    pub fn take_longest(&self) -> Duration {
+        let mut state = match self.state.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let longest = state.1.max(state.0.map_or(Duration::ZERO, |since| since.elapsed()));
+        state.1 = Duration::ZERO;
+        if state.0.is_some() {
+            state.0 = Some(Instant::now());
+        }
+        longest
+    }
 }
 
 impl AsyncRead for Watched {
@@ -215,7 +259,9 @@ impl AsyncRead for Watched {
 
 impl AsyncWrite for Watched {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.stalls.note(polled.is_pending());
+        polled
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -227,7 +273,9 @@ impl AsyncWrite for Watched {
     }
 
     fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.stalls.note(polled.is_pending());
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -309,12 +357,15 @@ async fn serve_connection(
     mut stopping: watch::Receiver<bool>,
     lingering: Arc<tokio::sync::Semaphore>,
 ) {
-    let io = TokioIo::new(Watched { stream, conn: conn.clone(), registry: registry.clone() });
+    let stalls = Arc::new(WriteStalls::default());
+    let io = TokioIo::new(Watched { stream, conn: conn.clone(), registry: registry.clone(), stalls: stalls.clone() });
     let service = {
         let (conn, registry) = (conn.clone(), registry.clone());
-        hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().insert(stalls.clone());
             let in_request = InRequest::begin(&conn, &registry);
             let router = router.clone();
+            let (conn, registry) = (conn.clone(), registry.clone());
             Box::pin(async move {
                 let (parts, body) = request.into_parts();
                 let had_body = !body.is_end_stream();
@@ -329,7 +380,10 @@ async fn serve_connection(
                     }
                 }
                 drop(in_request);
-                response
+                // Each part of the body handed to the connection restarts
+                // its idle clock: a long response the client keeps reading
+                // (an event stream with its heartbeats) is not idle.
+                response.map(|response| response.map(|body| axum::body::Body::new(Progressing { inner: body, conn, registry })))
             })
         })
     };
@@ -376,6 +430,35 @@ impl hyper::body::Body for Tracked {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
             self.read_to_end.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body that stamps its connection's idle clock at every frame
+/// the connection takes (the connection is idle once the head is sent).
+struct Progressing {
+    inner: axum::body::Body,
+    conn: Arc<Conn>,
+    registry: Arc<Registry>,
+}
+
+impl hyper::body::Body for Progressing {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(Some(Ok(_)))) {
+            self.conn.transition(IDLE, IDLE, self.registry.now());
         }
         polled
     }

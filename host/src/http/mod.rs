@@ -168,7 +168,8 @@ async fn route(app: &App, guest: &Arc<Guest>, request: Request, realm_headers: &
     authorized.map_err(responses::denied)?;
 
     if method == Method::GET && target.local == "_events" && accepts_event_stream(&headers) {
-        return events::stream(app, &target, &headers, parts.uri.query()).await;
+        let stalls = parts.extensions.get::<Arc<listener::WriteStalls>>().cloned();
+        return events::stream(app, &target, &headers, parts.uri.query(), stalls).await;
     }
     let media = media_of(&headers)?;
     let if_match = precondition(&headers, header::IF_MATCH)?;

@@ -42,24 +42,26 @@ impl Changes {
     }
 }
 
-/// Appends the event (`$1` realm, `$2` payload, `$3` now, `$4` how many
-/// events to keep): the next sequence number under the realm's lock.
+/// Appends the event (`$1` realm, `$2` payload, `$3` now): the next
+/// sequence number under the realm's lock.
 pub(super) const APPEND_SQLITE: &str = "INSERT INTO realm_events (realm_url, seq, payload, created_at)
     SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3 FROM realm_events WHERE realm_url = $1 RETURNING seq";
 
-/// The same, plus pruning past the retained count and the NOTIFY, in one
-/// round trip.
+/// The same, plus pruning (as [`PRUNE_SQLITE`], `$4` count, `$5` cutoff)
+/// and the NOTIFY, in one round trip.
 pub(super) const APPEND_POSTGRES: &str = "WITH appended AS (
         INSERT INTO realm_events (realm_url, seq, payload, created_at)
         SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3 FROM realm_events WHERE realm_url = $1 RETURNING seq
     ), pruned AS (
-        DELETE FROM realm_events WHERE realm_url = $1 AND seq <= (SELECT seq FROM appended) - $4
+        DELETE FROM realm_events WHERE realm_url = $1 AND seq < (SELECT seq FROM appended)
+            AND (seq <= (SELECT seq FROM appended) - $4 OR created_at < $5)
     )
     SELECT seq, pg_notify('realm_events', $1) FROM appended";
 
-/// Drops a realm's events past the retained count (`$1` realm, `$2` the
-/// newest seq, `$3` how many to keep).
-pub(super) const PRUNE_SQLITE: &str = "DELETE FROM realm_events WHERE realm_url = $1 AND seq <= $2 - $3";
+/// Drops a realm's events past the retained count or older than the
+/// cutoff, never the newest (`$1` realm, `$2` the newest seq, `$3` how
+/// many to keep, `$4` the cutoff in unix seconds).
+pub(super) const PRUNE_SQLITE: &str = "DELETE FROM realm_events WHERE realm_url = $1 AND seq < $2 AND (seq <= $2 - $3 OR created_at < $4)";
 
 #[cfg(test)]
 mod tests {

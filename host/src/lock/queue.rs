@@ -25,8 +25,9 @@ pub struct Locks {
     pub stats: Arc<BatchStats>,
     /// Realms whose commit appended an event, announced in-process.
     committed: tokio::sync::broadcast::Sender<String>,
-    /// How many events each realm keeps (older ones are pruned as new ones come).
-    retain_events: i64,
+    /// How many events each realm keeps and for how long (seconds); older
+    /// ones are pruned as new ones come.
+    retain_events: (i64, i64),
 }
 
 impl Locks {
@@ -42,13 +43,15 @@ impl Locks {
             coalescing,
             stats: Arc::default(),
             committed: tokio::sync::broadcast::channel(4096).0,
-            retain_events: 10_000,
+            retain_events: (10_000, 7 * 86_400),
         }
     }
 
-    /// Keeps the newest `count` events of each realm.
-    pub fn retaining_events(mut self, count: u64) -> Locks {
-        self.retain_events = i64::try_from(count).unwrap_or(i64::MAX);
+    /// Keeps the newest `count` events of each realm, none older than `age`
+    /// (but always the newest).
+    pub fn retaining_events(mut self, count: u64, age: Duration) -> Locks {
+        let age = i64::try_from(age.as_secs()).unwrap_or(i64::MAX);
+        self.retain_events = (i64::try_from(count).unwrap_or(i64::MAX), age);
         self
     }
 

@@ -72,8 +72,8 @@ pub struct WriteTxn {
     pub(super) client_request_id: Option<String>,
     /// Where a commit that appended an event is announced in-process.
     pub(super) committed: tokio::sync::broadcast::Sender<String>,
-    /// How many events each realm keeps.
-    pub(super) retain_events: i64,
+    /// How many events each realm keeps, and for how long (seconds).
+    pub(super) retain_events: (i64, i64),
 }
 
 /// The host's own check of a path the guest writes or deletes, whatever
@@ -281,14 +281,15 @@ impl WriteTxn {
     /// Appends this request's realm event, the realm's next sequence number.
     async fn append_event(&mut self) -> Result<(), WriteError> {
         let payload = self.changes.payload(&self.realm, self.client_request_id.as_deref());
-        let (realm, now, keep) = (&self.realm, store::now_unix(), self.retain_events);
+        let (realm, now, (keep, age)) = (&self.realm, store::now_unix(), self.retain_events);
+        let cutoff = now.saturating_sub(age);
         match tx_of(&mut self.batch)? {
             Tx::Sqlite(t) => {
                 let seq: i64 = sqlx::query_scalar(outbox::APPEND_SQLITE).bind(realm).bind(&payload).bind(now).fetch_one(&mut **t).await?;
-                sqlx::query(outbox::PRUNE_SQLITE).bind(realm).bind(seq).bind(keep).execute(&mut **t).await?;
+                sqlx::query(outbox::PRUNE_SQLITE).bind(realm).bind(seq).bind(keep).bind(cutoff).execute(&mut **t).await?;
             }
             Tx::Postgres(t) => {
-                sqlx::query(outbox::APPEND_POSTGRES).bind(realm).bind(&payload).bind(now).bind(keep).fetch_one(&mut **t).await?;
+                sqlx::query(outbox::APPEND_POSTGRES).bind(realm).bind(&payload).bind(now).bind(keep).bind(cutoff).fetch_one(&mut **t).await?;
             }
             // The in-memory store keeps files only.
             Tx::Memory(..) => {}

@@ -19,6 +19,7 @@ mod auth;
 mod cli;
 mod client_surface;
 mod concurrency;
+mod events;
 mod guests;
 mod hardening;
 mod merge;
