@@ -8,7 +8,9 @@
 //! * at most `max_connections` are open: past that, the connection that has
 //!   been waiting longest without a request in progress is closed to admit
 //!   the new one (a well-behaved client sends its request at once, so it
-//!   always gets in); when every connection is busy, the new one is closed.
+//!   always gets in; if the waiting ones are all too fresh to close, it
+//!   waits until one is not); when every connection is busy, the new one
+//!   is closed.
 //!
 //! Request bodies have their own deadline (`http::body::read_body`).
 
@@ -139,6 +141,19 @@ impl Registry {
     fn evictable(&self, conn: &Conn) -> bool {
         matches!(conn.phase.load(Ordering::Relaxed), IDLE | HEADERS)
             && self.now().saturating_sub(conn.since.load(Ordering::Relaxed)) >= EVICTABLE_AFTER.as_millis() as u64
+    }
+
+    /// How long until a connection waiting without a request becomes
+    /// [`Registry::evictable`]; `None` when every connection is busy.
+    fn soonest_evictable(&self) -> Option<Duration> {
+        let now = self.now();
+        let after = EVICTABLE_AFTER.as_millis() as u64;
+        self.open()
+            .values()
+            .filter(|c| matches!(c.phase.load(Ordering::Relaxed), IDLE | HEADERS))
+            .map(|c| after.saturating_sub(now.saturating_sub(c.since.load(Ordering::Relaxed))))
+            .min()
+            .map(|ms| Duration::from_millis(ms + 1))
     }
 
     /// Closes every connection past its deadline.
@@ -319,8 +334,21 @@ pub async fn serve(listener: TcpListener, router: Router, limits: ConnectionLimi
             }
         };
         if registry.live() >= limits.max_connections && !registry.evict_oldest_waiting() {
-            drop(stream);
-            continue;
+            // Connections that wait without a request but are too fresh to
+            // close yet (a burst of them) become closable within
+            // EVICTABLE_AFTER: the newcomer waits for that rather than be
+            // refused. Only when every connection is busy is it closed.
+            let admitted = match registry.soonest_evictable() {
+                Some(wait) => {
+                    tokio::time::sleep(wait).await;
+                    registry.live() < limits.max_connections || registry.evict_oldest_waiting()
+                }
+                None => false,
+            };
+            if !admitted {
+                drop(stream);
+                continue;
+            }
         }
         let _ = stream.set_nodelay(true);
         // Registered before the task starts, so a burst is counted at once.
