@@ -385,6 +385,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     if rebuilt > 0 {
         tracing::info!(cards = rebuilt, "search index rebuilt for cards indexed by an older version");
     }
+    let prepared = db.clone();
+    drop(tokio::spawn(async move { search::index::prepare_postgres(&prepared).await }));
     if embedded_default {
         let demo = format!("http://{}/demo/", args.listen);
         db.create_realm(&demo, Public::Write.permissions()).await.map_err(|e| e.to_string())?;

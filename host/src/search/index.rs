@@ -56,6 +56,24 @@ macro_rules! bind_field_rows {
 }
 pub(crate) use bind_field_rows;
 
+/// On Postgres, a trigram index for `contains` (`pg_trgm`, shipped with
+/// Postgres): built without blocking writes; where the extension cannot
+/// be created, `contains` still answers the same, by reading the field's
+/// values. Runs at every start (a no-op once the index exists).
+pub async fn prepare_postgres(db: &Database) {
+    let Database::Postgres(pool) = db else { return };
+    let statements = [
+        "CREATE EXTENSION IF NOT EXISTS pg_trgm",
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS card_fields_folded_trgm ON card_fields USING gin (folded gin_trgm_ops)",
+    ];
+    for statement in statements {
+        if let Err(e) = sqlx::raw_sql(statement).execute(pool).await {
+            tracing::warn!(error = %e, %statement, "no trigram index for contains (searches still answer, more slowly)");
+            return;
+        }
+    }
+}
+
 /// Re-indexes every card whose field rows are older than this build's,
 /// one card per transaction. A card being written meanwhile is safe: the
 /// version flag is claimed first, and a writer's newer rows replace ours.

@@ -25,10 +25,23 @@ impl Dialect {
         }
     }
 
+    /// `haystack` holds the text bound as `needle` ([`Dialect::needle`]):
+    /// on Postgres a LIKE, which a trigram index can serve.
     fn substring(self, haystack: &str, needle: &str) -> String {
         match self {
             Dialect::Sqlite => format!("instr({haystack}, {needle}) > 0"),
-            Dialect::Postgres => format!("strpos({haystack}, {needle}) > 0"),
+            Dialect::Postgres => format!("{haystack} LIKE {needle} ESCAPE '\\'"),
+        }
+    }
+
+    /// What `substring` binds for the text to find.
+    fn needle(self, text: &str) -> String {
+        match self {
+            Dialect::Sqlite => text.to_string(),
+            Dialect::Postgres => {
+                let escaped = text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+                format!("%{escaped}%")
+            }
         }
     }
 }
@@ -166,7 +179,7 @@ impl Builder {
                 format!("({})", parts.join(" OR "))
             }
             Condition::Contains(text) => {
-                let needle = self.bind(Bind::Text(text.to_string()));
+                let needle = self.bind(Bind::Text(self.dialect.needle(text)));
                 format!("{f}.kind = {} AND {}", Kind::Text as i64, self.dialect.substring(&format!("{f}.folded"), &needle))
             }
             Condition::Range(bounds) => {
@@ -249,4 +262,16 @@ pub fn count(query: &Query, realm: &str, dialect: Dialect) -> Statement {
     let mut b = Builder { dialect, binds: vec![Bind::Text(realm.to_string())], aliases: 0 };
     let condition = query.filter.as_ref().map(|f| b.filter(f, "c")).unwrap_or_else(|| "1 = 1".into());
     Statement { sql: format!("SELECT COUNT(*) FROM card_index c WHERE c.realm_url = $1 AND {condition}"), binds: b.binds }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Dialect;
+
+    #[test]
+    fn a_postgres_substring_is_an_escaped_like() {
+        assert_eq!(Dialect::Postgres.needle(r"50%_a\b"), r"%50\%\_a\\b%");
+        assert_eq!(Dialect::Postgres.substring("f.folded", "$3"), r"f.folded LIKE $3 ESCAPE '\'");
+        assert_eq!(Dialect::Sqlite.needle("50%"), "50%");
+    }
 }

@@ -93,6 +93,7 @@ on_both_backends!(
     a_realm_search_sees_only_that_realms_cards,
     writes_show_in_the_very_next_search_on_every_replica,
     a_search_past_its_timeout_is_400_and_the_server_stays_healthy,
+    contains_takes_like_wildcards_and_backslashes_literally,
 );
 
 // ---------------------------------------------------------------------------
@@ -1447,5 +1448,19 @@ async fn a_search_past_its_timeout_is_400_and_the_server_stays_healthy(backend: 
     for i in 0..10 {
         http.get_card(&format!("{realm}Person/p{i}")).fetch().await.expect_status(200);
         http.patch_card(&format!("{realm}Person/p{i}"), &doc("../person", "Person", json!({ "firstName": "again" }), json!({}))).fetch().await.expect_status(200);
+    }
+}
+
+async fn contains_takes_like_wildcards_and_backslashes_literally(backend: Backend) {
+    let srv = backend.start().await;
+    let (realm, http) = (srv.realm("test"), srv.client());
+    for (name, note) in [("a", "50% off"), ("b", "500 off"), ("c", "snake_case"), ("d", "snakeXcase"), ("e", r"back\slash")] {
+        http.seed(&format!("{realm}Note/{name}.json"), &file_text(&doc("../note", "Note", json!({ "note": note }), json!({})))).await;
+    }
+    let search = Search::new(&http, &realm);
+    for (needle, expected) in [("0%", vec!["Note/a"]), ("%", vec!["Note/a"]), ("e_c", vec!["Note/c"]), ("_", vec!["Note/c"]), (r"k\s", vec!["Note/e"]), (r"\", vec!["Note/e"])] {
+        let body = search.all_forms(&format!("contains {needle:?}"), &json!({ "filter": { "contains": { "note": needle } } })).await;
+        let expected: Vec<String> = expected.iter().map(|p| format!("/test/{p}")).collect();
+        assert_eq!(paths_of(&body), expected, "contains {needle:?}");
     }
 }
