@@ -55,14 +55,19 @@ impl EventHub {
     /// receiver (until it lags by more than the buffer, then it is closed
     /// with `Lagged`); earlier ones are in the database ([`EventHub::after`]).
     pub async fn subscribe(&self, realm: &str) -> Result<broadcast::Receiver<Arc<Event>>, DbError> {
-        let feed = self
-            .feeds()
-            .entry(realm.to_string())
-            .or_insert_with(|| {
-                Arc::new(Feed { events: broadcast::channel(self.buffer).0, last: tokio::sync::Mutex::new(None), newest: Default::default() })
-            })
-            .clone();
-        let receiver = feed.events.subscribe();
+        // Subscribed under the map's lock: `wake_all` drops only feeds
+        // without receivers, never one being subscribed to.
+        let (feed, receiver) = {
+            let mut feeds = self.feeds();
+            let feed = feeds
+                .entry(realm.to_string())
+                .or_insert_with(|| {
+                    Arc::new(Feed { events: broadcast::channel(self.buffer).0, last: tokio::sync::Mutex::new(None), newest: Default::default() })
+                })
+                .clone();
+            let receiver = feed.events.subscribe();
+            (feed, receiver)
+        };
         let mut last = feed.last.lock().await;
         if last.is_none() {
             let newest = self.window(realm).await?.1;
@@ -75,8 +80,17 @@ impl EventHub {
     /// Reads the realm's new events, if anyone here follows it, and hands
     /// them to its subscribers.
     pub async fn wake(&self, realm: &str) {
+        self.wake_for(realm, None).await
+    }
+
+    /// [`EventHub::wake`] for the event `seq`: nothing to read when this
+    /// replica has read it already (a batch's first wake-up reads them all).
+    pub async fn wake_for(&self, realm: &str, seq: Option<i64>) {
         let feed = self.feeds().get(realm).cloned();
         if let Some(feed) = feed {
+            if seq.is_some_and(|seq| feed.newest.load(std::sync::atomic::Ordering::Relaxed) >= seq) {
+                return;
+            }
             if let Err(e) = self.pump(realm, &feed).await {
                 tracing::warn!(%realm, error = %e, "cannot read new realm events; the next wake-up retries");
             }
@@ -86,7 +100,12 @@ impl EventHub {
     /// [`EventHub::wake`] for every realm someone here follows: the repair
     /// after a notification may have been lost.
     pub async fn wake_all(&self) {
-        let realms: Vec<String> = self.feeds().keys().cloned().collect();
+        let realms: Vec<String> = {
+            let mut feeds = self.feeds();
+            // A realm nobody here follows any more is not read.
+            feeds.retain(|_, feed| feed.events.receiver_count() > 0);
+            feeds.keys().cloned().collect()
+        };
         for realm in realms {
             self.wake(&realm).await;
         }

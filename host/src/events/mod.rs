@@ -36,7 +36,7 @@ pub fn start(db: Database, locks: &Locks, options: EventOptions) -> Arc<EventHub
     tokio::spawn(async move {
         loop {
             match commits.recv().await {
-                Ok(realm) => local.wake(&realm).await,
+                Ok((realm, seq)) => local.wake_for(&realm, Some(seq)).await,
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => local.wake_all().await,
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             }
@@ -64,7 +64,8 @@ pub fn start(db: Database, locks: &Locks, options: EventOptions) -> Arc<EventHub
     hub
 }
 
-/// Wakes the realm named by every NOTIFY on [`EVENTS_CHANNEL`]; after the
+/// Wakes the realm named by every NOTIFY on [`EVENTS_CHANNEL`] (unless
+/// this replica has read that event already); after the
 /// connection was lost (notifications may be gone) wakes every realm.
 async fn listen(pool: sqlx::PgPool, hub: Arc<EventHub>) {
     loop {
@@ -83,7 +84,14 @@ async fn listen(pool: sqlx::PgPool, hub: Arc<EventHub>) {
         hub.wake_all().await;
         loop {
             match listener.try_recv().await {
-                Ok(Some(notification)) => hub.wake(notification.payload()).await,
+                Ok(Some(notification)) => {
+                    // `<realm> <seq>` (a realm URL may hold spaces, a seq never).
+                    let payload = notification.payload();
+                    match payload.rsplit_once(' ').map(|(realm, seq)| (realm, seq.parse::<i64>().ok())) {
+                        Some((realm, Some(seq))) => hub.wake_for(realm, Some(seq)).await,
+                        _ => hub.wake(payload).await,
+                    }
+                }
                 Ok(None) => hub.wake_all().await,
                 Err(e) => {
                     tracing::warn!(error = %e, "lost the realm-event listener");

@@ -47,21 +47,30 @@ impl Changes {
 pub(super) const APPEND_SQLITE: &str = "INSERT INTO realm_events (realm_url, seq, payload, created_at)
     SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3 FROM realm_events WHERE realm_url = $1 RETURNING seq";
 
-/// The same, plus pruning (as [`PRUNE_SQLITE`], `$4` count, `$5` cutoff)
-/// and the NOTIFY, in one round trip.
+/// The same, plus pruning (as [`PRUNE_COUNT_SQLITE`] and
+/// [`PRUNE_AGE_SQLITE`], `$4` count, `$5` cutoff) and the NOTIFY (payload:
+/// the realm and the seq), in one round trip. Both prunes read a bounded
+/// range of the primary key, however many events the realm keeps.
 pub(super) const APPEND_POSTGRES: &str = "WITH appended AS (
         INSERT INTO realm_events (realm_url, seq, payload, created_at)
         SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3 FROM realm_events WHERE realm_url = $1 RETURNING seq
-    ), pruned AS (
-        DELETE FROM realm_events WHERE realm_url = $1 AND seq < (SELECT seq FROM appended)
-            AND (seq <= (SELECT seq FROM appended) - $4 OR created_at < $5)
+    ), by_count AS (
+        DELETE FROM realm_events WHERE realm_url = $1 AND seq <= (SELECT seq FROM appended) - $4
+    ), by_age AS (
+        DELETE FROM realm_events WHERE realm_url = $1 AND created_at < $5 AND seq < (SELECT seq FROM appended)
+            AND seq IN (SELECT e.seq FROM realm_events e WHERE e.realm_url = $1 ORDER BY e.seq LIMIT 100)
     )
-    SELECT seq, pg_notify('realm_events', $1) FROM appended";
+    SELECT seq, pg_notify('realm_events', $1 || ' ' || seq) FROM appended";
 
-/// Drops a realm's events past the retained count or older than the
-/// cutoff, never the newest (`$1` realm, `$2` the newest seq, `$3` how
-/// many to keep, `$4` the cutoff in unix seconds).
-pub(super) const PRUNE_SQLITE: &str = "DELETE FROM realm_events WHERE realm_url = $1 AND seq < $2 AND (seq <= $2 - $3 OR created_at < $4)";
+/// Drops a realm's events past the retained count (`$1` realm, `$2` the
+/// newest seq, `$3` how many to keep): a range of the primary key.
+pub(super) const PRUNE_COUNT_SQLITE: &str = "DELETE FROM realm_events WHERE realm_url = $1 AND seq <= $2 - $3";
+
+/// Drops up to 100 of a realm's oldest events older than the cutoff, never
+/// the newest (`$1` realm, `$2` the newest seq, `$4` the cutoff): each
+/// write trims the old end a little, reading at most 100 rows.
+pub(super) const PRUNE_AGE_SQLITE: &str = "DELETE FROM realm_events WHERE realm_url = $1 AND created_at < $4 AND seq < $2
+    AND seq IN (SELECT e.seq FROM realm_events e WHERE e.realm_url = $1 ORDER BY e.seq LIMIT 100)";
 
 #[cfg(test)]
 mod tests {

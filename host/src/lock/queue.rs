@@ -24,7 +24,7 @@ pub struct Locks {
     coalescing: Coalescing,
     pub stats: Arc<BatchStats>,
     /// Realms whose commit appended an event, announced in-process.
-    committed: tokio::sync::broadcast::Sender<String>,
+    committed: tokio::sync::broadcast::Sender<(String, i64)>,
     /// How many events each realm keeps and for how long (seconds); older
     /// ones are pruned as new ones come.
     retain_events: (i64, i64),
@@ -55,8 +55,8 @@ impl Locks {
         self
     }
 
-    /// The realm of every commit that appended an event, from now on.
-    pub fn commits(&self) -> tokio::sync::broadcast::Receiver<String> {
+    /// The realm and seq of every commit that appended an event, from now on.
+    pub fn commits(&self) -> tokio::sync::broadcast::Receiver<(String, i64)> {
         self.committed.subscribe()
     }
 
@@ -103,6 +103,7 @@ impl Locks {
             changes: Default::default(),
             client_request_id: None,
             committed: self.committed.clone(),
+            appended: None,
             retain_events: self.retain_events,
         };
         if let Err(e) = txn.savepoint("SAVEPOINT realm_member").await {

@@ -70,8 +70,11 @@ pub struct WriteTxn {
     pub(super) changes: Changes,
     /// The request's `X-Boxel-Client-Request-Id`, for its event.
     pub(super) client_request_id: Option<String>,
-    /// Where a commit that appended an event is announced in-process.
-    pub(super) committed: tokio::sync::broadcast::Sender<String>,
+    /// Where a commit that appended an event is announced in-process
+    /// (realm, seq).
+    pub(super) committed: tokio::sync::broadcast::Sender<(String, i64)>,
+    /// The seq of the event this request appended.
+    pub(super) appended: Option<i64>,
     /// How many events each realm keeps, and for how long (seconds).
     pub(super) retain_events: (i64, i64),
 }
@@ -264,11 +267,11 @@ impl WriteTxn {
             self.append_event().await?;
         }
         self.savepoint("RELEASE SAVEPOINT realm_member").await?;
-        let (committed, realm) = (self.committed.clone(), self.realm.clone());
+        let (committed, realm, seq) = (self.committed.clone(), self.realm.clone(), self.appended);
         self.end_turn(true).await?;
-        if announce {
+        if let (true, Some(seq)) = (announce, seq) {
             // Nobody listening (no subscriber yet) is fine.
-            let _ = committed.send(realm);
+            let _ = committed.send((realm, seq));
         }
         Ok(())
     }
@@ -286,10 +289,13 @@ impl WriteTxn {
         match tx_of(&mut self.batch)? {
             Tx::Sqlite(t) => {
                 let seq: i64 = sqlx::query_scalar(outbox::APPEND_SQLITE).bind(realm).bind(&payload).bind(now).fetch_one(&mut **t).await?;
-                sqlx::query(outbox::PRUNE_SQLITE).bind(realm).bind(seq).bind(keep).bind(cutoff).execute(&mut **t).await?;
+                sqlx::query(outbox::PRUNE_COUNT_SQLITE).bind(realm).bind(seq).bind(keep).execute(&mut **t).await?;
+                sqlx::query(outbox::PRUNE_AGE_SQLITE).bind(realm).bind(seq).bind(keep).bind(cutoff).execute(&mut **t).await?;
+                self.appended = Some(seq);
             }
             Tx::Postgres(t) => {
-                sqlx::query(outbox::APPEND_POSTGRES).bind(realm).bind(&payload).bind(now).bind(keep).bind(cutoff).fetch_one(&mut **t).await?;
+                let row = sqlx::query(outbox::APPEND_POSTGRES).bind(realm).bind(&payload).bind(now).bind(keep).bind(cutoff).fetch_one(&mut **t).await?;
+                self.appended = Some(row.try_get(0)?);
             }
             // The in-memory store keeps files only.
             Tx::Memory(..) => {}
