@@ -3,11 +3,18 @@
 //! keep-alive connection, picks a realm and a card at random for every
 //! request, and sends attributes no other request sends (so every PATCH
 //! really writes). Requests completing after the deadline are not counted.
+//!
+//! `--subscribers N` first opens N realm-event streams (`GET <realm>_events`,
+//! Server-Sent Events), spread round-robin over the realms written and the
+//! servers, each read continuously by its own task; every run's record then
+//! also says how many events they received (`subscribers` in its JSON line),
+//! and after the last run a `subscribers-final` line checks every stream
+//! against its realm's newest event id (nothing missing, nothing repeated).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -61,6 +68,10 @@ pub struct LoadArgs {
     pub out: PathBuf,
     #[arg(long, default_value = "")]
     pub note: String,
+    /// Realm-event (SSE) streams opened before the runs, round-robin over
+    /// the realms written and the servers; each is read continuously.
+    #[arg(long, default_value_t = 0)]
+    pub subscribers: usize,
 }
 
 struct Ctx {
@@ -74,6 +85,8 @@ struct Ctx {
 #[derive(Default)]
 struct ClientOut {
     latencies_us: Vec<u64>,
+    /// Successful requests per realm (index into `Ctx::cards`).
+    ok_per_realm: Vec<u64>,
     errors: BTreeMap<String, u64>,
     samples: Vec<String>,
 }
@@ -89,17 +102,20 @@ pub async fn run(args: LoadArgs) -> Result<(), String> {
     let cards = create_cards(&http, &servers[0], &args).await?;
     let ctx = Arc::new(Ctx { http, servers, cards, sequence: AtomicU64::new(1) });
     let watch = Watch { servers: args.watch_pids.clone(), postmaster: args.pg_pid };
+    let subscribers = if args.subscribers > 0 { Some(Subscribers::open(&ctx.servers, &args).await?) } else { None };
 
     if args.warmup > 0.0 {
         one_run(&ctx, args.clients, Duration::from_secs_f64(args.warmup)).await;
     }
     for run in 0..args.runs {
         let metrics_before = metrics(&ctx).await;
+        let streams_before = subscribers.as_ref().map(Subscribers::totals);
         let tracker = watch.track();
         let started = Instant::now();
         let outs = one_run(&ctx, args.clients, Duration::from_secs_f64(args.seconds)).await;
         let elapsed = started.elapsed().as_secs_f64().min(args.seconds);
         let cpu = tracker.finish();
+        let streams_after = subscribers.as_ref().map(Subscribers::totals);
         let metrics_after = metrics(&ctx).await;
 
         let mut record = Record {
@@ -115,8 +131,12 @@ pub async fn run(args: LoadArgs) -> Result<(), String> {
             ..Record::default()
         };
         let mut latencies = Vec::new();
+        let mut ok_per_realm = vec![0u64; ctx.cards.len()];
         for out in outs {
             latencies.extend(out.latencies_us);
+            for (r, n) in out.ok_per_realm.iter().enumerate() {
+                ok_per_realm[r] += n;
+            }
             for (k, n) in out.errors {
                 *record.error_kinds.entry(k).or_default() += n;
             }
@@ -132,9 +152,38 @@ pub async fn run(args: LoadArgs) -> Result<(), String> {
             record.batch_members = Some(after.1.saturating_sub(before.1));
         }
         eprintln!("{}", record.summary());
-        record.append_to(&args.out)?;
+        match (&subscribers, streams_before, streams_after) {
+            (Some(subs), Some(before), Some(after)) => {
+                let stats = subs.run_stats(&before, &after, &ok_per_realm, elapsed);
+                eprintln!("  subscribers: {stats}");
+                let mut line = serde_json::to_value(&record).map_err(|e| e.to_string())?;
+                line["subscribers"] = stats;
+                append_json(&args.out, &line)?;
+            }
+            _ => record.append_to(&args.out)?,
+        }
+    }
+    if let Some(subs) = subscribers {
+        // Long enough for the repair poll (1 s by default) to deliver
+        // anything a lost wake-up left behind.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let check = subs.final_check().await;
+        eprintln!("  subscribers at the end: {check}");
+        let line = json!({"kind": "subscribers-final", "key": args.key, "note": args.note, "subscribers": check});
+        append_json(&args.out, &line)?;
+        subs.close();
     }
     Ok(())
+}
+
+fn append_json(path: &std::path::Path, value: &serde_json::Value) -> Result<(), String> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    writeln!(f, "{value}").map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 /// POSTs the cards every request will patch; answers their URL paths.
@@ -194,11 +243,12 @@ where
 }
 
 async fn client_loop(ctx: &Ctx, client: usize, deadline: Instant) -> ClientOut {
-    let mut out = ClientOut::default();
+    let mut out = ClientOut { ok_per_realm: vec![0; ctx.cards.len()], ..ClientOut::default() };
     let mut rng = Rng::new(client as u64 + 1 + ctx.sequence.load(Ordering::Relaxed));
     let server = &ctx.servers[client % ctx.servers.len()];
     while Instant::now() < deadline {
-        let realm = &ctx.cards[rng.below(ctx.cards.len())];
+        let realm_index = rng.below(ctx.cards.len());
+        let realm = &ctx.cards[realm_index];
         let path = &realm[rng.below(realm.len())];
         let n = ctx.sequence.fetch_add(1, Ordering::Relaxed);
         // The card lives at <realm>Person/<id>; its module is <realm>person.
@@ -229,7 +279,10 @@ async fn client_loop(ctx: &Ctx, client: usize, deadline: Instant) -> ClientOut {
             break;
         }
         match outcome {
-            Ok(()) => out.latencies_us.push((finished - started).as_micros() as u64),
+            Ok(()) => {
+                out.latencies_us.push((finished - started).as_micros() as u64);
+                out.ok_per_realm[realm_index] += 1;
+            }
             Err((kind, message)) => {
                 *out.errors.entry(kind.clone()).or_default() += 1;
                 if out.samples.len() < 3 {
@@ -239,6 +292,368 @@ async fn client_loop(ctx: &Ctx, client: usize, deadline: Instant) -> ClientOut {
         }
     }
     out
+}
+
+/// One realm-event stream's counters, shared with the task reading it.
+struct StreamStats {
+    events: AtomicU64,
+    bytes: AtomicU64,
+    /// `event: reset` frames (the server said: reload, then follow from its id).
+    resets: AtomicU64,
+    /// Ids jumped over (an event with id > previous + 1 counts the ids between).
+    skipped: AtomicU64,
+    /// Events whose id was not above the previous one.
+    repeated: AtomicU64,
+    /// Sampled payloads that were not this realm's `index` event.
+    bad_payloads: AtomicU64,
+    /// The last id received (the stream's start when none yet).
+    last_id: AtomicI64,
+    ended: AtomicBool,
+    error: Mutex<Option<String>>,
+}
+
+struct Stream {
+    realm: usize,
+    server: usize,
+    /// The realm's newest event id when the stream was opened.
+    start: i64,
+    stats: Arc<StreamStats>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The subscribers' counters at one instant.
+struct Totals {
+    per_stream: Vec<u64>,
+    bytes: u64,
+    resets: u64,
+    skipped: u64,
+    repeated: u64,
+    bad_payloads: u64,
+    ended: usize,
+}
+
+struct Subscribers {
+    servers: Vec<String>,
+    /// Realm paths, `/<prefix>N/`.
+    realms: Vec<String>,
+    streams: Vec<Stream>,
+    http: reqwest::Client,
+}
+
+impl Subscribers {
+    /// Opens `args.subscribers` streams: stream i follows realm i mod R,
+    /// on server (realm + i div R) mod S, so a realm's subscribers are
+    /// spread over the servers too. Answers once every stream has its
+    /// response headers (the server subscribes before it sends them).
+    async fn open(servers: &[String], args: &LoadArgs) -> Result<Subscribers, String> {
+        // No overall timeout: the streams stay open for the whole command.
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(0)
+            .build()
+            .map_err(|e| format!("http client: {e}"))?;
+        let realms: Vec<String> = (1..=args.realms).map(|r| format!("/{}{r}/", args.realm_prefix)).collect();
+        let mut newest = Vec::new();
+        for realm in &realms {
+            newest.push(newest_event(&http, &servers[0], realm).await?);
+        }
+        let mut streams = Vec::new();
+        for i in 0..args.subscribers {
+            let realm = i % realms.len();
+            let server = (realm + i / realms.len()) % servers.len();
+            let url = format!("{}{}_events", servers[server], realms[realm]);
+            let response = tokio::time::timeout(Duration::from_secs(10), http.get(&url).header("accept", "text/event-stream").send())
+                .await
+                .map_err(|_| format!("GET {url}: no response headers within 10 s"))?
+                .map_err(|e| format!("GET {url}: {e}"))?;
+            let status = response.status();
+            let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            if !status.is_success() || !content_type.starts_with("text/event-stream") {
+                let text = response.text().await.unwrap_or_default();
+                return Err(format!("GET {url} answered {status} ({content_type}): {text:.300}"));
+            }
+            let stats = Arc::new(StreamStats {
+                events: AtomicU64::new(0),
+                bytes: AtomicU64::new(0),
+                resets: AtomicU64::new(0),
+                skipped: AtomicU64::new(0),
+                repeated: AtomicU64::new(0),
+                bad_payloads: AtomicU64::new(0),
+                last_id: AtomicI64::new(newest[realm]),
+                ended: AtomicBool::new(false),
+                error: Mutex::new(None),
+            });
+            let task = tokio::spawn(read_stream(response, stats.clone(), format!("{}\"", realms[realm])));
+            streams.push(Stream { realm, server, start: newest[realm], stats, task });
+        }
+        eprintln!("  {} event streams open ({} realm(s), {} server(s))", streams.len(), realms.len(), servers.len());
+        Ok(Subscribers { servers: servers.to_vec(), realms, streams, http })
+    }
+
+    fn totals(&self) -> Totals {
+        let sum = |f: fn(&StreamStats) -> &AtomicU64| self.streams.iter().map(|s| f(&s.stats).load(Ordering::Relaxed)).sum::<u64>();
+        Totals {
+            per_stream: self.streams.iter().map(|s| s.stats.events.load(Ordering::Relaxed)).collect(),
+            bytes: sum(|s| &s.bytes),
+            resets: sum(|s| &s.resets),
+            skipped: sum(|s| &s.skipped),
+            repeated: sum(|s| &s.repeated),
+            bad_payloads: sum(|s| &s.bad_payloads),
+            ended: self.streams.iter().filter(|s| s.stats.ended.load(Ordering::Relaxed)).count(),
+        }
+    }
+
+    fn errors(&self) -> Vec<String> {
+        let mut samples: Vec<String> = Vec::new();
+        for s in &self.streams {
+            if let Some(e) = s.stats.error.lock().ok().and_then(|e| e.clone()) {
+                if samples.len() < 5 {
+                    samples.push(format!("{}{}: {e}", self.servers[s.server], self.realms[s.realm]));
+                }
+            }
+        }
+        samples
+    }
+
+    /// What the streams received during one run. `expected` is what they
+    /// should have received for the requests the run counted (each
+    /// successful PATCH commits one event of its realm, which each of that
+    /// realm's streams receives); delivery lags a commit a little, so the
+    /// two differ by the events in flight at the run's ends.
+    fn run_stats(&self, before: &Totals, after: &Totals, ok_per_realm: &[u64], seconds: f64) -> serde_json::Value {
+        let per_stream: Vec<u64> = after.per_stream.iter().zip(&before.per_stream).map(|(a, b)| a - b).collect();
+        let events: u64 = per_stream.iter().sum();
+        let expected: u64 = self.streams.iter().map(|s| ok_per_realm.get(s.realm).copied().unwrap_or(0)).sum();
+        json!({
+            "streams": self.streams.len(),
+            "events": events,
+            "expected": expected,
+            "delivered_ratio": if expected > 0 { events as f64 / expected as f64 } else { f64::NAN },
+            "events_per_s": events as f64 / seconds,
+            "bytes": after.bytes - before.bytes,
+            "per_stream_min": per_stream.iter().min().copied().unwrap_or(0),
+            "per_stream_max": per_stream.iter().max().copied().unwrap_or(0),
+            "resets": after.resets - before.resets,
+            "skipped": after.skipped - before.skipped,
+            "repeated": after.repeated - before.repeated,
+            "bad_payloads": after.bad_payloads - before.bad_payloads,
+            "ended": after.ended,
+            "ended_in_run": after.ended - before.ended,
+            "errors": self.errors(),
+        })
+    }
+
+    /// Every stream against its realm's newest event id, read afresh: what
+    /// it should have received since it opened, what it did, and whether it
+    /// is still open.
+    async fn final_check(&self) -> serde_json::Value {
+        let http = &self.http;
+        let mut newest = Vec::new();
+        let mut failures = Vec::new();
+        for realm in &self.realms {
+            match newest_event(http, &self.servers[0], realm).await {
+                Ok(n) => newest.push(Some(n)),
+                Err(e) => {
+                    failures.push(e);
+                    newest.push(None);
+                }
+            }
+        }
+        let (mut expected, mut received, mut missing, mut behind) = (0u64, 0u64, 0u64, 0usize);
+        for s in &self.streams {
+            let Some(newest) = newest[s.realm] else { continue };
+            let should = (newest - s.start).max(0) as u64;
+            let got = s.stats.events.load(Ordering::Relaxed);
+            expected += should;
+            received += got;
+            missing += should.saturating_sub(got);
+            if s.stats.last_id.load(Ordering::Relaxed) != newest {
+                behind += 1;
+            }
+        }
+        let t = self.totals();
+        json!({
+            "streams": self.streams.len(),
+            "expected": expected,
+            "received": received,
+            "missing": missing,
+            "streams_not_at_newest": behind,
+            "resets": t.resets,
+            "skipped": t.skipped,
+            "repeated": t.repeated,
+            "bad_payloads": t.bad_payloads,
+            "ended": t.ended,
+            "errors": self.errors(),
+            "check_failures": failures,
+        })
+    }
+
+    fn close(self) {
+        for s in self.streams {
+            s.task.abort();
+        }
+    }
+}
+
+/// The realm's newest event id: a stream asked to resume after an id
+/// newer than the newest starts with `event: reset` whose id is the newest.
+async fn newest_event(http: &reqwest::Client, server: &str, realm: &str) -> Result<i64, String> {
+    let url = format!("{server}{realm}_events");
+    let read = async {
+        let mut response = http
+            .get(&url)
+            .header("accept", "text/event-stream")
+            .header("last-event-id", i64::MAX.to_string())
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!("GET {url} answered {}", response.status()));
+        }
+        let mut parser = SseParser::default();
+        let mut found = None;
+        while found.is_none() {
+            let Some(chunk) = response.chunk().await.map_err(|e| format!("GET {url}: {e}"))? else {
+                return Err(format!("GET {url}: the stream ended before its reset event"));
+            };
+            parser.feed(&chunk, |frame| {
+                if frame.reset && found.is_none() {
+                    found = frame.id;
+                }
+            });
+        }
+        found.ok_or_else(|| format!("GET {url}: reset without an id"))
+    };
+    tokio::time::timeout(Duration::from_secs(10), read).await.map_err(|_| format!("GET {url}: no reset event within 10 s"))?
+}
+
+/// Reads one stream until it ends, counting what arrives.
+/// `realm_end` is the realm's path and a quote: how its `realmURL` value ends.
+async fn read_stream(mut response: reqwest::Response, stats: Arc<StreamStats>, realm_end: String) {
+    let mut parser = SseParser::default();
+    let mut sampled = 0u64;
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                stats.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                parser.feed(&chunk, |frame| {
+                    let last = stats.last_id.load(Ordering::Relaxed);
+                    if frame.reset {
+                        stats.resets.fetch_add(1, Ordering::Relaxed);
+                        if let Some(id) = frame.id {
+                            stats.last_id.store(id, Ordering::Relaxed);
+                        }
+                        return;
+                    }
+                    stats.events.fetch_add(1, Ordering::Relaxed);
+                    let Some(id) = frame.id else {
+                        stats.repeated.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    };
+                    if id > last + 1 {
+                        stats.skipped.fetch_add((id - last - 1) as u64, Ordering::Relaxed);
+                    } else if id <= last {
+                        stats.repeated.fetch_add(1, Ordering::Relaxed);
+                    }
+                    stats.last_id.store(id.max(last), Ordering::Relaxed);
+                    // Check one payload in 500 (and the first): this realm's index event.
+                    if sampled.is_multiple_of(500) {
+                        let ok = frame.data.as_deref().is_some_and(|d| {
+                            d.contains("\"realmURL\":\"") && d.contains(realm_end.as_str()) && d.contains("\"eventName\":\"index\"")
+                        });
+                        if !ok {
+                            stats.bad_payloads.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    sampled += 1;
+                });
+            }
+            Ok(None) => {
+                let n = stats.events.load(Ordering::Relaxed);
+                *stats.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("ended by the server after {n} events"));
+                stats.ended.store(true, Ordering::Relaxed);
+                return;
+            }
+            Err(e) => {
+                *stats.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("read error: {e}"));
+                stats.ended.store(true, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+}
+
+/// One dispatched SSE frame.
+struct Frame {
+    id: Option<i64>,
+    reset: bool,
+    /// The data, kept only when the caller will look at it.
+    data: Option<String>,
+}
+
+/// Incremental Server-Sent Events parser (lines may split across chunks).
+#[derive(Default)]
+struct SseParser {
+    line: Vec<u8>,
+    id: Option<i64>,
+    reset: bool,
+    data: Option<String>,
+    has_fields: bool,
+}
+
+impl SseParser {
+    fn feed(&mut self, mut chunk: &[u8], mut on_frame: impl FnMut(Frame)) {
+        while let Some(end) = chunk.iter().position(|&b| b == b'\n') {
+            if self.line.is_empty() {
+                self.line_done(&chunk[..end], &mut on_frame);
+            } else {
+                self.line.extend_from_slice(&chunk[..end]);
+                let line = std::mem::take(&mut self.line);
+                self.line_done(&line, &mut on_frame);
+            }
+            chunk = &chunk[end + 1..];
+        }
+        self.line.extend_from_slice(chunk);
+    }
+
+    fn line_done(&mut self, line: &[u8], on_frame: &mut impl FnMut(Frame)) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            if self.has_fields {
+                on_frame(Frame { id: self.id.take(), reset: self.reset, data: self.data.take() });
+            }
+            self.reset = false;
+            self.has_fields = false;
+            self.id = None;
+            self.data = None;
+            return;
+        }
+        if line[0] == b':' {
+            return; // a comment: the heartbeat
+        }
+        let (field, value) = match line.iter().position(|&b| b == b':') {
+            Some(i) => (&line[..i], &line[i + 1..]),
+            None => (line, &b""[..]),
+        };
+        let value = value.strip_prefix(b" ").unwrap_or(value);
+        self.has_fields = true;
+        match field {
+            b"id" => self.id = std::str::from_utf8(value).ok().and_then(|v| v.trim().parse().ok()),
+            b"event" => self.reset = value == b"reset",
+            b"data" => {
+                let text = String::from_utf8_lossy(value);
+                match &mut self.data {
+                    Some(d) => {
+                        d.push('\n');
+                        d.push_str(&text);
+                    }
+                    None => self.data = Some(text.into_owned()),
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Sum over replicas of (commits, requests committed) from `/_metrics`.
@@ -271,5 +686,26 @@ mod tests {
                     # TYPE realm_write_requests_committed_total counter\nrealm_write_requests_committed_total 40\n";
         assert_eq!(super::parse_metrics(text), Some((12, 40)));
         assert_eq!(super::parse_metrics("nothing"), None);
+    }
+
+    #[test]
+    fn parses_sse_frames_split_anywhere() {
+        let text = b": heartbeat\n\nid: 7\ndata: {\"a\":1}\n\nevent: reset\nid: 9\ndata: {}\r\n\r\nid: 10\ndata: x\ndata: y\n\n";
+        for split in 0..text.len() {
+            let mut parser = super::SseParser::default();
+            let mut frames = Vec::new();
+            for part in [&text[..split], &text[split..]] {
+                parser.feed(part, |f| frames.push((f.id, f.reset, f.data)));
+            }
+            assert_eq!(
+                frames,
+                vec![
+                    (Some(7), false, Some("{\"a\":1}".to_string())),
+                    (Some(9), true, Some("{}".to_string())),
+                    (Some(10), false, Some("x\ny".to_string())),
+                ],
+                "split at {split}"
+            );
+        }
     }
 }
