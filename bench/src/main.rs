@@ -11,6 +11,7 @@ mod load;
 mod pgbench;
 mod record;
 mod report;
+mod search;
 mod sqlite_direct;
 mod stats;
 
@@ -35,6 +36,8 @@ enum Command {
     Pgbench(pgbench::PgbenchArgs),
     /// Write RESULTS.md from a results file.
     Report(report::ReportArgs),
+    /// The `_search` benchmark (bench/search): seed, time, explain; write SEARCH.md.
+    Search(search::SearchArgs),
     /// Print a free TCP port on 127.0.0.1.
     FreePort,
 }
@@ -51,6 +54,7 @@ fn main() {
             .and_then(|rt| rt.block_on(guest::run(args))),
         Command::Pgbench(args) => pgbench::run(args),
         Command::Report(args) => report::run(args),
+        Command::Search(args) => multi_thread().and_then(|rt| rt.block_on(search::run(args))),
         Command::FreePort => std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| println!("{}", a.port()))
