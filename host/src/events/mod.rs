@@ -64,6 +64,10 @@ pub fn start(db: Database, locks: &Locks, options: EventOptions) -> Arc<EventHub
     hub
 }
 
+/// The same LISTEN-and-repair loop as the realm list's
+/// (`realm::cache::follow_changes`), on its own channel and connection:
+/// each reacts to a lost connection in its own way.
+///
 /// Wakes the realm named by every NOTIFY on [`EVENTS_CHANNEL`] (unless
 /// this replica has read that event already); after the
 /// connection was lost (notifications may be gone) wakes every realm.

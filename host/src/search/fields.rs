@@ -157,6 +157,7 @@ mod tests {
             "relationships":{"friend":{"links":{"self":"./Van.json"}},"friends.0":{"links":{"self":"../Person/My%20Pal"}},
             "friends.1":{"links":{"self":null}}},"meta":{"adoptsFrom":{"module":"../person","name":"Person"}}}}"#;
         let rows = fields_of(card, "http://h/r/Person/Mango");
+        // One row per line: the table is the expectation.
         let t = |f: &str, p, k, v: &str| (f.to_string(), p, k, v.to_string());
         assert_eq!(summary(&rows), [
             t("id", 0, Kind::Text, "http://h/r/Person/Mango"),
