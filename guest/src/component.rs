@@ -45,6 +45,10 @@ impl WriteLock for HostLock {
         self.0.exists(path).map_err(from_wit)
     }
 
+    fn prefetch(&mut self, paths: &[String]) -> crate::error::Result<()> {
+        self.0.prefetch(paths).map_err(from_wit)
+    }
+
     fn write(&mut self, path: &str, content: &str, index: Option<CardIndex>) -> crate::error::Result<FileMeta> {
         let index = index.map(|i| wit::CardIndex { id: i.id, card_type: i.card_type, search_doc: i.search_doc });
         self.0

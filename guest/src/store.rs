@@ -37,6 +37,10 @@ pub struct CardIndex {
 pub trait WriteLock {
     fn read(&mut self, path: &str) -> Result<Option<StoredFile>>;
     fn exists(&mut self, path: &str) -> Result<bool>;
+    /// Reads these paths ahead in one round trip; changes no answer.
+    fn prefetch(&mut self, _paths: &[String]) -> Result<()> {
+        Ok(())
+    }
     fn write(&mut self, path: &str, content: &str, index: Option<CardIndex>) -> Result<FileMeta>;
     fn delete(&mut self, path: &str) -> Result<bool>;
     fn commit(self) -> Result<()>;

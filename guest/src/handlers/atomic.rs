@@ -15,6 +15,8 @@ use crate::store::{Store, WriteLock};
 pub fn atomic<S: Store>(store: &S, realm: &str, body: &str) -> Result<String> {
     let ops = plan_atomic(realm, body)?;
     let mut lock = store.with_write_lock(realm)?;
+    let paths: Vec<String> = ops.iter().map(|op| op.path.clone()).collect();
+    lock.prefetch(&paths)?;
     let mut errors = Vec::new();
     for op in &ops {
         let exists = lock.exists(&op.path)?;

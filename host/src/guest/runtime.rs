@@ -72,6 +72,13 @@ pub struct CallState {
     prefetched: HashMap<String, FileRow>,
     /// The request's `X-Boxel-Client-Request-Id`, given to its write lock.
     client_request_id: Option<String>,
+    /// The paths the call will read under the lock (read ahead with the
+    /// other queued writers' paths).
+    hints: Vec<String>,
+    /// A write lock ended after reading a batch-mate's write, and that
+    /// batch failed: whatever the guest answers was computed on writes that
+    /// never happened.
+    batch_failed: Option<WriteError>,
 }
 
 /// A loaded guest, ready to be instantiated per call.
@@ -144,6 +151,19 @@ impl Call {
             | Call::DeleteSource { realm, .. }
             | Call::Atomic { realm, .. } => Some(realm),
             Call::Merge { .. } | Call::Serialize { .. } | Call::ValidateAtomic { .. } => None,
+        }
+    }
+
+    /// The realm-local paths this call will read under the write lock, as
+    /// far as the host can tell (a hint: a wrong one costs a read, no more).
+    fn hints(&self) -> Vec<String> {
+        match self {
+            Call::PatchCard { path, .. } | Call::DeleteCard { path, .. } => {
+                let card = path.strip_suffix(".json").unwrap_or(path);
+                vec![format!("{}.json", if card.is_empty() { "index" } else { card })]
+            }
+            Call::WriteSource { path, .. } | Call::DeleteSource { path, .. } => vec![path.clone()],
+            _ => Vec::new(),
         }
     }
 }
@@ -250,6 +270,8 @@ impl Guest {
             cpu_budget: self.sandbox.cpu,
             prefetched,
             client_request_id,
+            hints: call.hints(),
+            batch_failed: None,
         };
         let mut store = Store::new(&self.wasm.engine, state);
         // At every epoch tick, check the guest's own running time; yield to
@@ -265,7 +287,10 @@ impl Guest {
         });
         let outcome = Charged { clock, call: Box::pin(self.invoke(&mut store, call)) }.await;
         store.data_mut().release_all().await;
-        outcome
+        match store.data_mut().batch_failed.take() {
+            Some(failed) if outcome.is_ok() => Ok(Err(guest_error(failed))),
+            _ => outcome,
+        }
     }
 
     async fn invoke(&self, store: &mut Store<CallState>, call: Call) -> wasmtime::Result<Result<Answer, GuestError>> {
@@ -321,13 +346,20 @@ impl CallState {
     /// Rolls back every lock the guest left open (it returned without
     /// committing, or trapped).
     async fn release_all(&mut self) {
-        for (realm, rep) in std::mem::take(&mut self.held) {
+        for (_, rep) in std::mem::take(&mut self.held) {
             if let Ok(txn) = self.table.delete(Resource::<WriteTxn>::new_own(rep)) {
-                if let Err(e) = txn.rollback().await {
-                    tracing::warn!(%realm, error = %e, "rollback of an abandoned write lock failed");
-                }
+                self.end(txn).await;
             }
         }
+    }
+
+    /// Ends a lock the guest did not commit: its writes are forgotten.
+    async fn end(&mut self, txn: WriteTxn) {
+        let host = InHost::enter(&self.clock);
+        if let Err(e) = txn.rollback().await {
+            self.batch_failed = Some(e);
+        }
+        drop(host);
     }
 
     fn forget(&mut self, rep: u32) {
@@ -370,7 +402,7 @@ impl boxel::realm::store::Host for CallState {
             ));
         }
         let host = InHost::enter(&self.clock);
-        let acquired = self.locks.acquire(&self.db, &realm).await;
+        let acquired = self.locks.acquire_for(&self.db, &realm, self.hints.clone()).await;
         drop(host);
         let txn = match acquired {
             Ok(txn) => txn,
@@ -415,6 +447,13 @@ impl boxel::realm::store::HostWriteLock for CallState {
         Ok(found.map_err(guest_error))
     }
 
+    async fn prefetch(&mut self, lock: Resource<WriteTxn>, paths: Vec<String>) -> wasmtime::Result<Result<(), GuestError>> {
+        let host = InHost::enter(&self.clock);
+        let read = self.txn(&lock)?.prefetch(&paths).await;
+        drop(host);
+        Ok(read.map_err(guest_error))
+    }
+
     async fn write(
         &mut self,
         lock: Resource<WriteTxn>,
@@ -453,11 +492,7 @@ impl boxel::realm::store::HostWriteLock for CallState {
     async fn drop(&mut self, lock: Resource<WriteTxn>) -> wasmtime::Result<()> {
         self.forget(lock.rep());
         let txn = self.table.delete(lock)?;
-        let host = InHost::enter(&self.clock);
-        if let Err(e) = txn.rollback().await {
-            tracing::warn!(error = %e, "rollback of a dropped write lock failed");
-        }
-        drop(host);
+        self.end(txn).await;
         Ok(())
     }
 }

@@ -1,27 +1,38 @@
 //! The per-realm write lock and the transaction it guards.
 //!
 //! Taking a realm's lock: first wait in an in-process queue for that realm
-//! (so waiters never hold pooled connections), then open a transaction that
-//! holds the database-level lock: `BEGIN IMMEDIATE` on SQLite,
-//! `pg_advisory_xact_lock(key)` as its own statement on Postgres. Every read
-//! and write of the critical section runs on that transaction; `commit`
-//! makes them durable at once, and anything else rolls them back.
+//! (so waiters never hold pooled connections), then join the commit group
+//! that holds the realm's database lock, or add the realm to one, or open
+//! one: a transaction holding `BEGIN IMMEDIATE` on SQLite,
+//! `pg_advisory_xact_lock(key)` as its own statement on Postgres.
+//!
+//! Write-behind: the writers of a realm run one after another against the
+//! batch overlay (their reads served from memory where the batch has seen
+//! the path, their writes buffered); a writer that fails leaves nothing
+//! behind. When the group's last writer is done, one flush writes every
+//! realm's batch (one multi-row statement per table, on Postgres one
+//! statement in all) and one COMMIT makes it durable; only then is any
+//! writer answered.
 
 // Lowest first; each file uses only the ones above it.
 // Why a write-path operation failed.
 mod error;
 // The Postgres advisory-lock key of a realm URL.
 mod key;
-// Coalescing: a realm's turn, and the open transaction its writers hand along.
-mod batch;
-// The realm event a write request appends (the outbox), and its NOTIFY.
+// The realm event a write request appends (the outbox).
 mod outbox;
+// The batch overlay: what a batch knows and wrote, and what its flush writes.
+mod overlay;
+// Every statement of the write path, per backend (open, read, flush).
+mod sql;
+// A commit group: one transaction, the batches of its realms, one commit.
+mod group;
 // A held lock (`WriteTxn`): read, exists, write, delete, commit, rollback.
 mod txn;
-// `Locks`: the per-realm queues, and taking the database lock.
+// `Locks`: the per-realm queues, and which group holds each realm.
 mod queue;
 
-pub use batch::{BatchStats, Coalescing};
+pub use group::{BatchStats, Coalescing};
 pub use error::WriteError;
 pub use outbox::EVENTS_CHANNEL;
 pub use queue::Locks;

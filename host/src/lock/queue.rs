@@ -1,33 +1,65 @@
-//! The in-process side of the write locks: one FIFO queue per realm, so a
-//! writer waits here before it takes a pooled connection; at its turn it
-//! takes over the batch its predecessor left open, or opens a transaction
-//! that holds the realm's database lock.
+//! `Locks`, the in-process side of the write locks: one FIFO turn per
+//! realm (a writer waits here before it touches a pooled connection), and
+//! which commit group holds each realm's database lock. At its turn a
+//! writer joins the group that holds its realm; else it adds the realm to
+//! the replica's open group (Postgres: only if the realm's advisory lock is
+//! free right now; SQLite: its one transaction covers every realm), or
+//! opens a group of its own that waits for the lock.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::time::Instant;
 
-use super::batch::{BatchStats, Coalescing, OpenBatch, RealmQueue, Tx};
 use super::error::WriteError;
-use super::key::advisory_lock_key;
-use super::txn::{Limits, WriteTxn};
-use crate::store::{Database, Staged};
+use super::group::{BatchStats, Coalescing, Group, Shared};
+use super::sql;
+use super::txn::{Hints, Limits, WriteTxn};
+use crate::store::Database;
 
-/// The in-process side of the write locks: one FIFO queue per realm.
+/// The in-process side of the write locks: one FIFO turn per realm, and
+/// the commit groups.
 pub struct Locks {
     queues: Mutex<HashMap<String, Arc<RealmQueue>>>,
+    /// The group other realms may join (the newest open one).
+    current: Mutex<Option<Arc<Group>>>,
+    /// SQLite (one writer per database) and memory: one group at a time
+    /// holds this until it is over.
+    writer: Arc<tokio::sync::Mutex<()>>,
     timeout: Duration,
     limits: Limits,
     coalescing: Coalescing,
     pub stats: Arc<BatchStats>,
-    /// Realms whose commit appended an event, announced in-process.
-    committed: tokio::sync::broadcast::Sender<(String, i64)>,
-    /// How many events each realm keeps and for how long (seconds); older
-    /// ones are pruned as new ones come.
-    retain_events: (i64, i64),
+    shared: Arc<Shared>,
+    tickets: AtomicU64,
+}
+
+/// One realm's queue.
+#[derive(Default)]
+struct RealmQueue {
+    /// Whoever holds it runs the realm's critical section.
+    turn: Arc<tokio::sync::Mutex<()>>,
+    /// The group holding the realm's database lock, while it is open.
+    group: Mutex<Option<Arc<Group>>>,
+    /// Writers waiting for the turn.
+    waiting: AtomicUsize,
+    /// The paths queued writers will read.
+    hints: Arc<Hints>,
+}
+
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+impl RealmQueue {
+    fn group(&self) -> Option<Arc<Group>> {
+        locked(&self.group).clone()
+    }
 }
 
 impl Locks {
@@ -36,14 +68,18 @@ impl Locks {
     }
 
     pub fn with_coalescing(timeout: Duration, limits: Limits, coalescing: Coalescing) -> Locks {
+        let stats = Arc::new(BatchStats::default());
+        let shared = Shared { stats: stats.clone(), committed: tokio::sync::broadcast::channel(4096).0, retain_events: (10_000, 7 * 86_400) };
         Locks {
             queues: Mutex::new(HashMap::new()),
+            current: Mutex::new(None),
+            writer: Arc::new(tokio::sync::Mutex::new(())),
             timeout,
             limits,
             coalescing,
-            stats: Arc::default(),
-            committed: tokio::sync::broadcast::channel(4096).0,
-            retain_events: (10_000, 7 * 86_400),
+            stats,
+            shared: Arc::new(shared),
+            tickets: AtomicU64::new(0),
         }
     }
 
@@ -51,13 +87,18 @@ impl Locks {
     /// (but always the newest).
     pub fn retaining_events(mut self, count: u64, age: Duration) -> Locks {
         let age = i64::try_from(age.as_secs()).unwrap_or(i64::MAX);
-        self.retain_events = (i64::try_from(count).unwrap_or(i64::MAX), age);
+        let shared = Shared {
+            stats: self.stats.clone(),
+            committed: self.shared.committed.clone(),
+            retain_events: (i64::try_from(count).unwrap_or(i64::MAX), age),
+        };
+        self.shared = Arc::new(shared);
         self
     }
 
-    /// The realm and seq of every commit that appended an event, from now on.
+    /// The realm and newest seq of every commit that appended events, from now on.
     pub fn commits(&self) -> tokio::sync::broadcast::Receiver<(String, i64)> {
-        self.committed.subscribe()
+        self.shared.committed.subscribe()
     }
 
     /// Writers waiting for the realm's turn right now.
@@ -66,122 +107,152 @@ impl Locks {
     }
 
     fn queue(&self, realm: &str) -> Arc<RealmQueue> {
-        let mut queues = match self.queues.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        queues.entry(realm.to_string()).or_default().clone()
+        locked(&self.queues).entry(realm.to_string()).or_default().clone()
     }
 
     /// Waits for the realm's write lock, on this process and in the database.
     pub async fn acquire(&self, db: &Database, realm: &str) -> Result<WriteTxn, WriteError> {
-        let started = tokio::time::Instant::now();
+        self.acquire_for(db, realm, Vec::new()).await
+    }
+
+    /// `acquire`, naming the paths the writer will read (`hints`): whoever
+    /// reads the realm first in a batch reads every queued writer's paths
+    /// in the same query.
+    pub async fn acquire_for(&self, db: &Database, realm: &str, hints: Vec<String>) -> Result<WriteTxn, WriteError> {
+        let deadline = Instant::now() + self.timeout;
         let queue = self.queue(realm);
-        let waiting = Waiting::enter(&queue, &self.stats);
-        let turn = tokio::time::timeout(self.timeout, queue.turn.clone().lock_owned()).await;
-        let mut turn = turn.map_err(|_| WriteError::LockTimeout(realm.to_string()))?;
-        waiting.served();
-        let remaining = self.timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
-        let batch = match turn.take() {
-            Some(open) => open,
-            None => OpenBatch {
-                tx: open_locked_tx(db, realm, remaining).await?,
-                members: 0,
-                opened: Instant::now(),
-                outcome: watch::channel(None).0,
-            },
+        let ticket = Ticket::enter(&queue, self.tickets.fetch_add(1, Ordering::Relaxed), hints);
+        // Joining the realm's open group now keeps it open for us while we wait.
+        let mut admitted = Admitted(queue.group().filter(|g| g.join()));
+        let lock_turn = || async {
+            let turn = tokio::time::timeout_at(deadline, queue.turn.clone().lock_owned()).await;
+            turn.map_err(|_| WriteError::LockTimeout(realm.to_string()))
         };
-        let mut txn = WriteTxn {
-            realm: realm.to_string(),
-            batch: Some(batch),
-            turn,
-            queue,
-            coalescing: self.coalescing,
-            stats: self.stats.clone(),
-            limits: self.limits,
-            known: HashMap::new(),
-            changes: Default::default(),
-            client_request_id: None,
-            committed: self.committed.clone(),
-            appended: None,
-            retain_events: self.retain_events,
+        let mut turn = lock_turn().await?;
+        drop(ticket);
+        let group = loop {
+            match queue.group() {
+                Some(group) if admitted.is(&group) => {
+                    admitted.0 = None;
+                    break group;
+                }
+                Some(group) => {
+                    admitted.release();
+                    if group.join() {
+                        break group;
+                    }
+                    // Full or closing: the writers it admitted (queued
+                    // behind us) must have the turn before it can end, so
+                    // wait for its end without the turn, then queue again.
+                    drop(turn);
+                    let ended = tokio::time::timeout_at(deadline, group.finished()).await;
+                    if ended.is_err() {
+                        return Err(WriteError::LockTimeout(realm.to_string()));
+                    }
+                    {
+                        let mut holder = locked(&queue.group);
+                        if holder.as_ref().is_some_and(|g| Arc::ptr_eq(g, &group)) {
+                            *holder = None;
+                        }
+                    }
+                    turn = lock_turn().await?;
+                }
+                None => {
+                    admitted.release();
+                    let group = self.group_for(db, realm, deadline).await?;
+                    *locked(&queue.group) = Some(group.clone());
+                    break group;
+                }
+            }
         };
-        if let Err(e) = txn.savepoint("SAVEPOINT realm_member").await {
-            txn.end_turn(false).await.ok();
-            return Err(e);
+        let batch = match group.take_batch(realm) {
+            Ok(batch) => batch,
+            Err(e) => {
+                group.leave(false);
+                return Err(e);
+            }
+        };
+        Ok(WriteTxn::new(realm, group, queue.hints.clone(), turn, batch, self.limits))
+    }
+
+    /// A group that holds `realm`'s lock, with the caller admitted.
+    async fn group_for(&self, db: &Database, realm: &str, deadline: Instant) -> Result<Arc<Group>, WriteError> {
+        let current = locked(&self.current).clone();
+        if let Database::Postgres(_) = db {
+            if let Some(group) = current.filter(|g| g.join()) {
+                match group.try_add(realm).await {
+                    Ok(true) => return Ok(group),
+                    Ok(false) => group.leave(false),
+                    Err(e) => {
+                        group.leave(false);
+                        return Err(e);
+                    }
+                }
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+            let tx = sql::open(db, realm, remaining).await?;
+            return Ok(self.opened(Group::new(tx, realm, self.coalescing, self.shared.clone(), None)));
         }
-        Ok(txn)
+        // One transaction at a time covers every realm.
+        if let Some(group) = current.filter(|g| g.join()) {
+            group.try_add(realm).await?;
+            return Ok(group);
+        }
+        let writer = tokio::time::timeout_at(deadline, self.writer.clone().lock_owned()).await;
+        let writer = writer.map_err(|_| WriteError::LockTimeout(realm.to_string()))?;
+        let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        let tx = sql::open(db, realm, remaining).await?;
+        Ok(self.opened(Group::new(tx, realm, self.coalescing, self.shared.clone(), Some(writer))))
+    }
+
+    fn opened(&self, group: Arc<Group>) -> Arc<Group> {
+        *locked(&self.current) = Some(group.clone());
+        group
     }
 }
 
-/// Opens a transaction that holds the realm's database-level lock.
-async fn open_locked_tx(db: &Database, realm: &str, remaining: Duration) -> Result<Tx, WriteError> {
-    Ok(match db {
-        Database::Memory(store) => Tx::Memory(store.clone(), Staged::new(realm)),
-        Database::Sqlite(pool) => Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
-        Database::Postgres(pool) => {
-            let mut tx = tokio::time::timeout(remaining, pool.begin())
-                .await
-                .map_err(|_| WriteError::Unavailable("no database connection became free in time".into()))??;
-            // One prepared statement whatever the values (SET LOCAL cannot
-            // take parameters, so its text would change every time).
-            let ms = remaining.as_millis().max(1);
-            sqlx::query("SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)")
-                .bind(format!("{ms}ms"))
-                .bind(format!("{}ms", ms + 30_000))
-                .execute(&mut *tx)
-                .await?;
-            // Its own statement: under READ COMMITTED every later
-            // statement then sees what the previous holder committed.
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(advisory_lock_key(realm))
-                .execute(&mut *tx)
-                .await?;
-            Tx::Postgres(tx)
-        }
-    })
-}
-
-/// Counts a writer as waiting for the turn. A holder leaves its batch open
-/// only while someone waits; a waiter that leaves without its turn (lock
-/// timeout) makes sure such a batch still commits.
-struct Waiting {
+/// A writer queued for a realm's turn: counted in `waiting`, its paths in
+/// the hints, until it has the turn or gives up.
+struct Ticket {
     queue: Arc<RealmQueue>,
-    stats: Arc<BatchStats>,
-    served: bool,
+    id: u64,
 }
 
-impl Waiting {
-    fn enter(queue: &Arc<RealmQueue>, stats: &Arc<BatchStats>) -> Waiting {
+impl Ticket {
+    fn enter(queue: &Arc<RealmQueue>, id: u64, hints: Vec<String>) -> Ticket {
         queue.waiting.fetch_add(1, Ordering::SeqCst);
-        Waiting { queue: queue.clone(), stats: stats.clone(), served: false }
-    }
-
-    fn served(mut self) {
-        self.served = true;
+        queue.hints.add(id, hints);
+        Ticket { queue: queue.clone(), id }
     }
 }
 
-impl Drop for Waiting {
+impl Drop for Ticket {
     fn drop(&mut self) {
         self.queue.waiting.fetch_sub(1, Ordering::SeqCst);
-        if !self.served {
-            flush_when_idle(self.queue.clone(), self.stats.clone());
+        self.queue.hints.remove(self.id);
+    }
+}
+
+/// A group the writer was admitted to; leaving it unused (e.g. the wait
+/// for the turn timed out) lets it commit without us.
+struct Admitted(Option<Arc<Group>>);
+
+impl Admitted {
+    fn is(&self, group: &Arc<Group>) -> bool {
+        self.0.as_ref().is_some_and(|g| Arc::ptr_eq(g, group))
+    }
+
+    fn release(&mut self) {
+        if let Some(group) = self.0.take() {
+            group.leave(false);
         }
     }
 }
 
-/// Commits a batch that a holder left open if nobody took it over (the
-/// waiter it was left for gave up).
-fn flush_when_idle(queue: Arc<RealmQueue>, stats: Arc<BatchStats>) {
-    tokio::spawn(async move {
-        let mut turn = queue.turn.clone().lock_owned().await;
-        if let Some(batch) = turn.take() {
-            if let Err(e) = batch.finish(&stats).await {
-                tracing::error!(error = %e, "committing a coalesced batch failed");
-            }
-        }
-    });
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 #[cfg(test)]
@@ -202,9 +273,10 @@ mod tests {
         (dir, db)
     }
 
+    const LIMITS: Limits = Limits { card_bytes: 1 << 20, file_bytes: 1 << 20 };
+
     fn coalescing_locks() -> Arc<Locks> {
-        let limits = Limits { card_bytes: 1 << 20, file_bytes: 1 << 20 };
-        Arc::new(Locks::with_coalescing(Duration::from_secs(10), limits, Coalescing { max_batch: 64, max_wait: Duration::from_secs(10) }))
+        Arc::new(Locks::with_coalescing(Duration::from_secs(10), LIMITS, Coalescing { max_batch: 64, max_wait: Duration::from_secs(10) }))
     }
 
     async fn until_waiting(locks: &Locks, n: usize) {
@@ -234,11 +306,11 @@ mod tests {
 
         a.write("a.txt", "from a", None).await.expect("write a");
         let a_commit = tokio::spawn(a.commit());
-        let mut b = b.await.expect("task").expect("b takes over the open batch");
+        let mut b = b.await.expect("task").expect("b joins the open batch");
         // A's commit has not answered, and its write is not durable yet.
         assert!(!a_commit.is_finished());
         assert!(!committed(&db, "a.txt").await);
-        // B sees A's write inside the shared transaction.
+        // B sees A's write in the batch.
         assert!(b.exists("a.txt").await.expect("exists"));
         b.write("b.txt", "from b", None).await.expect("write b");
         b.commit().await.expect("b commits the batch");
@@ -277,7 +349,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
-    async fn an_idle_realm_commits_at_once() {
+    async fn an_idle_realm_commits_at_once_and_a_reader_that_wrote_nothing_lets_the_next_in() {
         let (_dir, db) = sqlite().await;
         let locks = coalescing_locks();
         let mut a = locks.acquire(&db, REALM).await.expect("a");
@@ -285,14 +357,68 @@ mod tests {
         a.commit().await.expect("commit");
         assert!(committed(&db, "a.txt").await);
         assert_eq!(locks.stats.batches.load(Ordering::Relaxed), 1);
+        // A member that only read, then gave up (a 404, a 412), dropped.
+        let mut b = locks.acquire(&db, REALM).await.expect("b");
+        assert!(b.read("missing.txt").await.expect("read").is_none());
+        assert!(!b.exists("missing").await.expect("exists"));
+        drop(b);
+        // Let that group end before anyone asks how it ended (an outcome
+        // nobody was waiting for was once lost, and the next writer hung).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut c = tokio::time::timeout(Duration::from_secs(5), locks.acquire(&db, REALM)).await.expect("not stuck").expect("c");
+        c.write("c.txt", "next", None).await.expect("write");
+        c.commit().await.expect("commit");
+        assert!(committed(&db, "c.txt").await);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_writer_that_cannot_join_its_realms_full_group_lets_those_admitted_behind_it_go_first() {
+        let (_dir, db) = sqlite().await;
+        let other = "http://example.test/other/";
+        db.create_realm(other, Permissions::default()).await.expect("realm");
+        let coalescing = Coalescing { max_batch: 2, max_wait: Duration::from_secs(10) };
+        let locks = Arc::new(Locks::with_coalescing(Duration::from_secs(5), LIMITS, coalescing));
+        let spawn_acquire = |realm: &'static str| {
+            let (locks, db) = (locks.clone(), db.clone());
+            tokio::spawn(async move { locks.acquire(&db, realm).await })
+        };
+        // A full group on another realm holds SQLite's one writer slot.
+        let a = locks.acquire(&db, other).await.expect("a");
+        let a2 = spawn_acquire(other);
+        while locks.waiting(other) < 1 {
+            tokio::task::yield_now().await;
+        }
+        // V takes REALM's turn and waits for the writer slot; W queues
+        // behind V before REALM has a group, so W is admitted to none.
+        let v = spawn_acquire(REALM);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let w = spawn_acquire(REALM);
+        until_waiting(&locks, 1).await;
+        a.commit().await.expect("a");
+        a2.await.expect("task").expect("a2").commit().await.expect("a2");
+        let mut v = v.await.expect("task").expect("v opens REALM's group");
+        // X is admitted to V's group (now full) while queued behind W.
+        let x = spawn_acquire(REALM);
+        until_waiting(&locks, 2).await;
+        v.write("v.txt", "v", None).await.expect("write");
+        let v_commit = tokio::spawn(v.commit());
+        let mut x = tokio::time::timeout(Duration::from_secs(3), x).await.expect("x is not stuck behind w").expect("task").expect("x");
+        x.write("x.txt", "x", None).await.expect("write");
+        x.commit().await.expect("x commits the group");
+        v_commit.await.expect("task").expect("v");
+        let mut w = w.await.expect("task").expect("w gets a group of its own");
+        w.write("w.txt", "w", None).await.expect("write");
+        w.commit().await.expect("w");
+        for path in ["v.txt", "x.txt", "w.txt"] {
+            assert!(committed(&db, path).await, "{path}");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn a_waiter_that_gives_up_does_not_hold_up_the_holder() {
         let (_dir, db) = sqlite().await;
-        let limits = Limits { card_bytes: 1 << 20, file_bytes: 1 << 20 };
         let coalescing = Coalescing { max_batch: 64, max_wait: Duration::from_secs(10) };
-        let locks = Arc::new(Locks::with_coalescing(Duration::from_millis(200), limits, coalescing));
+        let locks = Arc::new(Locks::with_coalescing(Duration::from_millis(200), LIMITS, coalescing));
         let mut a = locks.acquire(&db, REALM).await.expect("a");
         let (l, d) = (locks.clone(), db.clone());
         let b = tokio::spawn(async move { l.acquire(&d, REALM).await.map(|_| ()) });

@@ -1,6 +1,7 @@
-//! Keeping `card_fields` in step with the cards: the statements the write
-//! path runs in its own transaction (see `lock::txn`), and the start-up
-//! pass that rebuilds the rows of cards indexed by an older version.
+//! Keeping `card_fields` in step with the cards: the version of the rows
+//! this build writes (the write path, `lock::overlay`, writes only the rows
+//! that changed), and the start-up pass that rebuilds the rows of cards
+//! indexed by an older version.
 
 use sqlx::Row;
 
@@ -12,14 +13,14 @@ use crate::store::{on_pool, Database, DbError};
 pub const SEARCH_VERSION: i64 = 1;
 
 /// Removes a card's field rows (`$1` realm, `$2` path).
-pub const DELETE_FIELDS: &str = "DELETE FROM card_fields WHERE realm_url = $1 AND path = $2";
+const DELETE_FIELDS: &str = "DELETE FROM card_fields WHERE realm_url = $1 AND path = $2";
 
 /// Field rows per INSERT (7 parameters each, under both backends' caps).
 const ROWS_PER_INSERT: usize = 500;
 
 /// The INSERTs that store `rows` for one card: each statement with the
 /// rows it binds after `$1` realm and `$2` path (see [`bind_field_rows`]).
-pub fn insert_statements(rows: &[FieldRow]) -> Vec<(String, &[FieldRow])> {
+fn insert_statements(rows: &[FieldRow]) -> Vec<(String, &[FieldRow])> {
     rows.chunks(ROWS_PER_INSERT)
         .map(|chunk| {
             let values: Vec<String> = (0..chunk.len())
@@ -54,7 +55,6 @@ macro_rules! bind_field_rows {
         query
     }};
 }
-pub(crate) use bind_field_rows;
 
 /// On Postgres, a trigram index for `contains` (`pg_trgm`, shipped with
 /// Postgres): built without blocking writes; where the extension cannot

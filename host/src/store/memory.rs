@@ -38,13 +38,6 @@ impl Staged {
         Staged { realm: realm.to_string(), changes: BTreeMap::new() }
     }
 
-    pub fn read(&self, store: &MemoryStore, realm: &str, path: &str) -> Option<FileRow> {
-        match self.changes.get(path) {
-            Some(change) => change.clone(),
-            None => store.read(realm, path),
-        }
-    }
-
     pub fn put(&mut self, path: &str, row: FileRow) {
         self.changes.insert(path.to_string(), Some(row));
     }

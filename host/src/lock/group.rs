@@ -1,0 +1,269 @@
+//! A commit group: one open transaction holding the database lock of one
+//! or more realms, the batch overlay of each of those realms, and the
+//! members it carries. Members join while it is open; when the last one
+//! leaves it flushes every realm's writes and commits once (group commit),
+//! then tells every member how that went. No member is answered before.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, OwnedMutexGuard};
+
+use super::error::WriteError;
+use super::overlay::{FileState, RealmBatch};
+use super::sql::{self, Retention, Tx};
+use crate::store::now_unix;
+
+/// How members share a commit: a group stays open while any member is
+/// running or queued in it, up to `max_batch` members or `max_wait` of age.
+/// `max_batch <= 1` turns coalescing off (one request per transaction).
+#[derive(Clone, Copy, Debug)]
+pub struct Coalescing {
+    pub max_batch: usize,
+    pub max_wait: Duration,
+}
+
+impl Coalescing {
+    pub const OFF: Coalescing = Coalescing { max_batch: 1, max_wait: Duration::ZERO };
+}
+
+/// Counters of committed groups, for `/_metrics`.
+#[derive(Default)]
+pub struct BatchStats {
+    /// Commits that carried writes.
+    pub batches: AtomicU64,
+    /// Write requests those commits carried.
+    pub members: AtomicU64,
+    /// Realm batches those commits carried (more than `batches` when
+    /// realms shared a commit).
+    pub realm_batches: AtomicU64,
+}
+
+/// What every group of a replica shares: where it reports.
+pub(super) struct Shared {
+    pub(super) stats: Arc<BatchStats>,
+    /// Realms whose commit appended events, and their newest seq.
+    pub(super) committed: tokio::sync::broadcast::Sender<(String, i64)>,
+    /// Events each realm keeps, and for how long (seconds).
+    pub(super) retain_events: (i64, i64),
+}
+
+/// What a member learns once its group is over.
+type Outcome = Option<Result<(), WriteError>>;
+
+pub(super) struct Group {
+    /// `None` once the group has finished.
+    tx: tokio::sync::Mutex<Option<Tx>>,
+    state: Mutex<State>,
+    outcome: watch::Sender<Outcome>,
+    opened: Instant,
+    coalescing: Coalescing,
+    shared: Arc<Shared>,
+}
+
+struct State {
+    /// New members may still join.
+    open: bool,
+    /// Members admitted and not done yet (running, or queued for a turn).
+    active: usize,
+    /// Members admitted in all.
+    admitted: usize,
+    /// Members whose writes it carries.
+    writers: usize,
+    /// The realms whose lock the group holds; a realm's batch is `None`
+    /// while a member (holding that realm's turn) has it.
+    realms: HashMap<String, Option<RealmBatch>>,
+    /// SQLite and memory: the one-writer slot, held until the group is over.
+    writer: Option<OwnedMutexGuard<()>>,
+}
+
+impl Group {
+    /// A group holding `realm`'s lock in `tx`, with its opener admitted.
+    pub(super) fn new(tx: Tx, realm: &str, coalescing: Coalescing, shared: Arc<Shared>, writer: Option<OwnedMutexGuard<()>>) -> Arc<Group> {
+        let realms = HashMap::from([(realm.to_string(), Some(RealmBatch::default()))]);
+        Arc::new(Group {
+            tx: tokio::sync::Mutex::new(Some(tx)),
+            state: Mutex::new(State { open: true, active: 1, admitted: 1, writers: 0, realms, writer }),
+            outcome: watch::channel(None).0,
+            opened: Instant::now(),
+            coalescing,
+            shared,
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        match self.state.lock() {
+            Ok(state) => state,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Admits one more member if the group is open and under its limits;
+    /// the member must [`leave`](Group::leave) once done.
+    pub(super) fn join(&self) -> bool {
+        let mut state = self.state();
+        let c = self.coalescing;
+        let admit = state.open && state.admitted < c.max_batch.max(1) && self.opened.elapsed() < c.max_wait;
+        if admit {
+            state.active += 1;
+            state.admitted += 1;
+        }
+        admit
+    }
+
+    /// Whether the group holds `realm`'s lock.
+    pub(super) fn holds(&self, realm: &str) -> bool {
+        self.state().realms.contains_key(realm)
+    }
+
+    /// Adds `realm` to the group, taking its lock if it is free right now
+    /// (never waiting: see `sql::try_add_realm`). False when another
+    /// transaction holds it.
+    pub(super) async fn try_add(&self, realm: &str) -> Result<bool, WriteError> {
+        if self.holds(realm) {
+            return Ok(true);
+        }
+        let mut tx = self.tx.lock().await;
+        let tx = tx.as_mut().ok_or_else(finished)?;
+        let locked = sql::try_add_realm(tx, realm).await?;
+        if locked {
+            self.state().realms.entry(realm.to_string()).or_insert_with(|| Some(RealmBatch::default()));
+        }
+        Ok(locked)
+    }
+
+    /// Takes `realm`'s batch for a member holding that realm's turn.
+    pub(super) fn take_batch(&self, realm: &str) -> Result<RealmBatch, WriteError> {
+        let mut state = self.state();
+        match state.realms.get_mut(realm) {
+            Some(batch) => batch.take().ok_or_else(|| WriteError::Storage(format!("the batch of {realm} is already in use"))),
+            None => Err(WriteError::Storage(format!("this transaction does not hold the lock of {realm}"))),
+        }
+    }
+
+    /// Gives a realm's batch back (a member is done with its turn).
+    pub(super) fn put_batch(&self, realm: &str, batch: RealmBatch) {
+        self.state().realms.insert(realm.to_string(), Some(batch));
+    }
+
+    /// Reads `paths` of `realm` in the group's transaction.
+    pub(super) async fn read(&self, realm: &str, paths: &[String]) -> Result<HashMap<String, FileState>, WriteError> {
+        let mut tx = self.tx.lock().await;
+        let tx = tx.as_mut().ok_or_else(finished)?;
+        sql::read(tx, realm, paths).await
+    }
+
+    /// How the group ended, once it has.
+    pub(super) fn outcome(&self) -> watch::Receiver<Outcome> {
+        self.outcome.subscribe()
+    }
+
+    /// Waits until the group is over; answers how it went.
+    pub(super) async fn finished(&self) -> Result<(), WriteError> {
+        let mut outcome = self.outcome();
+        let settled = outcome.wait_for(Option::is_some).await.map(|o| o.clone());
+        match settled {
+            Ok(Some(result)) => result,
+            _ => Err(lost()),
+        }
+    }
+
+    /// A member is done (`wrote`: its writes are in the group). The last
+    /// one to leave closes the group and starts its commit (in a task of
+    /// its own, so no caller going away can stop it halfway).
+    pub(super) fn leave(self: &Arc<Self>, wrote: bool) {
+        let close = {
+            let mut state = self.state();
+            state.active = state.active.saturating_sub(1);
+            if wrote {
+                state.writers += 1;
+            }
+            let close = state.open && state.active == 0;
+            if close {
+                state.open = false;
+            }
+            close
+        };
+        if close {
+            let group = self.clone();
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn(async move { group.finish().await })),
+                // No runtime (a drop during shutdown): nothing can commit;
+                // dropping the transaction rolls it back.
+                Err(_) => group.fail(lost()),
+            }
+        }
+    }
+
+    fn fail(&self, error: WriteError) {
+        // Stored even when nobody is subscribed yet (a later `finished` reads it).
+        self.outcome.send_replace(Some(Err(error)));
+    }
+
+    /// Flushes every realm's batch and commits, or rolls back when there is
+    /// nothing to write; then answers every member.
+    async fn finish(self: Arc<Self>) {
+        let tx = self.tx.lock().await.take();
+        let (realms, writers, writer) = {
+            let mut state = self.state();
+            let realms: Vec<(String, RealmBatch)> = state.realms.drain().filter_map(|(realm, batch)| batch.map(|b| (realm, b))).collect();
+            (realms, state.writers, state.writer.take())
+        };
+        let Some(tx) = tx else {
+            self.fail(lost());
+            return;
+        };
+        let changes: Vec<_> = realms.iter().filter(|(_, b)| !b.is_empty()).map(|(realm, b)| (realm.clone(), b.changes())).collect();
+        let result = if changes.is_empty() {
+            tx.rollback().await.map(|()| Vec::new())
+        } else {
+            self.commit(tx, &changes).await
+        };
+        // The next group may take the database's write lock now.
+        drop(writer);
+        match result {
+            Ok(newest) => {
+                if !changes.is_empty() {
+                    let stats = &self.shared.stats;
+                    stats.batches.fetch_add(1, Ordering::Relaxed);
+                    stats.members.fetch_add(writers as u64, Ordering::Relaxed);
+                    stats.realm_batches.fetch_add(changes.len() as u64, Ordering::Relaxed);
+                }
+                self.outcome.send_replace(Some(Ok(())));
+                for announced in newest {
+                    // Nobody listening (no subscriber yet) is fine.
+                    let _ = self.shared.committed.send(announced);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, realms = changes.len(), members = writers, "a commit group failed; nothing of it was written");
+                self.fail(e);
+            }
+        }
+    }
+
+    async fn commit(&self, mut tx: Tx, changes: &[(String, super::overlay::RealmChanges)]) -> Result<Vec<(String, i64)>, WriteError> {
+        let now = now_unix();
+        let (keep, age) = self.shared.retain_events;
+        let retention = Retention { keep, cutoff: now.saturating_sub(age) };
+        match sql::flush(&mut tx, changes, now, retention).await {
+            Ok(newest) => tx.commit().await.map(|()| newest),
+            Err(e) => {
+                // Roll back now: a lazy rollback would keep SQLite's write
+                // lock from the next group until the connection is reused.
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        }
+    }
+}
+
+fn finished() -> WriteError {
+    WriteError::Storage("the write lock was already released".into())
+}
+
+fn lost() -> WriteError {
+    WriteError::Unavailable("the shared transaction was lost before it committed; nothing was written, retry".into())
+}

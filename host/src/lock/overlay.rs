@@ -1,0 +1,386 @@
+//! The batch overlay: what a realm's open batch knows of its files, in
+//! memory. Members of a batch run one after another against it: a read is
+//! served from the member's own writes, else from the overlay (the batch's
+//! committed members and every row already read from the database), and
+//! only a path nobody has seen yet costs a database read. A member's
+//! writes are buffered ([`Member`]); [`RealmBatch::absorb`] adds them to
+//! the overlay when the member commits, and dropping a member forgets them
+//! (no savepoints). At the end of the batch, [`RealmBatch::changes`] is
+//! what the flush writes: each changed path once, in its final state, and
+//! the search rows that differ from what the database holds. No SQL here.
+
+use std::collections::HashMap;
+
+use super::outbox::Changes;
+use crate::search::fields::{fields_of, FieldRow};
+use crate::search::index::SEARCH_VERSION;
+use crate::store::FileRow;
+
+/// The card-index row of a card file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CardRow {
+    pub card_id: String,
+    pub card_type: String,
+    pub search_doc: String,
+    /// Which `SEARCH_VERSION` built the stored `card_fields` rows (rows
+    /// this build writes are always the current one).
+    pub version: i64,
+}
+
+/// A file as a batch knows it: the row, and its card-index row if it is a card.
+#[derive(Clone, Debug)]
+pub struct FileState {
+    pub row: FileRow,
+    pub card: Option<CardRow>,
+}
+
+impl FileState {
+    /// Same bytes, same times, same kind: writing one over the other changes nothing.
+    fn same_file(&self, other: &FileState) -> bool {
+        let (a, b) = (&self.row, &other.row);
+        a.content_hash == b.content_hash && a.created == b.created && a.last_modified == b.last_modified && a.binary == b.binary
+    }
+}
+
+/// One path of a batch: as the database holds it (`base`, read once) and
+/// as the batch's committed members left it (`current`).
+#[derive(Clone, Debug)]
+struct Entry {
+    base: Option<FileState>,
+    current: Option<FileState>,
+    /// Written by a committed member of this batch (not yet in the database).
+    dirty: bool,
+}
+
+/// A path's state as a member sees it, and whether that state is a
+/// batch-mate's uncommitted write.
+pub struct Seen<'a> {
+    pub state: Option<&'a FileState>,
+    pub uncommitted: bool,
+}
+
+/// One member's buffered writes, in order; the last write of a path wins.
+#[derive(Default)]
+pub struct Member {
+    writes: HashMap<String, Option<FileState>>,
+    order: Vec<String>,
+    /// What the member changed, for its realm event.
+    pub changes: Changes,
+    /// It read a batch-mate's write that is not committed yet: its answer
+    /// stands only once the batch commits.
+    pub saw_uncommitted: bool,
+}
+
+impl Member {
+    pub fn put(&mut self, path: &str, state: Option<FileState>) {
+        if self.writes.insert(path.to_string(), state).is_none() {
+            self.order.push(path.to_string());
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Option<&Option<FileState>> {
+        self.writes.get(path)
+    }
+
+    pub fn wrote(&self) -> bool {
+        !self.writes.is_empty()
+    }
+}
+
+/// What a realm's batch knows, and the events of its committed members.
+#[derive(Default)]
+pub struct RealmBatch {
+    entries: HashMap<String, Entry>,
+    /// Event payloads of the committed members, in commit order.
+    events: Vec<String>,
+    /// Paths in the order they were first changed (so a flush is deterministic).
+    changed: Vec<String>,
+}
+
+impl RealmBatch {
+    /// What the batch knows of `path`, if it has seen it.
+    pub fn seen(&self, path: &str) -> Option<Seen<'_>> {
+        self.entries.get(path).map(|e| Seen { state: e.current.as_ref(), uncommitted: e.dirty })
+    }
+
+    /// Records what the database holds at `path` (a read under the lock).
+    /// A path the batch already knows keeps what it knows.
+    pub fn learn(&mut self, path: &str, stored: Option<FileState>) {
+        self.entries.entry(path.to_string()).or_insert_with(|| Entry { current: stored.clone(), base: stored, dirty: false });
+    }
+
+    /// Of `paths`, those the batch has not seen.
+    pub fn unseen<'a>(&self, paths: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for path in paths {
+            if !self.entries.contains_key(path) && !out.contains(path) {
+                out.push(path.clone());
+            }
+        }
+        out
+    }
+
+    /// Adds a committing member's writes (and its event) to the overlay.
+    /// Every path it wrote must have been seen first (its base read).
+    pub fn absorb(&mut self, member: Member, event: Option<String>) {
+        let Member { mut writes, order, .. } = member;
+        for path in order {
+            let Some(state) = writes.remove(&path) else { continue };
+            let entry = self.entries.entry(path.clone()).or_insert_with(|| Entry { base: None, current: None, dirty: false });
+            if !entry.dirty {
+                self.changed.push(path);
+            }
+            entry.current = state;
+            entry.dirty = true;
+        }
+        self.events.extend(event);
+    }
+
+    /// Whether anything is left to write.
+    pub fn is_empty(&self) -> bool {
+        self.changed.is_empty() && self.events.is_empty()
+    }
+
+    /// What the flush must write for this realm: each changed path in its
+    /// final state against what the database holds.
+    pub fn changes(&self) -> RealmChanges {
+        let mut out = RealmChanges { events: self.events.clone(), ..RealmChanges::default() };
+        for path in &self.changed {
+            let Some(entry) = self.entries.get(path) else { continue };
+            entry_changes(path, entry, &mut out);
+        }
+        out
+    }
+}
+
+/// The rows one realm's flush writes. Every list holds a path at most once
+/// (a field row: its (path, field, position) at most once).
+#[derive(Default, Debug)]
+pub struct RealmChanges {
+    pub file_upserts: Vec<(String, FileRow)>,
+    pub file_deletes: Vec<String>,
+    /// Card-index rows to write (with the current `SEARCH_VERSION`).
+    pub card_upserts: Vec<(String, CardRow)>,
+    /// Card-index rows to remove (their field rows go with them).
+    pub card_deletes: Vec<String>,
+    /// Field rows to insert or overwrite.
+    pub field_upserts: Vec<(String, FieldRow)>,
+    /// Field rows to remove: (path, field, position).
+    pub field_deletes: Vec<(String, String, i64)>,
+    /// Paths whose stored field rows are not known (an older version):
+    /// every row not in `field_upserts` is removed.
+    pub field_resets: Vec<String>,
+    /// Event payloads, in order.
+    pub events: Vec<String>,
+}
+
+impl RealmChanges {
+    pub fn is_empty(&self) -> bool {
+        self.file_upserts.is_empty() && self.file_deletes.is_empty() && self.card_upserts.is_empty() && self.card_deletes.is_empty() && self.events.is_empty()
+    }
+}
+
+/// The field rows of a card file as this build derives them.
+fn fields_of_state(state: &FileState) -> Vec<FieldRow> {
+    match &state.card {
+        Some(card) if !state.row.binary => fields_of(&state.row.content, &card.card_id),
+        _ => Vec::new(),
+    }
+}
+
+fn entry_changes(path: &str, entry: &Entry, out: &mut RealmChanges) {
+    match (&entry.base, &entry.current) {
+        (None, None) => {}
+        (Some(base), None) => {
+            out.file_deletes.push(path.to_string());
+            if base.card.is_some() {
+                out.card_deletes.push(path.to_string());
+            }
+        }
+        (base, Some(current)) => {
+            if base.as_ref().is_some_and(|b| b.same_file(current) && b.card == current.card) {
+                return;
+            }
+            out.file_upserts.push((path.to_string(), current.row.clone()));
+            match (base.as_ref().and_then(|b| b.card.as_ref()), &current.card) {
+                (Some(_), None) => out.card_deletes.push(path.to_string()),
+                (None, None) => {}
+                (stored, Some(card)) => {
+                    out.card_upserts.push((path.to_string(), CardRow { version: SEARCH_VERSION, ..card.clone() }));
+                    field_changes(path, base.as_ref().filter(|_| stored.is_some_and(|s| s.version == SEARCH_VERSION)), stored.is_some(), current, out);
+                }
+            }
+        }
+    }
+}
+
+/// The field rows that turn what is stored into `current`'s: against the
+/// base's rows when they are known (`known_base`), else a reset when the
+/// path had rows of an older version (`had_rows`), else plain inserts.
+fn field_changes(path: &str, known_base: Option<&FileState>, had_rows: bool, current: &FileState, out: &mut RealmChanges) {
+    let new = fields_of_state(current);
+    match known_base {
+        Some(base) => {
+            let old = fields_of_state(base);
+            let old_by_key: HashMap<(&str, i64), &FieldRow> = old.iter().map(|r| ((r.field.as_str(), r.position), r)).collect();
+            let new_keys: std::collections::HashSet<(&str, i64)> = new.iter().map(|r| (r.field.as_str(), r.position)).collect();
+            for row in &new {
+                if old_by_key.get(&(row.field.as_str(), row.position)) != Some(&row) {
+                    out.field_upserts.push((path.to_string(), row.clone()));
+                }
+            }
+            for row in &old {
+                if !new_keys.contains(&(row.field.as_str(), row.position)) {
+                    out.field_deletes.push((path.to_string(), row.field.clone(), row.position));
+                }
+            }
+        }
+        None => {
+            if had_rows {
+                out.field_resets.push(path.to_string());
+            }
+            out.field_upserts.extend(new.into_iter().map(|row| (path.to_string(), row)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(content: &str, modified: i64) -> FileState {
+        FileState {
+            row: FileRow { content: content.into(), content_hash: format!("h:{content}"), created: 1, last_modified: modified, binary: false },
+            card: None,
+        }
+    }
+
+    fn card(content: &str, modified: i64, version: i64) -> FileState {
+        let mut state = file(content, modified);
+        state.card = Some(CardRow { card_id: "http://h/r/Person/1".into(), card_type: "t".into(), search_doc: "{}".into(), version });
+        state
+    }
+
+    fn person(attributes: &str) -> String {
+        format!(r#"{{"data":{{"attributes":{attributes},"meta":{{"adoptsFrom":{{"module":"../person","name":"Person"}}}}}}}}"#)
+    }
+
+    fn content_of(batch: &RealmBatch, path: &str) -> Option<String> {
+        batch.seen(path).and_then(|s| s.state.map(|f| f.row.content.clone()))
+    }
+
+    #[test]
+    fn a_member_reads_its_own_writes_then_the_batch_then_asks_the_database() {
+        let mut batch = RealmBatch::default();
+        batch.learn("a.txt", Some(file("stored", 1)));
+        batch.learn("gone.txt", None);
+        assert!(batch.seen("other.txt").is_none(), "never read: the database must be asked");
+        let seen = batch.seen("a.txt").unwrap();
+        assert!(!seen.uncommitted);
+        let mut first = Member::default();
+        first.put("a.txt", Some(file("first", 2)));
+        assert_eq!(first.get("a.txt").unwrap().as_ref().unwrap().row.content, "first", "read your own write");
+        assert_eq!(content_of(&batch, "a.txt").as_deref(), Some("stored"), "not visible before the member commits");
+        batch.absorb(first, Some("e1".into()));
+        let seen = batch.seen("a.txt").unwrap();
+        assert!(seen.uncommitted, "a batch-mate's write is not in the database yet");
+        assert_eq!(seen.state.unwrap().row.content, "first");
+        // Learning again (a later prefetch) never overwrites what the batch wrote.
+        batch.learn("a.txt", Some(file("stored", 1)));
+        assert_eq!(content_of(&batch, "a.txt").as_deref(), Some("first"));
+        assert_eq!(batch.unseen(&["a.txt".to_string(), "b".to_string(), "b".to_string(), "gone.txt".to_string()]), vec!["b".to_string()]);
+    }
+
+    #[test]
+    fn a_failed_member_costs_the_batch_nothing() {
+        let mut batch = RealmBatch::default();
+        batch.learn("a.txt", Some(file("stored", 1)));
+        let mut ok = Member::default();
+        ok.put("a.txt", Some(file("ok", 2)));
+        batch.absorb(ok, Some("ok".into()));
+        let mut failed = Member::default();
+        failed.put("a.txt", Some(file("failed", 3)));
+        failed.put("b.txt", Some(file("failed", 3)));
+        drop(failed);
+        assert_eq!(content_of(&batch, "a.txt").as_deref(), Some("ok"));
+        assert!(batch.seen("b.txt").is_none());
+        let changes = batch.changes();
+        assert_eq!(changes.file_upserts.len(), 1);
+        assert_eq!(changes.file_upserts[0].1.content, "ok");
+        assert_eq!(changes.events, vec!["ok".to_string()]);
+    }
+
+    #[test]
+    fn the_flush_writes_each_path_once_in_its_final_state() {
+        let mut batch = RealmBatch::default();
+        for path in ["a.txt", "b.txt", "c.txt", "d.txt"] {
+            batch.learn(path, Some(file("stored", 1)));
+        }
+        batch.learn("new.txt", None);
+        let mut m1 = Member::default();
+        m1.put("a.txt", Some(file("one", 2)));
+        m1.put("b.txt", None);
+        m1.put("new.txt", Some(file("created", 2)));
+        batch.absorb(m1, Some("e1".into()));
+        let mut m2 = Member::default();
+        m2.put("a.txt", Some(file("two", 3)));
+        m2.put("b.txt", Some(file("back", 3)));
+        // Written back exactly as stored: nothing to flush for c.
+        m2.put("c.txt", Some(file("stored", 1)));
+        m2.put("new.txt", None);
+        batch.absorb(m2, Some("e2".into()));
+        let changes = batch.changes();
+        let upserts: Vec<(&str, &str)> = changes.file_upserts.iter().map(|(p, r)| (p.as_str(), r.content.as_str())).collect();
+        assert_eq!(upserts, [("a.txt", "two"), ("b.txt", "back")]);
+        assert!(changes.file_deletes.is_empty(), "new.txt was created and deleted within the batch: never stored");
+        assert_eq!(changes.events, ["e1", "e2"]);
+        assert!(changes.card_upserts.is_empty() && changes.card_deletes.is_empty());
+    }
+
+    #[test]
+    fn deleting_a_card_removes_its_index_row_and_a_card_written_as_a_plain_file_too() {
+        let mut batch = RealmBatch::default();
+        batch.learn("Person/1.json", Some(card(&person(r#"{"a":1}"#), 1, SEARCH_VERSION)));
+        batch.learn("Person/2.json", Some(card(&person(r#"{"a":1}"#), 1, SEARCH_VERSION)));
+        let mut m = Member::default();
+        m.put("Person/1.json", None);
+        m.put("Person/2.json", Some(file("plain now", 2)));
+        batch.absorb(m, None);
+        let changes = batch.changes();
+        assert_eq!(changes.file_deletes, ["Person/1.json"]);
+        assert_eq!(changes.card_deletes, ["Person/1.json", "Person/2.json"]);
+        assert_eq!(changes.file_upserts.len(), 1);
+        assert!(changes.field_upserts.is_empty() && changes.field_deletes.is_empty());
+    }
+
+    #[test]
+    fn field_rows_are_written_only_where_they_differ_from_the_stored_ones() {
+        let mut batch = RealmBatch::default();
+        batch.learn("Person/1.json", Some(card(&person(r#"{"name":"Mango","age":3,"tags":["a","b"]}"#), 1, SEARCH_VERSION)));
+        let mut m = Member::default();
+        m.put("Person/1.json", Some(card(&person(r#"{"name":"Mango","age":4,"tags":["a"],"note":"hi"}"#), 2, SEARCH_VERSION)));
+        batch.absorb(m, None);
+        let changes = batch.changes();
+        let upserts: Vec<(&str, i64, &str)> = changes.field_upserts.iter().map(|(_, r)| (r.field.as_str(), r.position, r.text.as_str())).collect();
+        assert_eq!(upserts, [("age", 0, "4"), ("note", 0, "hi")]);
+        assert_eq!(changes.field_deletes, [("Person/1.json".to_string(), "tags".to_string(), 1)]);
+        assert!(changes.field_resets.is_empty());
+        assert_eq!(changes.card_upserts.len(), 1);
+    }
+
+    #[test]
+    fn rows_of_an_older_version_or_a_new_card_are_written_whole() {
+        let mut batch = RealmBatch::default();
+        batch.learn("Person/1.json", Some(card(&person(r#"{"name":"Mango"}"#), 1, SEARCH_VERSION - 1)));
+        batch.learn("Person/2.json", None);
+        let mut m = Member::default();
+        m.put("Person/1.json", Some(card(&person(r#"{"name":"Mango","age":4}"#), 2, SEARCH_VERSION)));
+        m.put("Person/2.json", Some(card(&person(r#"{"name":"Van"}"#), 2, SEARCH_VERSION)));
+        batch.absorb(m, None);
+        let changes = batch.changes();
+        assert_eq!(changes.field_resets, ["Person/1.json"]);
+        let fields: Vec<(&str, &str)> = changes.field_upserts.iter().map(|(p, r)| (p.as_str(), r.field.as_str())).collect();
+        assert_eq!(fields, [("Person/1.json", "id"), ("Person/1.json", "name"), ("Person/1.json", "age"), ("Person/2.json", "id"), ("Person/2.json", "name")]);
+        assert!(changes.card_upserts.iter().all(|(_, c)| c.version == SEARCH_VERSION));
+    }
+}

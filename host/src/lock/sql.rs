@@ -1,0 +1,492 @@
+//! Every statement the write path sends, per backend: opening a
+//! transaction that holds a realm's lock (and adding realms to it), reading
+//! the rows a batch needs, and the flush that writes a whole batch — on
+//! Postgres one statement for every table of every realm in it, on SQLite a
+//! few multi-row statements — before its one COMMIT.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::pool::PoolConnection;
+use sqlx::{Postgres, Row, Sqlite, Transaction};
+
+use super::error::WriteError;
+use super::key::advisory_lock_key;
+use super::outbox::EVENTS_CHANNEL;
+use super::overlay::{CardRow, FileState, RealmChanges};
+use crate::search::index::SEARCH_VERSION;
+use crate::store::{Database, FileRow, MemoryStore, Staged};
+
+/// The open transaction of a batch: it holds the database-level lock of
+/// every realm in the batch (SQLite: the database's one write lock).
+pub(super) enum Tx {
+    Sqlite(Transaction<'static, Sqlite>),
+    Postgres(PgTx),
+    /// The in-memory store: nothing to lock (the in-process turn is the
+    /// lock); the flush applies the batch.
+    Memory(Arc<MemoryStore>),
+}
+
+/// A Postgres transaction on a pooled connection, begun by hand (so BEGIN,
+/// the timeouts and the lock take one round trip). A connection whose
+/// transaction did not end cleanly is closed, never pooled: closing it
+/// ends the transaction and frees its locks.
+pub(super) struct PgTx {
+    conn: PoolConnection<Postgres>,
+    open: bool,
+}
+
+impl PgTx {
+    /// Runs `begin` (statements that open the transaction) on a pooled connection.
+    async fn begin(pool: &sqlx::PgPool, begin: String) -> Result<PgTx, sqlx::Error> {
+        let mut tx = PgTx { conn: pool.acquire().await?, open: true };
+        // Half begun (e.g. the lock wait timed out inside the transaction),
+        // the connection is dropped with `open` set: closed, never pooled.
+        sqlx::Executor::execute(tx.conn(), begin.as_str()).await?;
+        Ok(tx)
+    }
+
+    fn conn(&mut self) -> &mut sqlx::PgConnection {
+        &mut self.conn
+    }
+
+    async fn end(mut self, statement: &'static str) -> Result<(), WriteError> {
+        sqlx::Executor::execute(self.conn(), statement).await?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl Drop for PgTx {
+    fn drop(&mut self) {
+        if self.open {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+/// How long a statement may run past the lock wait it started with.
+const STATEMENT_SLACK: Duration = Duration::from_secs(30);
+
+/// Opens a transaction holding `realm`'s lock, waiting at most `remaining`
+/// for it. On Postgres one round trip: BEGIN, the timeouts and the
+/// advisory lock (its own statement, so every later statement's snapshot
+/// sees what the previous holder committed).
+pub(super) async fn open(db: &Database, realm: &str, remaining: Duration) -> Result<Tx, WriteError> {
+    Ok(match db {
+        Database::Memory(store) => Tx::Memory(store.clone()),
+        Database::Sqlite(pool) => Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+        Database::Postgres(pool) => {
+            let ms = remaining.as_millis().max(1);
+            let statement_ms = ms + STATEMENT_SLACK.as_millis();
+            // Only numbers are spliced in: the simple protocol takes no parameters.
+            let begin = format!(
+                "BEGIN; SELECT set_config('lock_timeout', '{ms}ms', true), set_config('statement_timeout', '{statement_ms}ms', true); \
+                 SELECT pg_advisory_xact_lock({})",
+                advisory_lock_key(realm)
+            );
+            let opened = tokio::time::timeout(remaining, PgTx::begin(pool, begin)).await;
+            Tx::Postgres(opened.map_err(|_| WriteError::LockTimeout(realm.to_string()))??)
+        }
+    })
+}
+
+/// Adds `realm` to an open transaction if its lock is free right now
+/// (never waits: a transaction already holding locks must not wait for
+/// another, so no two replicas can deadlock). SQLite's and the memory
+/// store's transactions cover every realm already.
+pub(super) async fn try_add_realm(tx: &mut Tx, realm: &str) -> Result<bool, WriteError> {
+    match tx {
+        Tx::Postgres(t) => Ok(sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)").bind(advisory_lock_key(realm)).fetch_one(t.conn()).await?),
+        Tx::Sqlite(_) | Tx::Memory(_) => Ok(true),
+    }
+}
+
+const READ_POSTGRES: &str = "SELECT f.path, f.content, f.content_hash, f.created_at, f.last_modified, f.content_encoding,
+        c.card_id, c.card_type, c.search_doc, c.search_version
+    FROM files f LEFT JOIN card_index c ON c.realm_url = f.realm_url AND c.path = f.path
+    WHERE f.realm_url = $1 AND f.path = ANY($2)";
+
+/// Rows per multi-row SQLite statement (each binds at most 9 values a row,
+/// well under SQLite's 32766 parameters).
+const SQLITE_ROWS: usize = 500;
+
+/// Reads `paths` of `realm` in the transaction (one query, or one per
+/// [`SQLITE_ROWS`] paths): the stored files with their card rows; a path
+/// with no file is absent from the answer.
+pub(super) async fn read(tx: &mut Tx, realm: &str, paths: &[String]) -> Result<HashMap<String, FileState>, WriteError> {
+    let mut found = HashMap::new();
+    match tx {
+        Tx::Postgres(t) => {
+            for row in sqlx::query(READ_POSTGRES).bind(realm).bind(paths).fetch_all(t.conn()).await? {
+                found.insert(row.try_get(0)?, state_of(&row)?);
+            }
+        }
+        Tx::Sqlite(t) => {
+            for chunk in paths.chunks(SQLITE_ROWS) {
+                let sql = format!(
+                    "SELECT f.path, f.content, f.content_hash, f.created_at, f.last_modified, f.content_encoding,
+                        c.card_id, c.card_type, c.search_doc, c.search_version
+                     FROM files f LEFT JOIN card_index c ON c.realm_url = f.realm_url AND c.path = f.path
+                     WHERE f.realm_url = $1 AND f.path IN ({})",
+                    placeholders(2, chunk.len())
+                );
+                let mut query = sqlx::query(&sql).bind(realm);
+                for path in chunk {
+                    query = query.bind(path);
+                }
+                for row in query.fetch_all(&mut **t).await? {
+                    found.insert(row.try_get(0)?, state_of(&row)?);
+                }
+            }
+        }
+        Tx::Memory(store) => {
+            for path in paths {
+                if let Some(row) = store.read(realm, path) {
+                    found.insert(path.clone(), FileState { row, card: None });
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Decodes a row of the read statements.
+fn state_of<R: Row>(row: &R) -> Result<FileState, sqlx::Error>
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let file = FileRow {
+        content: row.try_get(1)?,
+        content_hash: row.try_get(2)?,
+        created: row.try_get(3)?,
+        last_modified: row.try_get(4)?,
+        binary: row.try_get::<String, _>(5)? == "base64",
+    };
+    let card = match row.try_get::<Option<String>, _>(6)? {
+        Some(card_id) => Some(CardRow {
+            card_id,
+            card_type: row.try_get(7)?,
+            search_doc: row.try_get(8)?,
+            version: row.try_get::<Option<i64>, _>(9)?.unwrap_or(0),
+        }),
+        None => None,
+    };
+    Ok(FileState { row: file, card })
+}
+
+/// What a flush keeps of the realms' events.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Retention {
+    /// Events each realm keeps.
+    pub keep: i64,
+    /// Unix seconds: older events are pruned (never a realm's newest).
+    pub cutoff: i64,
+}
+
+/// Writes every realm's changes in the open transaction; answers the
+/// newest event seq of each realm that appended events.
+pub(super) async fn flush(tx: &mut Tx, realms: &[(String, RealmChanges)], now: i64, retention: Retention) -> Result<Vec<(String, i64)>, WriteError> {
+    if realms.iter().all(|(_, c)| c.is_empty()) {
+        return Ok(Vec::new());
+    }
+    match tx {
+        Tx::Postgres(t) => flush_postgres(t, realms, now, retention).await,
+        Tx::Sqlite(t) => flush_sqlite(t, realms, now, retention).await,
+        Tx::Memory(store) => {
+            for (realm, changes) in realms {
+                let mut staged = Staged::new(realm);
+                for path in &changes.file_deletes {
+                    staged.remove(path);
+                }
+                for (path, row) in &changes.file_upserts {
+                    staged.put(path, row.clone());
+                }
+                staged.apply(store);
+            }
+            Ok(Vec::new())
+        }
+    }
+}
+
+/// The whole flush on Postgres: one statement whose data-modifying CTEs
+/// each write one table from arrays (`UNNEST`). Each CTE touches rows no
+/// other one touches (a path is upserted or deleted, a field row upserted,
+/// deleted or reset, never two of these), so their order does not matter;
+/// the foreign keys are checked at the end of the statement. Event seqs
+/// continue each realm's newest; the NOTIFY (realm and newest seq) is
+/// delivered only on COMMIT.
+const FLUSH_POSTGRES: &str = "WITH
+    new_files AS (
+        INSERT INTO files (realm_url, path, content, content_hash, created_at, last_modified, content_encoding)
+        SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[], $7::text[])
+        ON CONFLICT (realm_url, path) DO UPDATE SET content = excluded.content, content_hash = excluded.content_hash,
+            last_modified = excluded.last_modified, content_encoding = excluded.content_encoding),
+    gone_files AS (
+        DELETE FROM files f USING UNNEST($8::text[], $9::text[]) AS d(realm_url, path)
+        WHERE f.realm_url = d.realm_url AND f.path = d.path),
+    new_cards AS (
+        INSERT INTO card_index (realm_url, path, card_id, card_type, search_doc, updated_at, search_version)
+        SELECT r, p, i, t, s, $38, $39 FROM UNNEST($10::text[], $11::text[], $12::text[], $13::text[], $14::text[]) AS c(r, p, i, t, s)
+        ON CONFLICT (realm_url, path) DO UPDATE SET card_id = excluded.card_id, card_type = excluded.card_type,
+            search_doc = excluded.search_doc, updated_at = excluded.updated_at, search_version = excluded.search_version),
+    gone_cards AS (
+        DELETE FROM card_index c USING UNNEST($15::text[], $16::text[]) AS d(realm_url, path)
+        WHERE c.realm_url = d.realm_url AND c.path = d.path),
+    new_fields AS (
+        INSERT INTO card_fields (realm_url, path, field, position, kind, text_key, text_value, folded, number_value)
+        SELECT * FROM UNNEST($17::text[], $18::text[], $19::text[], $20::int8[], $21::int8[], $22::text[], $23::text[], $24::text[], $25::float8[])
+        ON CONFLICT (realm_url, path, field, position) DO UPDATE SET kind = excluded.kind, text_key = excluded.text_key,
+            text_value = excluded.text_value, folded = excluded.folded, number_value = excluded.number_value),
+    gone_fields AS (
+        DELETE FROM card_fields f USING UNNEST($26::text[], $27::text[], $28::text[], $29::int8[]) AS d(realm_url, path, field, position)
+        WHERE f.realm_url = d.realm_url AND f.path = d.path AND f.field = d.field AND f.position = d.position),
+    reset_fields AS (
+        DELETE FROM card_fields f USING UNNEST($30::text[], $31::text[]) AS d(realm_url, path)
+        WHERE f.realm_url = d.realm_url AND f.path = d.path
+          AND NOT EXISTS (SELECT 1 FROM UNNEST($17::text[], $18::text[], $19::text[], $20::int8[]) AS n(realm_url, path, field, position)
+                          WHERE n.realm_url = f.realm_url AND n.path = f.path AND n.field = f.field AND n.position = f.position)),
+    appended AS (
+        INSERT INTO realm_events (realm_url, seq, payload, created_at)
+        SELECT e.realm_url, COALESCE((SELECT MAX(m.seq) FROM realm_events m WHERE m.realm_url = e.realm_url), 0) + e.ord, e.payload, $38
+        FROM UNNEST($32::text[], $33::int8[], $34::text[]) AS e(realm_url, ord, payload)
+        RETURNING realm_url, seq),
+    newest AS (SELECT realm_url, MAX(seq) AS seq FROM appended GROUP BY realm_url),
+    by_count AS (
+        DELETE FROM realm_events r USING newest n WHERE r.realm_url = n.realm_url AND r.seq <= n.seq - $35),
+    by_age AS (
+        DELETE FROM realm_events r USING newest n
+        WHERE r.realm_url = n.realm_url AND r.created_at < $36 AND r.seq < n.seq
+          AND r.seq IN (SELECT e.seq FROM realm_events e WHERE e.realm_url = n.realm_url ORDER BY e.seq LIMIT 100))
+    SELECT realm_url, seq, pg_notify($37, realm_url || ' ' || seq) FROM newest";
+
+/// Column arrays of every table, for the Postgres flush.
+#[derive(Default)]
+struct Columns {
+    file: (Vec<String>, Vec<String>, Vec<String>, Vec<String>, Vec<i64>, Vec<i64>, Vec<&'static str>),
+    gone_file: (Vec<String>, Vec<String>),
+    card: (Vec<String>, Vec<String>, Vec<String>, Vec<String>, Vec<String>),
+    gone_card: (Vec<String>, Vec<String>),
+    field: (Vec<String>, Vec<String>, Vec<String>, Vec<i64>, Vec<i64>, Vec<String>, Vec<String>, Vec<Option<String>>, Vec<Option<f64>>),
+    gone_field: (Vec<String>, Vec<String>, Vec<String>, Vec<i64>),
+    reset: (Vec<String>, Vec<String>),
+    event: (Vec<String>, Vec<i64>, Vec<String>),
+}
+
+impl Columns {
+    fn of(realms: &[(String, RealmChanges)]) -> Columns {
+        let mut c = Columns::default();
+        for (realm, changes) in realms {
+            for (path, row) in &changes.file_upserts {
+                c.file.0.push(realm.clone());
+                c.file.1.push(path.clone());
+                c.file.2.push(row.content.clone());
+                c.file.3.push(row.content_hash.clone());
+                c.file.4.push(row.created);
+                c.file.5.push(row.last_modified);
+                c.file.6.push(encoding(row));
+            }
+            for path in &changes.file_deletes {
+                c.gone_file.0.push(realm.clone());
+                c.gone_file.1.push(path.clone());
+            }
+            for (path, card) in &changes.card_upserts {
+                c.card.0.push(realm.clone());
+                c.card.1.push(path.clone());
+                c.card.2.push(card.card_id.clone());
+                c.card.3.push(card.card_type.clone());
+                c.card.4.push(card.search_doc.clone());
+            }
+            for path in &changes.card_deletes {
+                c.gone_card.0.push(realm.clone());
+                c.gone_card.1.push(path.clone());
+            }
+            for (path, row) in &changes.field_upserts {
+                c.field.0.push(realm.clone());
+                c.field.1.push(path.clone());
+                c.field.2.push(row.field.clone());
+                c.field.3.push(row.position);
+                c.field.4.push(row.kind as i64);
+                c.field.5.push(row.key.clone());
+                c.field.6.push(row.text.clone());
+                c.field.7.push(row.folded.clone());
+                c.field.8.push(row.number);
+            }
+            for (path, field, position) in &changes.field_deletes {
+                c.gone_field.0.push(realm.clone());
+                c.gone_field.1.push(path.clone());
+                c.gone_field.2.push(field.clone());
+                c.gone_field.3.push(*position);
+            }
+            for path in &changes.field_resets {
+                c.reset.0.push(realm.clone());
+                c.reset.1.push(path.clone());
+            }
+            for (ord, payload) in changes.events.iter().enumerate() {
+                c.event.0.push(realm.clone());
+                c.event.1.push(ord as i64 + 1);
+                c.event.2.push(payload.clone());
+            }
+        }
+        c
+    }
+}
+
+fn encoding(row: &FileRow) -> &'static str {
+    if row.binary {
+        "base64"
+    } else {
+        "utf-8"
+    }
+}
+
+async fn flush_postgres(t: &mut PgTx, realms: &[(String, RealmChanges)], now: i64, retention: Retention) -> Result<Vec<(String, i64)>, WriteError> {
+    let c = Columns::of(realms);
+    let rows = sqlx::query(FLUSH_POSTGRES)
+        .bind(c.file.0).bind(c.file.1).bind(c.file.2).bind(c.file.3).bind(c.file.4).bind(c.file.5).bind(c.file.6)
+        .bind(c.gone_file.0).bind(c.gone_file.1)
+        .bind(c.card.0).bind(c.card.1).bind(c.card.2).bind(c.card.3).bind(c.card.4)
+        .bind(c.gone_card.0).bind(c.gone_card.1)
+        .bind(c.field.0).bind(c.field.1).bind(c.field.2).bind(c.field.3).bind(c.field.4).bind(c.field.5).bind(c.field.6).bind(c.field.7).bind(c.field.8)
+        .bind(c.gone_field.0).bind(c.gone_field.1).bind(c.gone_field.2).bind(c.gone_field.3)
+        .bind(c.reset.0).bind(c.reset.1)
+        .bind(c.event.0).bind(c.event.1).bind(c.event.2)
+        .bind(retention.keep).bind(retention.cutoff).bind(EVENTS_CHANNEL)
+        .bind(now).bind(SEARCH_VERSION)
+        .fetch_all(t.conn())
+        .await?;
+    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect::<Result<_, sqlx::Error>>().map_err(WriteError::from)
+}
+
+/// `$first, $first+1, …` (`n` of them).
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
+/// `($first, …), (…)`: `rows` tuples of `width` placeholders.
+fn tuples(first: usize, rows: usize, width: usize) -> String {
+    (0..rows).map(|r| format!("({})", placeholders(first + r * width, width))).collect::<Vec<_>>().join(", ")
+}
+
+/// The flush on SQLite, in order: removals first (so a reset path's rows
+/// are gone before its new ones go in), then files, card rows, field rows
+/// and the events of each realm, several rows per statement.
+async fn flush_sqlite(t: &mut Transaction<'static, Sqlite>, realms: &[(String, RealmChanges)], now: i64, retention: Retention) -> Result<Vec<(String, i64)>, WriteError> {
+    let conn = &mut **t;
+    let mut newest = Vec::new();
+    for (realm, changes) in realms {
+        // Removing a card row removes its field rows (ON DELETE CASCADE).
+        let by_path: [(&str, Vec<&String>); 3] = [
+            ("DELETE FROM card_index WHERE realm_url = $1 AND path IN", changes.card_deletes.iter().collect()),
+            ("DELETE FROM files WHERE realm_url = $1 AND path IN", changes.file_deletes.iter().collect()),
+            ("DELETE FROM card_fields WHERE realm_url = $1 AND path IN", changes.field_resets.iter().collect()),
+        ];
+        for (statement, paths) in by_path {
+            for chunk in paths.chunks(SQLITE_ROWS) {
+                let sql = format!("{statement} ({})", placeholders(2, chunk.len()));
+                let mut query = sqlx::query(&sql).bind(realm);
+                for path in chunk {
+                    query = query.bind(path.as_str());
+                }
+                query.execute(&mut *conn).await?;
+            }
+        }
+        for chunk in changes.field_deletes.chunks(SQLITE_ROWS) {
+            let sql = format!("DELETE FROM card_fields WHERE realm_url = $1 AND (path, field, position) IN (VALUES {})", tuples(2, chunk.len(), 3));
+            let mut query = sqlx::query(&sql).bind(realm);
+            for (path, field, position) in chunk {
+                query = query.bind(path).bind(field).bind(position);
+            }
+            query.execute(&mut *conn).await?;
+        }
+        for chunk in changes.file_upserts.chunks(SQLITE_ROWS) {
+            let sql = format!(
+                "INSERT INTO files (realm_url, path, content, content_hash, created_at, last_modified, content_encoding) VALUES {}
+                 ON CONFLICT (realm_url, path) DO UPDATE SET content = excluded.content, content_hash = excluded.content_hash,
+                     last_modified = excluded.last_modified, content_encoding = excluded.content_encoding",
+                tuples(1, chunk.len(), 7)
+            );
+            let mut query = sqlx::query(&sql);
+            for (path, row) in chunk {
+                query = query.bind(realm).bind(path).bind(&row.content).bind(&row.content_hash).bind(row.created).bind(row.last_modified).bind(encoding(row));
+            }
+            query.execute(&mut *conn).await?;
+        }
+        for chunk in changes.card_upserts.chunks(SQLITE_ROWS) {
+            let sql = format!(
+                "INSERT INTO card_index (realm_url, path, card_id, card_type, search_doc, updated_at, search_version) VALUES {}
+                 ON CONFLICT (realm_url, path) DO UPDATE SET card_id = excluded.card_id, card_type = excluded.card_type,
+                     search_doc = excluded.search_doc, updated_at = excluded.updated_at, search_version = excluded.search_version",
+                tuples(1, chunk.len(), 7)
+            );
+            let mut query = sqlx::query(&sql);
+            for (path, card) in chunk {
+                query = query.bind(realm).bind(path).bind(&card.card_id).bind(&card.card_type).bind(&card.search_doc).bind(now).bind(SEARCH_VERSION);
+            }
+            query.execute(&mut *conn).await?;
+        }
+        for chunk in changes.field_upserts.chunks(SQLITE_ROWS) {
+            let sql = format!(
+                "INSERT INTO card_fields (realm_url, path, field, position, kind, text_key, text_value, folded, number_value) VALUES {}
+                 ON CONFLICT (realm_url, path, field, position) DO UPDATE SET kind = excluded.kind, text_key = excluded.text_key,
+                     text_value = excluded.text_value, folded = excluded.folded, number_value = excluded.number_value",
+                tuples(1, chunk.len(), 9)
+            );
+            let mut query = sqlx::query(&sql);
+            for (path, row) in chunk {
+                query = query
+                    .bind(realm).bind(path).bind(&row.field).bind(row.position).bind(row.kind as i64)
+                    .bind(&row.key).bind(&row.text).bind(row.folded.as_deref()).bind(row.number);
+            }
+            query.execute(&mut *conn).await?;
+        }
+        if !changes.events.is_empty() {
+            let last: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM realm_events WHERE realm_url = $1").bind(realm).fetch_one(&mut *conn).await?;
+            for (i, chunk) in changes.events.chunks(SQLITE_ROWS).enumerate() {
+                let sql = format!("INSERT INTO realm_events (realm_url, seq, payload, created_at) VALUES {}", tuples(1, chunk.len(), 4));
+                let mut query = sqlx::query(&sql);
+                for (j, payload) in chunk.iter().enumerate() {
+                    let seq = last + (i * SQLITE_ROWS + j) as i64 + 1;
+                    query = query.bind(realm).bind(seq).bind(payload).bind(now);
+                }
+                query.execute(&mut *conn).await?;
+            }
+            let seq = last + changes.events.len() as i64;
+            sqlx::query("DELETE FROM realm_events WHERE realm_url = $1 AND seq <= $2 - $3").bind(realm).bind(seq).bind(retention.keep).execute(&mut *conn).await?;
+            sqlx::query(
+                "DELETE FROM realm_events WHERE realm_url = $1 AND created_at < $3 AND seq < $2
+                 AND seq IN (SELECT e.seq FROM realm_events e WHERE e.realm_url = $1 ORDER BY e.seq LIMIT 100)",
+            )
+            .bind(realm).bind(seq).bind(retention.cutoff)
+            .execute(&mut *conn)
+            .await?;
+            newest.push((realm.clone(), seq));
+        }
+    }
+    Ok(newest)
+}
+
+impl Tx {
+    pub(super) async fn commit(self) -> Result<(), WriteError> {
+        match self {
+            Tx::Sqlite(t) => t.commit().await?,
+            Tx::Postgres(t) => t.end("COMMIT").await?,
+            Tx::Memory(_) => {}
+        }
+        Ok(())
+    }
+
+    pub(super) async fn rollback(self) -> Result<(), WriteError> {
+        match self {
+            Tx::Sqlite(t) => t.rollback().await?,
+            Tx::Postgres(t) => t.end("ROLLBACK").await?,
+            Tx::Memory(_) => {}
+        }
+        Ok(())
+    }
+}
