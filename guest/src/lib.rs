@@ -2,6 +2,7 @@
 //! validation and the request handlers built on them. Plain Rust with no
 //! I/O; `component` adapts it to the WIT world when built for wasm32.
 
+pub mod arena;
 pub mod atomic;
 pub mod error;
 #[cfg(feature = "fault-injection")]
@@ -15,3 +16,8 @@ pub mod store;
 
 #[cfg(target_arch = "wasm32")]
 mod component;
+
+/// Each call runs on a fresh instance whose memory is thrown away after it.
+#[cfg(target_arch = "wasm32")]
+#[global_allocator]
+static ALLOCATOR: arena::global::BumpArena = arena::global::BumpArena::new();

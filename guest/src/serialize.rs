@@ -470,28 +470,39 @@ pub fn card_document(
 ) -> Result<Value> {
     let data = parse_stored_card(stored)
         .ok_or_else(|| Error::UnsupportedMediaType(format!("{id} is not a card document")))?;
+    Ok(card_document_of(data, id, realm, created, last_modified))
+}
+
+/// [`card_document`] of a stored card resource already parsed (`data`, a
+/// card resource), taken apart rather than copied.
+pub fn card_document_of(
+    mut data: Map<String, Value>,
+    id: &str,
+    realm: &str,
+    created: i64,
+    last_modified: i64,
+) -> Value {
     let mut out = Map::new();
     out.insert("type".into(), json!("card"));
     out.insert("id".into(), json!(id));
     out.insert(
         "attributes".into(),
-        data.get("attributes").cloned().unwrap_or_else(|| json!({})),
+        data.remove("attributes").unwrap_or_else(|| json!({})),
     );
-    if let Some(rels) = data.get("relationships") {
-        out.insert("relationships".into(), rels.clone());
+    if let Some(rels) = data.remove("relationships") {
+        out.insert("relationships".into(), rels);
     }
-    let stored_meta = data
-        .get("meta")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
+    let mut stored_meta = match data.remove("meta") {
+        Some(Value::Object(meta)) => meta,
+        _ => Map::new(),
+    };
     let mut meta = Map::new();
-    if let Some(adopts) = stored_meta.get("adoptsFrom") {
-        meta.insert("adoptsFrom".into(), adopts.clone());
+    if let Some(adopts) = stored_meta.remove("adoptsFrom") {
+        meta.insert("adoptsFrom".into(), adopts);
     }
-    for (k, v) in &stored_meta {
-        if k != "adoptsFrom" && !SERVER_META_KEYS.contains(&k.as_str()) {
-            meta.insert(k.clone(), v.clone());
+    for (k, v) in stored_meta {
+        if !SERVER_META_KEYS.contains(&k.as_str()) {
+            meta.insert(k, v);
         }
     }
     meta.insert("lastModified".into(), json!(last_modified));
@@ -502,7 +513,7 @@ pub fn card_document(
     );
     out.insert("meta".into(), Value::Object(meta));
     out.insert("links".into(), json!({ "self": id }));
-    Ok(json!({ "data": Value::Object(out) }))
+    json!({ "data": Value::Object(out) })
 }
 
 /// The index row of a card: `card_type` is the module resolved against

@@ -5,14 +5,14 @@ use serde_json::Value;
 
 use super::card_body::{parse_card_body, side_loads, CardBody, SideLoad};
 use super::{
-    card_dir_name, check_if_match, missing_card, not_a_card, respond, respond_stored,
-    serialize_with_index, CardResponse,
+    card_dir_name, check_if_match, missing_card, not_a_card, respond_stored, respond_written,
+    serialize_card, CardResponse, SerializedCard,
 };
 use crate::error::{Error, Result};
 use crate::merge::merge_patch;
 use crate::paths;
 use crate::serialize::{absolutize_refs, parse_stored_card};
-use crate::store::{CardIndex, Store, WriteLock};
+use crate::store::{Store, WriteLock};
 
 const CREATE_INVALID: &str = "Request body is not valid card JSON-API";
 const PATCH_NOT_JSON: &str = "Invalid JSON body";
@@ -62,7 +62,7 @@ pub fn create_card<S: Store>(
     let base = paths::file_url(realm, dir);
     absolutize_refs(&mut data, &base)?;
     let side = side_loads(realm, dir, &base, &included, &mut data, &path)?;
-    let card = serialize_with_index(&data, realm, &path)?;
+    let card = serialize_card(&data, realm, &path)?;
 
     let mut lock = store.with_write_lock(realm)?;
     if lock.exists(&path)? {
@@ -105,11 +105,11 @@ pub fn patch_card<S: Store>(
     if side.is_empty() && merged == original {
         return respond_stored(&stored, &id, realm);
     }
-    let (content, index) = serialize_with_index(&merged, realm, &file_path)?;
-    if side.is_empty() && content == stored.content {
+    let card = serialize_card(&merged, realm, &file_path)?;
+    if side.is_empty() && card.content == stored.content {
         return respond_stored(&stored, &id, realm);
     }
-    write_and_commit(lock, side, &file_path, (content, index), &id, realm)
+    write_and_commit(lock, side, &file_path, card, &id, realm)
 }
 
 /// The card a PATCH or DELETE names: its path without `.json`, its id and
@@ -135,23 +135,17 @@ fn write_and_commit<L: WriteLock>(
     mut lock: L,
     side: Vec<SideLoad>,
     path: &str,
-    (content, index): (String, CardIndex),
+    card: SerializedCard,
     id: &str,
     realm: &str,
 ) -> Result<CardResponse> {
     for s in side {
         lock.write(&s.path, &s.content, Some(s.index))?;
     }
+    let SerializedCard { content, index, value } = card;
     let meta = lock.write(path, &content, Some(index))?;
     lock.commit()?;
-    respond(
-        &content,
-        id,
-        realm,
-        &meta.etag,
-        meta.created,
-        meta.last_modified,
-    )
+    respond_written(value, id, realm, &meta.etag, meta.created, meta.last_modified)
 }
 
 /// DELETE the card file `<path>.json` (and its index row) under the lock:
@@ -178,9 +172,26 @@ pub fn delete_card<S: Store>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::handlers::serialize_with_index;
     use crate::handlers::test_support::*;
     use crate::memory::MemoryStore;
     use serde_json::json;
+
+    #[test]
+    fn a_create_or_patch_answers_exactly_what_a_get_of_the_written_file_answers() {
+        let store = MemoryStore::new();
+        store.set_clock(70);
+        let rich = person(json!({"firstName": "Van", "n": 1.5e300, "big": 18446744073709551615u64,
+            "nested": {"z": [1, {"y": null}], "a": "é\u{1F600}"}}));
+        let mut data = rich.clone();
+        data["relationships"] = json!({"friend": {"links": {"self": "./Mango"}}});
+        data["meta"]["fields"] = json!({"x": {"adoptsFrom": {"module": "./pet", "name": "Pet"}}});
+        let created = create_card(&store, REALM, "", "abc", &doc(data)).unwrap();
+        let got = get_card(&store, REALM, "Person/abc").unwrap();
+        assert_eq!(created, got);
+        let patched = patch_card(&store, REALM, "Person/abc", &doc(json!({"type": "card", "attributes": {"n": -0.0, "more": [true]}, "meta": {"adoptsFrom": {"module": "../person", "name": "Person"}}})), None).unwrap();
+        assert_eq!(patched, get_card(&store, REALM, "Person/abc").unwrap());
+    }
 
     #[test]
     fn create_then_get() {

@@ -28,7 +28,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::paths;
-use crate::serialize::{card_document, card_index, serialize_card_value};
+use crate::serialize::{card_document, card_document_of, card_index, serialize_card_value};
 use crate::store::{CardIndex, StoredFile};
 
 /// A card document answered to the client (the WIT `card-response`).
@@ -126,7 +126,38 @@ fn respond(
 ) -> Result<CardResponse> {
     let doc =
         card_document(content, id, realm, created, last_modified).map_err(|_| not_a_card(id))?;
-    let body = serde_json::to_string_pretty(&doc).map_err(|e| Error::Storage(e.to_string()))?;
+    respond_document(&doc, id, etag, created, last_modified)
+}
+
+/// The answer to a create or PATCH: the card as just written (`value`,
+/// what its file's text prints), without reading that text back.
+fn respond_written(
+    value: Value,
+    id: &str,
+    realm: &str,
+    etag: &str,
+    created: i64,
+    last_modified: i64,
+) -> Result<CardResponse> {
+    let data = match value {
+        Value::Object(mut doc) => match doc.remove("data") {
+            Some(Value::Object(data)) => data,
+            _ => return Err(not_a_card(id)),
+        },
+        _ => return Err(not_a_card(id)),
+    };
+    let doc = card_document_of(data, id, realm, created, last_modified);
+    respond_document(&doc, id, etag, created, last_modified)
+}
+
+fn respond_document(
+    doc: &Value,
+    id: &str,
+    etag: &str,
+    created: i64,
+    last_modified: i64,
+) -> Result<CardResponse> {
+    let body = serde_json::to_string_pretty(doc).map_err(|e| Error::Storage(e.to_string()))?;
     Ok(CardResponse {
         body,
         etag: etag.to_string(),
@@ -148,13 +179,26 @@ fn respond_stored(file: &StoredFile, id: &str, realm: &str) -> Result<CardRespon
     )
 }
 
+/// A card serialised for its file: the text, its index row, and the
+/// `{"data": …}` value the text prints.
+struct SerializedCard {
+    content: String,
+    index: CardIndex,
+    value: Value,
+}
+
 /// Serialise a card for the realm-local file `path` with its index row.
-fn serialize_with_index(resource: &Value, realm: &str, path: &str) -> Result<(String, CardIndex)> {
+fn serialize_card(resource: &Value, realm: &str, path: &str) -> Result<SerializedCard> {
     let value = serialize_card_value(resource, &paths::file_url(realm, path), realm)?;
-    let text = serde_json::to_string_pretty(&value).map_err(|e| Error::Storage(e.to_string()))?;
+    let content = serde_json::to_string_pretty(&value).map_err(|e| Error::Storage(e.to_string()))?;
     let id = paths::card_id(realm, path);
     let index = card_index(&value, &id, &id);
-    Ok((text, index))
+    Ok(SerializedCard { content, index, value })
+}
+
+/// [`serialize_card`]'s text and index row.
+fn serialize_with_index(resource: &Value, realm: &str, path: &str) -> Result<(String, CardIndex)> {
+    serialize_card(resource, realm, path).map(|card| (card.content, card.index))
 }
 
 /// Fixtures shared by the handlers' tests.

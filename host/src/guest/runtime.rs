@@ -183,6 +183,9 @@ pub fn engine(sandbox: Sandbox) -> wasmtime::Result<Wasm> {
     // Reused slots are zeroed in place rather than unmapped: a fresh
     // instance per request then costs no page faults for its first pages.
     pooling.linear_memory_keep_resident(4 << 20);
+    // Reset only the pages a call touched (Linux 6.7+; elsewhere the
+    // keep-resident prefix is zeroed whole).
+    pooling.pagemap_scan(wasmtime::Enabled::Auto);
     pooling.table_keep_resident(64 << 10);
     pooling.async_stack_keep_resident(256 << 10);
     let mut config = Config::new();
