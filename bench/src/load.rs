@@ -147,9 +147,15 @@ pub async fn run(args: LoadArgs) -> Result<(), String> {
             }
         }
         record.set_outcome(latencies);
+        record.peak_rss_mb = args.watch_pids.iter().filter_map(|&pid| peak_rss_mb(pid)).reduce(f64::max);
         if let (Some(before), Some(after)) = (metrics_before, metrics_after) {
-            record.batches = Some(after.0.saturating_sub(before.0));
-            record.batch_members = Some(after.1.saturating_sub(before.1));
+            let delta = |f: fn(&Counters) -> f64| Some(f(&after) - f(&before)).filter(|d| d.is_finite());
+            record.batches = delta(|c| c.commits).map(|d| d as u64);
+            record.batch_members = delta(|c| c.members).map(|d| d as u64);
+            record.realm_batches = delta(|c| c.realm_batches).map(|d| d as u64);
+            record.turns = delta(|c| c.turns).map(|d| d as u64);
+            record.turn_s = delta(|c| c.turn_s);
+            record.commit_s = delta(|c| c.commit_s);
         }
         eprintln!("{}", record.summary());
         match (&subscribers, streams_before, streams_after) {
@@ -657,25 +663,52 @@ impl SseParser {
 }
 
 /// Sum over replicas of (commits, requests committed) from `/_metrics`.
-async fn metrics(ctx: &Ctx) -> Option<(u64, u64)> {
-    let mut total = (0, 0);
+/// The write-path counters of `/_metrics`, summed over the servers.
+#[derive(Clone, Copy, Default)]
+struct Counters {
+    commits: f64,
+    members: f64,
+    realm_batches: f64,
+    turns: f64,
+    turn_s: f64,
+    commit_s: f64,
+}
+
+async fn metrics(ctx: &Ctx) -> Option<Counters> {
+    let mut total = Counters::default();
     for server in &ctx.servers {
         let text = ctx.http.get(format!("{server}/_metrics")).send().await.ok()?.text().await.ok()?;
-        let (b, m) = parse_metrics(&text)?;
-        total.0 += b;
-        total.1 += m;
+        let c = parse_metrics(&text)?;
+        total.commits += c.commits;
+        total.members += c.members;
+        total.realm_batches += c.realm_batches;
+        total.turns += c.turns;
+        total.turn_s += c.turn_s;
+        total.commit_s += c.commit_s;
     }
     Some(total)
 }
 
-fn parse_metrics(text: &str) -> Option<(u64, u64)> {
+fn parse_metrics(text: &str) -> Option<Counters> {
     let value = |name: &str| {
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
-            .map(|v| v as u64)
+        text.lines().filter(|l| !l.starts_with('#')).find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
     };
-    Some((value("realm_write_commits_total ")?, value("realm_write_requests_committed_total ")?))
+    Some(Counters {
+        commits: value("realm_write_commits_total")?,
+        members: value("realm_write_requests_committed_total")?,
+        // Older servers do not report the time split.
+        realm_batches: value("realm_write_realm_batches_total").unwrap_or(f64::NAN),
+        turns: value("realm_write_turns_total").unwrap_or(f64::NAN),
+        turn_s: value("realm_write_turn_seconds_total").unwrap_or(f64::NAN),
+        commit_s: value("realm_write_commit_seconds_total").unwrap_or(f64::NAN),
+    })
+}
+
+/// Peak resident set (VmHWM) of a process, in MB.
+fn peak_rss_mb(pid: i32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb / 1024.0)
 }
 
 #[cfg(test)]
@@ -684,8 +717,13 @@ mod tests {
     fn parses_the_prometheus_counters() {
         let text = "# TYPE realm_write_commits_total counter\nrealm_write_commits_total 12\n\
                     # TYPE realm_write_requests_committed_total counter\nrealm_write_requests_committed_total 40\n";
-        assert_eq!(super::parse_metrics(text), Some((12, 40)));
-        assert_eq!(super::parse_metrics("nothing"), None);
+        let c = super::parse_metrics(text).expect("parsed");
+        assert_eq!((c.commits, c.members), (12.0, 40.0));
+        assert!(c.turn_s.is_nan(), "an older server without the time split");
+        let text = format!("{text}realm_write_turns_total 7\nrealm_write_turn_seconds_total 0.5\n");
+        let c = super::parse_metrics(&text).expect("parsed");
+        assert_eq!((c.turns, c.turn_s), (7.0, 0.5));
+        assert!(super::parse_metrics("nothing").is_none());
     }
 
     #[test]

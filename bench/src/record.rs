@@ -39,6 +39,16 @@ pub struct Record {
     /// Coalescing counters (deltas over the run) from `/_metrics`.
     pub batches: Option<u64>,
     pub batch_members: Option<u64>,
+    /// The write path's time split (deltas over the run) from `/_metrics`:
+    /// realm batches carried by those commits, writers' turns and their
+    /// total seconds, seconds spent flushing and committing.
+    pub realm_batches: Option<u64>,
+    pub turns: Option<u64>,
+    pub turn_s: Option<f64>,
+    pub commit_s: Option<f64>,
+    /// Peak resident memory of the server processes after the run (MB, the
+    /// largest replica's VmHWM).
+    pub peak_rss_mb: Option<f64>,
     /// Guest benchmark: mean time of one call.
     pub ns_per_call: Option<f64>,
     pub iterations: Option<u64>,

@@ -414,11 +414,12 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         events_heartbeat: args.events_heartbeat,
     };
     let coalescing = lock::Coalescing { max_batch: args.coalesce_max_batch, max_wait: args.coalesce_max_wait };
-    let locks = Arc::new(Locks::with_coalescing(args.lock_timeout, limits, coalescing).retaining_events(args.events_retain_count, args.events_retain_age));
+    let locks = Arc::new(Locks::with_coalescing(args.lock_timeout, limits, coalescing).retaining_events(args.events_retain_count));
     let event_options = events::EventOptions {
         buffer: usize::try_from(args.events_buffer).unwrap_or(usize::MAX),
         poll: args.events_poll,
         retain_age: args.events_retain_age,
+        retain_count: args.events_retain_count,
     };
     let hub = events::start(db.clone(), &locks, event_options);
     let sandbox = runtime::Sandbox {

@@ -160,12 +160,13 @@ impl EventHub {
         Ok(window)
     }
 
-    /// Drops events older than `cutoff` (unix seconds), keeping each realm's
-    /// newest: its seq is what the next one counts from.
-    pub async fn prune_older_than(&self, cutoff: i64) -> Result<u64, DbError> {
-        let sql = "DELETE FROM realm_events WHERE created_at < $1
-                   AND seq < (SELECT MAX(e.seq) FROM realm_events e WHERE e.realm_url = realm_events.realm_url)";
-        let removed = on_pool!(&self.db, pool => sqlx::query(sql).bind(cutoff).execute(pool).await?.rows_affected());
+    /// Drops events older than `cutoff` (unix seconds) or more than `keep`
+    /// before their realm's newest, keeping each realm's newest: its seq is
+    /// what the next one counts from.
+    pub async fn prune(&self, cutoff: i64, keep: i64) -> Result<u64, DbError> {
+        let sql = "DELETE FROM realm_events WHERE seq < (SELECT MAX(e.seq) FROM realm_events e WHERE e.realm_url = realm_events.realm_url)
+                   AND (created_at < $1 OR seq <= (SELECT MAX(e.seq) FROM realm_events e WHERE e.realm_url = realm_events.realm_url) - $2)";
+        let removed = on_pool!(&self.db, pool => sqlx::query(sql).bind(cutoff).bind(keep).execute(pool).await?.rows_affected());
         Ok(removed)
     }
 }

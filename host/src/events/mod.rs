@@ -26,6 +26,9 @@ pub struct EventOptions {
     pub poll: Duration,
     /// Events older than this are pruned (each realm keeps its newest).
     pub retain_age: Duration,
+    /// Events each realm keeps at most (a write retires the one this many
+    /// before it; the periodic prune catches up on the rest).
+    pub retain_count: u64,
 }
 
 /// Starts the hub and what wakes it: local commits, NOTIFY, the poll.
@@ -46,13 +49,16 @@ pub fn start(db: Database, locks: &Locks, options: EventOptions) -> Arc<EventHub
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(options.poll.max(Duration::from_millis(10)));
         let mut last_prune = std::time::Instant::now();
+        // A short retention is pruned often, a long one once a minute.
+        let prune_every = (options.retain_age / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
         loop {
             tick.tick().await;
             polled.wake_all().await;
-            if last_prune.elapsed() >= Duration::from_secs(60) {
+            if last_prune.elapsed() >= prune_every {
                 last_prune = std::time::Instant::now();
-                let cutoff = now_unix() - i64::try_from(options.retain_age.as_secs()).unwrap_or(i64::MAX);
-                if let Err(e) = polled.prune_older_than(cutoff).await {
+                let cutoff = now_unix().saturating_sub(i64::try_from(options.retain_age.as_secs()).unwrap_or(i64::MAX));
+                let keep = i64::try_from(options.retain_count).unwrap_or(i64::MAX);
+                if let Err(e) = polled.prune(cutoff, keep).await {
                     tracing::warn!(error = %e, "cannot prune old realm events");
                 }
             }

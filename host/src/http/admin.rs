@@ -11,17 +11,30 @@ use super::body::read_body;
 use super::responses::{error, json_response, storage_error, text_response, Reply};
 use crate::auth;
 
-/// Prometheus text: how many coalesced commits, and how many requests
-/// they carried (members / batches is the mean batch size).
+/// Prometheus text: how many commits, how many write requests and realm
+/// batches they carried (requests / commits is the mean batch size), how
+/// long writers held their realm's turn and how long the flushes and
+/// COMMITs took; how often the realm list was read.
 pub(super) fn metrics(app: &App) -> Response {
     use std::sync::atomic::Ordering;
-    let batches = app.stats.batches.load(Ordering::Relaxed);
-    let members = app.stats.members.load(Ordering::Relaxed);
+    let s = &app.stats;
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let seconds = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed) as f64 / 1e9;
     let body = format!(
-        "# TYPE realm_write_commits_total counter\nrealm_write_commits_total {batches}\n\
-         # TYPE realm_write_requests_committed_total counter\nrealm_write_requests_committed_total {members}\n\
-         # TYPE realm_list_loads_total counter\nrealm_list_loads_total {loads}\n",
-        loads = app.realms.loads(),
+        "# TYPE realm_write_commits_total counter\nrealm_write_commits_total {}\n\
+         # TYPE realm_write_requests_committed_total counter\nrealm_write_requests_committed_total {}\n\
+         # TYPE realm_write_realm_batches_total counter\nrealm_write_realm_batches_total {}\n\
+         # TYPE realm_write_turns_total counter\nrealm_write_turns_total {}\n\
+         # TYPE realm_write_turn_seconds_total counter\nrealm_write_turn_seconds_total {:.6}\n\
+         # TYPE realm_write_commit_seconds_total counter\nrealm_write_commit_seconds_total {:.6}\n\
+         # TYPE realm_list_loads_total counter\nrealm_list_loads_total {}\n",
+        count(&s.batches),
+        count(&s.members),
+        count(&s.realm_batches),
+        count(&s.turns),
+        seconds(&s.turn_nanos),
+        seconds(&s.commit_nanos),
+        app.realms.loads(),
     );
     text_response(StatusCode::OK, "text/plain; version=0.0.4", body)
 }

@@ -39,6 +39,18 @@ pub struct BatchStats {
     /// Realm batches those commits carried (more than `batches` when
     /// realms shared a commit).
     pub realm_batches: AtomicU64,
+    /// Turns ended (a writer's critical section), and their total length.
+    pub turns: AtomicU64,
+    pub turn_nanos: AtomicU64,
+    /// Total time of the flushes and COMMITs of those commits.
+    pub commit_nanos: AtomicU64,
+}
+
+impl BatchStats {
+    pub(super) fn add_turn(&self, held: Duration) {
+        self.turns.fetch_add(1, Ordering::Relaxed);
+        self.turn_nanos.fetch_add(u64::try_from(held.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
 }
 
 /// What every group of a replica shares: where it reports.
@@ -46,8 +58,8 @@ pub(super) struct Shared {
     pub(super) stats: Arc<BatchStats>,
     /// Realms whose commit appended events, and their newest seq.
     pub(super) committed: tokio::sync::broadcast::Sender<(String, i64)>,
-    /// Events each realm keeps, and for how long (seconds).
-    pub(super) retain_events: (i64, i64),
+    /// Events each realm keeps.
+    pub(super) retain_events: i64,
 }
 
 /// What a member learns once its group is over.
@@ -160,6 +172,11 @@ impl Group {
         self.outcome.subscribe()
     }
 
+    /// Counts a member's turn of `held` in the replica's statistics.
+    pub(super) fn record_turn(&self, held: Duration) {
+        self.shared.stats.add_turn(held);
+    }
+
     /// Waits until the group is over; answers how it went.
     pub(super) async fn finished(&self) -> Result<(), WriteError> {
         let mut outcome = self.outcome();
@@ -216,11 +233,13 @@ impl Group {
             return;
         };
         let changes: Vec<_> = realms.iter().filter(|(_, b)| !b.is_empty()).map(|(realm, b)| (realm.clone(), b.changes())).collect();
+        let started = Instant::now();
         let result = if changes.is_empty() {
             tx.rollback().await.map(|()| Vec::new())
         } else {
             self.commit(tx, &changes).await
         };
+        let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         // The next group may take the database's write lock now.
         drop(writer);
         match result {
@@ -230,6 +249,7 @@ impl Group {
                     stats.batches.fetch_add(1, Ordering::Relaxed);
                     stats.members.fetch_add(writers as u64, Ordering::Relaxed);
                     stats.realm_batches.fetch_add(changes.len() as u64, Ordering::Relaxed);
+                    stats.commit_nanos.fetch_add(took, Ordering::Relaxed);
                 }
                 self.outcome.send_replace(Some(Ok(())));
                 for announced in newest {
@@ -246,8 +266,7 @@ impl Group {
 
     async fn commit(&self, mut tx: Tx, changes: &[(String, super::overlay::RealmChanges)]) -> Result<Vec<(String, i64)>, WriteError> {
         let now = now_unix();
-        let (keep, age) = self.shared.retain_events;
-        let retention = Retention { keep, cutoff: now.saturating_sub(age) };
+        let retention = Retention { keep: self.shared.retain_events };
         match sql::flush(&mut tx, changes, now, retention).await {
             Ok(newest) => tx.commit().await.map(|()| newest),
             Err(e) => {

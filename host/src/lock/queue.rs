@@ -69,7 +69,7 @@ impl Locks {
 
     pub fn with_coalescing(timeout: Duration, limits: Limits, coalescing: Coalescing) -> Locks {
         let stats = Arc::new(BatchStats::default());
-        let shared = Shared { stats: stats.clone(), committed: tokio::sync::broadcast::channel(4096).0, retain_events: (10_000, 7 * 86_400) };
+        let shared = Shared { stats: stats.clone(), committed: tokio::sync::broadcast::channel(4096).0, retain_events: 10_000 };
         Locks {
             queues: Mutex::new(HashMap::new()),
             current: Mutex::new(None),
@@ -83,15 +83,11 @@ impl Locks {
         }
     }
 
-    /// Keeps the newest `count` events of each realm, none older than `age`
-    /// (but always the newest).
-    pub fn retaining_events(mut self, count: u64, age: Duration) -> Locks {
-        let age = i64::try_from(age.as_secs()).unwrap_or(i64::MAX);
-        let shared = Shared {
-            stats: self.stats.clone(),
-            committed: self.shared.committed.clone(),
-            retain_events: (i64::try_from(count).unwrap_or(i64::MAX), age),
-        };
+    /// Keeps the newest `count` events of each realm (an appended event
+    /// retires the one `count` before it; pruning by age is the events
+    /// hub's).
+    pub fn retaining_events(mut self, count: u64) -> Locks {
+        let shared = Shared { stats: self.stats.clone(), committed: self.shared.committed.clone(), retain_events: i64::try_from(count).unwrap_or(i64::MAX) };
         self.shared = Arc::new(shared);
         self
     }

@@ -183,10 +183,9 @@ where
 /// What a flush keeps of the realms' events.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Retention {
-    /// Events each realm keeps.
+    /// Events each realm keeps: an appended event retires the one this
+    /// many before it.
     pub keep: i64,
-    /// Unix seconds: older events are pruned (never a realm's newest).
-    pub cutoff: i64,
 }
 
 /// Writes every realm's changes in the open transaction; answers the
@@ -219,8 +218,10 @@ pub(super) async fn flush(tx: &mut Tx, realms: &[(String, RealmChanges)], now: i
 /// other one touches (a path is upserted or deleted, a field row upserted,
 /// deleted or reset, never two of these), so their order does not matter;
 /// the foreign keys are checked at the end of the statement. Event seqs
-/// continue each realm's newest; the NOTIFY (realm and newest seq) is
-/// delivered only on COMMIT.
+/// continue each realm's newest; each appended event retires the one
+/// `keep` before it (a primary-key lookup; pruning by age, and whatever
+/// a smaller `keep` leaves, is the events hub's periodic job); the NOTIFY
+/// (realm and newest seq) is delivered only on COMMIT.
 const FLUSH_POSTGRES: &str = "WITH
     new_files AS (
         INSERT INTO files (realm_url, path, content, content_hash, created_at, last_modified, content_encoding)
@@ -232,7 +233,7 @@ const FLUSH_POSTGRES: &str = "WITH
         WHERE f.realm_url = d.realm_url AND f.path = d.path),
     new_cards AS (
         INSERT INTO card_index (realm_url, path, card_id, card_type, search_doc, updated_at, search_version)
-        SELECT r, p, i, t, s, $38, $39 FROM UNNEST($10::text[], $11::text[], $12::text[], $13::text[], $14::text[]) AS c(r, p, i, t, s)
+        SELECT r, p, i, t, s, $37, $38 FROM UNNEST($10::text[], $11::text[], $12::text[], $13::text[], $14::text[]) AS c(r, p, i, t, s)
         ON CONFLICT (realm_url, path) DO UPDATE SET card_id = excluded.card_id, card_type = excluded.card_type,
             search_doc = excluded.search_doc, updated_at = excluded.updated_at, search_version = excluded.search_version),
     gone_cards AS (
@@ -251,19 +252,18 @@ const FLUSH_POSTGRES: &str = "WITH
         WHERE f.realm_url = d.realm_url AND f.path = d.path
           AND NOT EXISTS (SELECT 1 FROM UNNEST($17::text[], $18::text[], $19::text[], $20::int8[]) AS n(realm_url, path, field, position)
                           WHERE n.realm_url = f.realm_url AND n.path = f.path AND n.field = f.field AND n.position = f.position)),
+    new_events AS (SELECT * FROM UNNEST($32::text[], $33::int8[], $34::text[]) AS e(realm_url, ord, payload)),
+    last_seq AS (
+        SELECT r.realm_url, COALESCE((SELECT MAX(m.seq) FROM realm_events m WHERE m.realm_url = r.realm_url), 0) AS seq
+        FROM (SELECT DISTINCT realm_url FROM new_events) r),
     appended AS (
         INSERT INTO realm_events (realm_url, seq, payload, created_at)
-        SELECT e.realm_url, COALESCE((SELECT MAX(m.seq) FROM realm_events m WHERE m.realm_url = e.realm_url), 0) + e.ord, e.payload, $38
-        FROM UNNEST($32::text[], $33::int8[], $34::text[]) AS e(realm_url, ord, payload)
+        SELECT e.realm_url, l.seq + e.ord, e.payload, $37 FROM new_events e JOIN last_seq l ON l.realm_url = e.realm_url
         RETURNING realm_url, seq),
     newest AS (SELECT realm_url, MAX(seq) AS seq FROM appended GROUP BY realm_url),
     by_count AS (
-        DELETE FROM realm_events r USING newest n WHERE r.realm_url = n.realm_url AND r.seq <= n.seq - $35),
-    by_age AS (
-        DELETE FROM realm_events r USING newest n
-        WHERE r.realm_url = n.realm_url AND r.created_at < $36 AND r.seq < n.seq
-          AND r.seq IN (SELECT e.seq FROM realm_events e WHERE e.realm_url = n.realm_url ORDER BY e.seq LIMIT 100))
-    SELECT realm_url, seq, pg_notify($37, realm_url || ' ' || seq) FROM newest";
+        DELETE FROM realm_events r USING appended a WHERE r.realm_url = a.realm_url AND r.seq = a.seq - $35)
+    SELECT realm_url, seq, pg_notify($36, realm_url || ' ' || seq) FROM newest";
 
 /// Column arrays of every table, for the Postgres flush.
 #[derive(Default)]
@@ -356,7 +356,7 @@ async fn flush_postgres(t: &mut PgTx, realms: &[(String, RealmChanges)], now: i6
         .bind(c.gone_field.0).bind(c.gone_field.1).bind(c.gone_field.2).bind(c.gone_field.3)
         .bind(c.reset.0).bind(c.reset.1)
         .bind(c.event.0).bind(c.event.1).bind(c.event.2)
-        .bind(retention.keep).bind(retention.cutoff).bind(EVENTS_CHANNEL)
+        .bind(retention.keep).bind(EVENTS_CHANNEL)
         .bind(now).bind(SEARCH_VERSION)
         .fetch_all(t.conn())
         .await?;
@@ -457,14 +457,10 @@ async fn flush_sqlite(t: &mut Transaction<'static, Sqlite>, realms: &[(String, R
                 query.execute(&mut *conn).await?;
             }
             let seq = last + changes.events.len() as i64;
-            sqlx::query("DELETE FROM realm_events WHERE realm_url = $1 AND seq <= $2 - $3").bind(realm).bind(seq).bind(retention.keep).execute(&mut *conn).await?;
-            sqlx::query(
-                "DELETE FROM realm_events WHERE realm_url = $1 AND created_at < $3 AND seq < $2
-                 AND seq IN (SELECT e.seq FROM realm_events e WHERE e.realm_url = $1 ORDER BY e.seq LIMIT 100)",
-            )
-            .bind(realm).bind(seq).bind(retention.cutoff)
-            .execute(&mut *conn)
-            .await?;
+            sqlx::query("DELETE FROM realm_events WHERE realm_url = $1 AND seq > $2 - $4 AND seq <= $3 - $4")
+                .bind(realm).bind(last).bind(seq).bind(retention.keep)
+                .execute(&mut *conn)
+                .await?;
             newest.push((realm.clone(), seq));
         }
     }

@@ -93,6 +93,8 @@ pub struct WriteTxn {
     hints: Arc<Hints>,
     /// `Some` until the turn ends.
     turn: Option<OwnedMutexGuard<()>>,
+    /// When the turn began.
+    began: std::time::Instant,
     batch: Option<RealmBatch>,
     member: Member,
     limits: Limits,
@@ -107,6 +109,7 @@ impl WriteTxn {
             group,
             hints,
             turn: Some(turn),
+            began: std::time::Instant::now(),
             batch: Some(batch),
             member: Member::default(),
             limits,
@@ -266,6 +269,7 @@ impl WriteTxn {
             self.group.put_batch(&self.realm, batch);
         }
         if self.turn.take().is_some() {
+            self.group.record_turn(self.began.elapsed());
             self.group.leave(wrote);
         }
     }
