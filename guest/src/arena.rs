@@ -121,8 +121,8 @@ pub mod global {
             extern "C" {
                 static __heap_base: u8;
             }
-            // SAFETY: only the symbol's address is taken.
-            let base = unsafe { core::ptr::addr_of!(__heap_base) } as usize;
+            // Only the symbol's address is taken.
+            let base = core::ptr::addr_of!(__heap_base) as usize;
             let end = core::arch::wasm32::memory_size(0) * PAGE;
             (base.min(end), end)
         }

@@ -381,6 +381,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let embedded_default = args.database.is_none();
     let database = args.database.unwrap_or_else(|| DEFAULT_DATABASE.to_string());
     let db = connect(&database).await?;
+    lock::prepare(&db).await.map_err(|e| format!("cannot prepare the write path in {database}: {e}"))?;
     let rebuilt = search::index::rebuild_stale(&db).await.map_err(|e| format!("cannot rebuild the search index: {e}"))?;
     if rebuilt > 0 {
         tracing::info!(cards = rebuilt, "search index rebuilt for cards indexed by an older version");

@@ -92,9 +92,10 @@ struct State {
 }
 
 impl Group {
-    /// A group holding `realm`'s lock in `tx`, with its opener admitted.
-    pub(super) fn new(tx: Tx, realm: &str, coalescing: Coalescing, shared: Arc<Shared>, writer: Option<OwnedMutexGuard<()>>) -> Arc<Group> {
-        let realms = HashMap::from([(realm.to_string(), Some(RealmBatch::default()))]);
+    /// A group holding `realm`'s lock in `tx` (where `found` was read of
+    /// it), with its opener admitted.
+    pub(super) fn new(tx: Tx, realm: &str, found: Read, coalescing: Coalescing, shared: Arc<Shared>, writer: Option<OwnedMutexGuard<()>>) -> Arc<Group> {
+        let realms = HashMap::from([(realm.to_string(), Some(found.into_batch()))]);
         Arc::new(Group {
             tx: tokio::sync::Mutex::new(Some(tx)),
             state: Mutex::new(State { open: true, active: 1, admitted: 1, writers: 0, realms, writer }),
@@ -131,19 +132,18 @@ impl Group {
     }
 
     /// Adds `realm` to the group, taking its lock if it is free right now
-    /// (never waiting: see `sql::try_add_realm`). False when another
-    /// transaction holds it.
-    pub(super) async fn try_add(&self, realm: &str) -> Result<bool, WriteError> {
+    /// (never waiting: see `sql::try_add_realm`) and reading `paths` of it.
+    /// False when another transaction holds it.
+    pub(super) async fn try_add(&self, realm: &str, paths: Vec<String>) -> Result<bool, WriteError> {
         if self.holds(realm) {
             return Ok(true);
         }
         let mut tx = self.tx.lock().await;
         let tx = tx.as_mut().ok_or_else(finished)?;
-        let locked = sql::try_add_realm(tx, realm).await?;
-        if locked {
-            self.state().realms.entry(realm.to_string()).or_insert_with(|| Some(RealmBatch::default()));
-        }
-        Ok(locked)
+        let Some(found) = sql::try_add_realm(tx, realm, &paths).await? else { return Ok(false) };
+        let batch = Read { paths, found }.into_batch();
+        self.state().realms.entry(realm.to_string()).or_insert(Some(batch));
+        Ok(true)
     }
 
     /// Takes `realm`'s batch for a member holding that realm's turn.
@@ -276,6 +276,24 @@ impl Group {
                 Err(e)
             }
         }
+    }
+}
+
+/// What was read of a realm as its lock was taken.
+pub(super) struct Read {
+    pub(super) paths: Vec<String>,
+    pub(super) found: HashMap<String, FileState>,
+}
+
+impl Read {
+    /// A realm batch that knows these paths (a path not found is known absent).
+    fn into_batch(mut self) -> RealmBatch {
+        let mut batch = RealmBatch::default();
+        for path in self.paths {
+            let state = self.found.remove(&path);
+            batch.learn(&path, state);
+        }
+        batch
     }
 }
 

@@ -36,4 +36,5 @@ pub use group::{BatchStats, Coalescing};
 pub use error::WriteError;
 pub use outbox::EVENTS_CHANNEL;
 pub use queue::Locks;
+pub use sql::prepare;
 pub use txn::{IndexRow, Limits, WriteTxn, Written};

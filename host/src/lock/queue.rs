@@ -7,16 +7,16 @@
 //! opens a group of its own that waits for the lock.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::error::WriteError;
-use super::group::{BatchStats, Coalescing, Group, Shared};
+use super::group::{BatchStats, Coalescing, Group, Read, Shared};
 use super::sql;
-use super::txn::{Hints, Limits, WriteTxn};
+use super::txn::{Limits, Waiters, WriteTxn, PREFETCH_HINTS};
 use crate::store::Database;
 
 /// The in-process side of the write locks: one FIFO turn per realm, and
@@ -43,10 +43,8 @@ struct RealmQueue {
     turn: Arc<tokio::sync::Mutex<()>>,
     /// The group holding the realm's database lock, while it is open.
     group: Mutex<Option<Arc<Group>>>,
-    /// Writers waiting for the turn.
-    waiting: AtomicUsize,
-    /// The paths queued writers will read.
-    hints: Arc<Hints>,
+    /// Who waits for the turn, and what they will read.
+    waiters: Arc<Waiters>,
 }
 
 fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -99,7 +97,7 @@ impl Locks {
 
     /// Writers waiting for the realm's turn right now.
     pub fn waiting(&self, realm: &str) -> usize {
-        self.queue(realm).waiting.load(Ordering::SeqCst)
+        self.queue(realm).waiters.count()
     }
 
     fn queue(&self, realm: &str) -> Arc<RealmQueue> {
@@ -117,7 +115,7 @@ impl Locks {
     pub async fn acquire_for(&self, db: &Database, realm: &str, hints: Vec<String>) -> Result<WriteTxn, WriteError> {
         let deadline = Instant::now() + self.timeout;
         let queue = self.queue(realm);
-        let ticket = Ticket::enter(&queue, self.tickets.fetch_add(1, Ordering::Relaxed), hints);
+        let ticket = Ticket::enter(&queue, self.tickets.fetch_add(1, Ordering::Relaxed), hints.clone());
         // Joining the realm's open group now keeps it open for us while we wait.
         let mut admitted = Admitted(queue.group().filter(|g| g.join()));
         let lock_turn = || async {
@@ -125,6 +123,14 @@ impl Locks {
             turn.map_err(|_| WriteError::LockTimeout(realm.to_string()))
         };
         let mut turn = lock_turn().await?;
+        // A place the previous holder kept for us in the realm's group.
+        if let Some(handed) = queue.waiters.take_handover() {
+            if admitted.0.is_none() {
+                admitted.0 = Some(handed);
+            } else {
+                handed.leave(false);
+            }
+        }
         drop(ticket);
         let group = loop {
             match queue.group() {
@@ -155,7 +161,13 @@ impl Locks {
                 }
                 None => {
                     admitted.release();
-                    let group = self.group_for(db, realm, deadline).await?;
+                    // Read along with the lock: what this writer and the
+                    // ones queued behind it will read.
+                    let mut paths = hints.clone();
+                    paths.extend(queue.waiters.paths(PREFETCH_HINTS));
+                    paths.sort();
+                    paths.dedup();
+                    let group = self.group_for(db, realm, paths, deadline).await?;
                     *locked(&queue.group) = Some(group.clone());
                     break group;
                 }
@@ -168,15 +180,16 @@ impl Locks {
                 return Err(e);
             }
         };
-        Ok(WriteTxn::new(realm, group, queue.hints.clone(), turn, batch, self.limits))
+        Ok(WriteTxn::new(realm, group, queue.waiters.clone(), turn, batch, self.limits))
     }
 
-    /// A group that holds `realm`'s lock, with the caller admitted.
-    async fn group_for(&self, db: &Database, realm: &str, deadline: Instant) -> Result<Arc<Group>, WriteError> {
+    /// A group that holds `realm`'s lock (having read `paths` of it), with
+    /// the caller admitted.
+    async fn group_for(&self, db: &Database, realm: &str, paths: Vec<String>, deadline: Instant) -> Result<Arc<Group>, WriteError> {
         let current = locked(&self.current).clone();
         if let Database::Postgres(_) = db {
             if let Some(group) = current.filter(|g| g.join()) {
-                match group.try_add(realm).await {
+                match group.try_add(realm, paths.clone()).await {
                     Ok(true) => return Ok(group),
                     Ok(false) => group.leave(false),
                     Err(e) => {
@@ -186,19 +199,22 @@ impl Locks {
                 }
             }
             let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-            let tx = sql::open(db, realm, remaining).await?;
-            return Ok(self.opened(Group::new(tx, realm, self.coalescing, self.shared.clone(), None)));
+            let (tx, found) = sql::open(db, realm, &paths, remaining).await?;
+            return Ok(self.opened(Group::new(tx, realm, Read { paths, found }, self.coalescing, self.shared.clone(), None)));
         }
         // One transaction at a time covers every realm.
         if let Some(group) = current.filter(|g| g.join()) {
-            group.try_add(realm).await?;
+            if let Err(e) = group.try_add(realm, paths).await {
+                group.leave(false);
+                return Err(e);
+            }
             return Ok(group);
         }
         let writer = tokio::time::timeout_at(deadline, self.writer.clone().lock_owned()).await;
         let writer = writer.map_err(|_| WriteError::LockTimeout(realm.to_string()))?;
         let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-        let tx = sql::open(db, realm, remaining).await?;
-        Ok(self.opened(Group::new(tx, realm, self.coalescing, self.shared.clone(), Some(writer))))
+        let (tx, found) = sql::open(db, realm, &paths, remaining).await?;
+        Ok(self.opened(Group::new(tx, realm, Read { paths, found }, self.coalescing, self.shared.clone(), Some(writer))))
     }
 
     fn opened(&self, group: Arc<Group>) -> Arc<Group> {
@@ -207,8 +223,8 @@ impl Locks {
     }
 }
 
-/// A writer queued for a realm's turn: counted in `waiting`, its paths in
-/// the hints, until it has the turn or gives up.
+/// A writer queued for a realm's turn, counted among its waiters (with the
+/// paths it will read) until it has the turn or gives up.
 struct Ticket {
     queue: Arc<RealmQueue>,
     id: u64,
@@ -216,16 +232,14 @@ struct Ticket {
 
 impl Ticket {
     fn enter(queue: &Arc<RealmQueue>, id: u64, hints: Vec<String>) -> Ticket {
-        queue.waiting.fetch_add(1, Ordering::SeqCst);
-        queue.hints.add(id, hints);
+        queue.waiters.enter(id, hints);
         Ticket { queue: queue.clone(), id }
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.queue.waiting.fetch_sub(1, Ordering::SeqCst);
-        self.queue.hints.remove(self.id);
+        self.queue.waiters.leave(self.id);
     }
 }
 

@@ -69,38 +69,108 @@ impl Drop for PgTx {
 /// How long a statement may run past the lock wait it started with.
 const STATEMENT_SLACK: Duration = Duration::from_secs(30);
 
+/// Postgres: takes a realm's advisory lock (waiting for it, or only if it
+/// is free right now) and, once it holds it, reads the files asked for,
+/// in one round trip. A PL/pgSQL function because each statement of a
+/// volatile function takes its own snapshot: the read sees whatever the
+/// previous holder committed (a read in the locking statement itself
+/// would not). The first row says whether the lock was taken (`path`
+/// NULL); file rows follow.
+const LOCK_AND_READ_FUNCTION: &str = "CREATE OR REPLACE FUNCTION realm_core_lock_and_read(p_key bigint, p_wait boolean, p_realm text, p_paths text[])
+    RETURNS TABLE (locked boolean, path text, content text, content_hash text, created_at bigint, last_modified bigint,
+                   content_encoding text, card_id text, card_type text, search_doc text, search_version bigint)
+    LANGUAGE plpgsql VOLATILE AS $fn$
+BEGIN
+    IF p_wait THEN
+        PERFORM pg_advisory_xact_lock(p_key);
+    ELSIF NOT pg_try_advisory_xact_lock(p_key) THEN
+        RETURN QUERY SELECT false, NULL::text, NULL::text, NULL::text, NULL::bigint, NULL::bigint, NULL::text, NULL::text, NULL::text, NULL::text, NULL::bigint;
+        RETURN;
+    END IF;
+    RETURN QUERY SELECT true, NULL::text, NULL::text, NULL::text, NULL::bigint, NULL::bigint, NULL::text, NULL::text, NULL::text, NULL::text, NULL::bigint;
+    RETURN QUERY SELECT true, f.path, f.content, f.content_hash, f.created_at, f.last_modified, f.content_encoding,
+            c.card_id, c.card_type, c.search_doc, c.search_version
+        FROM files f LEFT JOIN card_index c ON c.realm_url = f.realm_url AND c.path = f.path
+        WHERE f.realm_url = p_realm AND f.path = ANY(p_paths);
+END
+$fn$";
+
+/// Creates what the write path needs in the database beyond the shared
+/// migrations: on Postgres, [`LOCK_AND_READ_FUNCTION`] (replicas starting
+/// together take turns to replace it).
+pub async fn prepare(db: &Database) -> Result<(), WriteError> {
+    if let Database::Postgres(pool) = db {
+        let mut tx = pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('realm_core_lock_and_read'))").execute(&mut *tx).await?;
+        sqlx::raw_sql(LOCK_AND_READ_FUNCTION).execute(&mut *tx).await?;
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
 /// Opens a transaction holding `realm`'s lock, waiting at most `remaining`
-/// for it. On Postgres one round trip: BEGIN, the timeouts and the
-/// advisory lock (its own statement, so every later statement's snapshot
-/// sees what the previous holder committed).
-pub(super) async fn open(db: &Database, realm: &str, remaining: Duration) -> Result<Tx, WriteError> {
-    Ok(match db {
-        Database::Memory(store) => Tx::Memory(store.clone()),
-        Database::Sqlite(pool) => Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+/// for it, and reads `paths` of it. On Postgres two round trips: BEGIN
+/// with the timeouts, then the lock and the read.
+pub(super) async fn open(db: &Database, realm: &str, paths: &[String], remaining: Duration) -> Result<(Tx, HashMap<String, FileState>), WriteError> {
+    match db {
+        Database::Memory(store) => {
+            let mut tx = Tx::Memory(store.clone());
+            let found = read(&mut tx, realm, paths).await?;
+            Ok((tx, found))
+        }
+        Database::Sqlite(pool) => {
+            let mut tx = Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?);
+            let found = read(&mut tx, realm, paths).await?;
+            Ok((tx, found))
+        }
         Database::Postgres(pool) => {
             let ms = remaining.as_millis().max(1);
             let statement_ms = ms + STATEMENT_SLACK.as_millis();
             // Only numbers are spliced in: the simple protocol takes no parameters.
-            let begin = format!(
-                "BEGIN; SELECT set_config('lock_timeout', '{ms}ms', true), set_config('statement_timeout', '{statement_ms}ms', true); \
-                 SELECT pg_advisory_xact_lock({})",
-                advisory_lock_key(realm)
-            );
-            let opened = tokio::time::timeout(remaining, PgTx::begin(pool, begin)).await;
-            Tx::Postgres(opened.map_err(|_| WriteError::LockTimeout(realm.to_string()))??)
+            let begin = format!("BEGIN; SELECT set_config('lock_timeout', '{ms}ms', true), set_config('statement_timeout', '{statement_ms}ms', true)");
+            let opened = tokio::time::timeout(remaining, async {
+                let mut tx = PgTx::begin(pool, begin).await?;
+                let found = lock_and_read(&mut tx, realm, true, paths).await?;
+                Ok::<_, WriteError>((tx, found))
+            });
+            let (tx, found) = opened.await.map_err(|_| WriteError::LockTimeout(realm.to_string()))??;
+            let found = found.ok_or_else(|| WriteError::Storage(format!("the lock of {realm} was not taken")))?;
+            Ok((Tx::Postgres(tx), found))
         }
-    })
+    }
 }
 
 /// Adds `realm` to an open transaction if its lock is free right now
 /// (never waits: a transaction already holding locks must not wait for
-/// another, so no two replicas can deadlock). SQLite's and the memory
+/// another, so no two replicas can deadlock), reading `paths` of it; None
+/// when another transaction holds the lock. SQLite's and the memory
 /// store's transactions cover every realm already.
-pub(super) async fn try_add_realm(tx: &mut Tx, realm: &str) -> Result<bool, WriteError> {
+pub(super) async fn try_add_realm(tx: &mut Tx, realm: &str, paths: &[String]) -> Result<Option<HashMap<String, FileState>>, WriteError> {
     match tx {
-        Tx::Postgres(t) => Ok(sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)").bind(advisory_lock_key(realm)).fetch_one(t.conn()).await?),
-        Tx::Sqlite(_) | Tx::Memory(_) => Ok(true),
+        Tx::Postgres(t) => lock_and_read(t, realm, false, paths).await,
+        Tx::Sqlite(_) | Tx::Memory(_) => read(tx, realm, paths).await.map(Some),
     }
+}
+
+async fn lock_and_read(t: &mut PgTx, realm: &str, wait: bool, paths: &[String]) -> Result<Option<HashMap<String, FileState>>, WriteError> {
+    let rows = sqlx::query("SELECT * FROM realm_core_lock_and_read($1, $2, $3, $4)")
+        .bind(advisory_lock_key(realm))
+        .bind(wait)
+        .bind(realm)
+        .bind(paths)
+        .fetch_all(t.conn())
+        .await?;
+    let mut found = HashMap::new();
+    for row in &rows {
+        match row.try_get::<Option<String>, _>(1)? {
+            None if !row.try_get::<bool, _>(0)? => return Ok(None),
+            None => {}
+            Some(path) => {
+                found.insert(path, state_at(row, 1)?);
+            }
+        }
+    }
+    Ok(Some(found))
 }
 
 const READ_POSTGRES: &str = "SELECT f.path, f.content, f.content_hash, f.created_at, f.last_modified, f.content_encoding,
@@ -120,7 +190,7 @@ pub(super) async fn read(tx: &mut Tx, realm: &str, paths: &[String]) -> Result<H
     match tx {
         Tx::Postgres(t) => {
             for row in sqlx::query(READ_POSTGRES).bind(realm).bind(paths).fetch_all(t.conn()).await? {
-                found.insert(row.try_get(0)?, state_of(&row)?);
+                found.insert(row.try_get(0)?, state_at(&row, 0)?);
             }
         }
         Tx::Sqlite(t) => {
@@ -137,7 +207,7 @@ pub(super) async fn read(tx: &mut Tx, realm: &str, paths: &[String]) -> Result<H
                     query = query.bind(path);
                 }
                 for row in query.fetch_all(&mut **t).await? {
-                    found.insert(row.try_get(0)?, state_of(&row)?);
+                    found.insert(row.try_get(0)?, state_at(&row, 0)?);
                 }
             }
         }
@@ -152,8 +222,10 @@ pub(super) async fn read(tx: &mut Tx, realm: &str, paths: &[String]) -> Result<H
     Ok(found)
 }
 
-/// Decodes a row of the read statements.
-fn state_of<R: Row>(row: &R) -> Result<FileState, sqlx::Error>
+/// Decodes a row of the read statements, whose columns from `at` on are
+/// path, content, hash, created, last modified, encoding, card id, card
+/// type, search doc, search version.
+fn state_at<R: Row>(row: &R, at: usize) -> Result<FileState, sqlx::Error>
 where
     usize: sqlx::ColumnIndex<R>,
     for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
@@ -162,18 +234,18 @@ where
     for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     let file = FileRow {
-        content: row.try_get(1)?,
-        content_hash: row.try_get(2)?,
-        created: row.try_get(3)?,
-        last_modified: row.try_get(4)?,
-        binary: row.try_get::<String, _>(5)? == "base64",
+        content: row.try_get(at + 1)?,
+        content_hash: row.try_get(at + 2)?,
+        created: row.try_get(at + 3)?,
+        last_modified: row.try_get(at + 4)?,
+        binary: row.try_get::<String, _>(at + 5)? == "base64",
     };
-    let card = match row.try_get::<Option<String>, _>(6)? {
+    let card = match row.try_get::<Option<String>, _>(at + 6)? {
         Some(card_id) => Some(CardRow {
             card_id,
-            card_type: row.try_get(7)?,
-            search_doc: row.try_get(8)?,
-            version: row.try_get::<Option<i64>, _>(9)?.unwrap_or(0),
+            card_type: row.try_get(at + 7)?,
+            search_doc: row.try_get(at + 8)?,
+            version: row.try_get::<Option<i64>, _>(at + 9)?.unwrap_or(0),
         }),
         None => None,
     };

@@ -24,34 +24,79 @@ pub struct Limits {
 }
 
 /// Queued writers' paths read along with a miss, at most.
-const PREFETCH_HINTS: usize = 256;
+pub(super) const PREFETCH_HINTS: usize = 256;
 
-/// The paths the writers queued for a realm will read (by ticket), so
-/// whoever reads the realm first in a batch reads them all in one query.
+/// The writers queued for a realm's turn: how many, the paths they will
+/// read (by ticket, so whoever reads the realm first in a batch reads them
+/// all in one query), and the place in the realm's group that a leaving
+/// writer hands to the next one.
 #[derive(Default)]
-pub(super) struct Hints(std::sync::Mutex<Vec<(u64, Vec<String>)>>);
+pub(super) struct Waiters(std::sync::Mutex<WaitersState>);
 
-impl Hints {
-    fn list(&self) -> std::sync::MutexGuard<'_, Vec<(u64, Vec<String>)>> {
+#[derive(Default)]
+struct WaitersState {
+    count: usize,
+    hints: Vec<(u64, Vec<String>)>,
+    /// A group admission kept for whoever takes the turn next, so the
+    /// group does not commit between two writers of a busy realm.
+    handover: Option<Arc<Group>>,
+}
+
+impl Waiters {
+    fn state(&self) -> std::sync::MutexGuard<'_, WaitersState> {
         match self.0.lock() {
-            Ok(list) => list,
+            Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         }
     }
 
-    pub(super) fn add(&self, ticket: u64, paths: Vec<String>) {
+    pub(super) fn count(&self) -> usize {
+        self.state().count
+    }
+
+    /// A writer starts waiting, reading `paths` at its turn.
+    pub(super) fn enter(&self, ticket: u64, paths: Vec<String>) {
+        let mut state = self.state();
+        state.count += 1;
         if !paths.is_empty() {
-            self.list().push((ticket, paths));
+            state.hints.push((ticket, paths));
         }
     }
 
-    pub(super) fn remove(&self, ticket: u64) {
-        self.list().retain(|(id, _)| *id != ticket);
+    /// A writer stops waiting (it has the turn, or gave up). The last one
+    /// to go gives back a hand-over nobody will take.
+    pub(super) fn leave(&self, ticket: u64) {
+        let unclaimed = {
+            let mut state = self.state();
+            state.hints.retain(|(id, _)| *id != ticket);
+            state.count = state.count.saturating_sub(1);
+            if state.count == 0 { state.handover.take() } else { None }
+        };
+        if let Some(group) = unclaimed {
+            group.leave(false);
+        }
+    }
+
+    /// The admission a leaving writer handed over, for the new turn holder.
+    pub(super) fn take_handover(&self) -> Option<Arc<Group>> {
+        self.state().handover.take()
+    }
+
+    /// Keeps a place in `group` for the next turn holder if anyone waits
+    /// and the group admits one more.
+    fn hand_over(&self, group: &Arc<Group>) {
+        let stale = {
+            let mut state = self.state();
+            if state.count > 0 && group.join() { state.handover.replace(group.clone()) } else { None }
+        };
+        if let Some(stale) = stale {
+            stale.leave(false);
+        }
     }
 
     /// Up to `limit` of the hinted paths.
-    fn paths(&self, limit: usize) -> Vec<String> {
-        self.list().iter().flat_map(|(_, paths)| paths.iter().cloned()).take(limit).collect()
+    pub(super) fn paths(&self, limit: usize) -> Vec<String> {
+        self.state().hints.iter().flat_map(|(_, paths)| paths.iter().cloned()).take(limit).collect()
     }
 }
 
@@ -90,7 +135,7 @@ pub struct Written {
 pub struct WriteTxn {
     realm: String,
     group: Arc<Group>,
-    hints: Arc<Hints>,
+    waiters: Arc<Waiters>,
     /// `Some` until the turn ends.
     turn: Option<OwnedMutexGuard<()>>,
     /// When the turn began.
@@ -103,11 +148,11 @@ pub struct WriteTxn {
 }
 
 impl WriteTxn {
-    pub(super) fn new(realm: &str, group: Arc<Group>, hints: Arc<Hints>, turn: OwnedMutexGuard<()>, batch: RealmBatch, limits: Limits) -> WriteTxn {
+    pub(super) fn new(realm: &str, group: Arc<Group>, waiters: Arc<Waiters>, turn: OwnedMutexGuard<()>, batch: RealmBatch, limits: Limits) -> WriteTxn {
         WriteTxn {
             realm: realm.to_string(),
             group,
-            hints,
+            waiters,
             turn: Some(turn),
             began: std::time::Instant::now(),
             batch: Some(batch),
@@ -124,7 +169,7 @@ impl WriteTxn {
     /// Reads `paths` the batch has not seen, with the queued writers' paths,
     /// in one query.
     pub async fn prefetch(&mut self, paths: &[String]) -> Result<(), WriteError> {
-        let hinted = self.hints.paths(PREFETCH_HINTS);
+        let hinted = self.waiters.paths(PREFETCH_HINTS);
         let wanted = self.batch()?.unseen(paths.iter().chain(hinted.iter()));
         if wanted.is_empty() {
             return Ok(());
@@ -268,7 +313,10 @@ impl WriteTxn {
         if let Some(batch) = self.batch.take() {
             self.group.put_batch(&self.realm, batch);
         }
-        if self.turn.take().is_some() {
+        if let Some(turn) = self.turn.take() {
+            // Before the turn passes: the next writer keeps the group open.
+            self.waiters.hand_over(&self.group);
+            drop(turn);
             self.group.record_turn(self.began.elapsed());
             self.group.leave(wrote);
         }
