@@ -14,7 +14,8 @@ use crate::auth;
 /// Prometheus text: how many commits, how many write requests and realm
 /// batches they carried (requests / commits is the mean batch size), how
 /// long writers held their realm's turn and how long the flushes and
-/// COMMITs took; how often the realm list was read.
+/// COMMITs took, how many writers wait for a realm's turn now; how often
+/// the realm list was read.
 pub(super) fn metrics(app: &App) -> Response {
     use std::sync::atomic::Ordering;
     let s = &app.stats;
@@ -27,6 +28,7 @@ pub(super) fn metrics(app: &App) -> Response {
          # TYPE realm_write_turns_total counter\nrealm_write_turns_total {}\n\
          # TYPE realm_write_turn_seconds_total counter\nrealm_write_turn_seconds_total {:.6}\n\
          # TYPE realm_write_commit_seconds_total counter\nrealm_write_commit_seconds_total {:.6}\n\
+         # TYPE realm_write_waiting gauge\nrealm_write_waiting {}\n\
          # TYPE realm_list_loads_total counter\nrealm_list_loads_total {}\n",
         count(&s.batches),
         count(&s.members),
@@ -34,6 +36,7 @@ pub(super) fn metrics(app: &App) -> Response {
         count(&s.turns),
         seconds(&s.turn_nanos),
         seconds(&s.commit_nanos),
+        app.locks.waiting_total(),
         app.realms.loads(),
     );
     text_response(StatusCode::OK, "text/plain; version=0.0.4", body)

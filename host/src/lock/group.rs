@@ -4,9 +4,9 @@
 //! leaves it flushes every realm's writes and commits once (group commit),
 //! then tells every member how that went. No member is answered before.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, OwnedMutexGuard};
@@ -53,8 +53,23 @@ impl BatchStats {
     }
 }
 
-/// What every group of a replica shares: where it reports.
+/// Commits a replica runs at once. A group whose writers are all done
+/// while that many commits are under way stays open and commits when one
+/// of them ends (group commit): under load, writers that arrive during a
+/// commit share the next one instead of each opening their own.
+const COMMITS_IN_FLIGHT: usize = 1;
+
+/// The replica's commits under way, and the groups ready to commit next.
+#[derive(Default)]
+pub(super) struct Pacing {
+    in_flight: usize,
+    ready: VecDeque<Weak<Group>>,
+}
+
+/// What every group of a replica shares: where it reports, and the pacing
+/// of its commits.
 pub(super) struct Shared {
+    pub(super) pacing: Mutex<Pacing>,
     pub(super) stats: Arc<BatchStats>,
     /// Realms whose commit appended events, and their newest seq.
     pub(super) committed: tokio::sync::broadcast::Sender<(String, i64)>,
@@ -89,6 +104,8 @@ struct State {
     realms: HashMap<String, Option<RealmBatch>>,
     /// SQLite and memory: the one-writer slot, held until the group is over.
     writer: Option<OwnedMutexGuard<()>>,
+    /// Waiting for a commit slot (in `Pacing::ready`).
+    queued: bool,
 }
 
 impl Group {
@@ -98,7 +115,7 @@ impl Group {
         let realms = HashMap::from([(realm.to_string(), Some(found.into_batch()))]);
         Arc::new(Group {
             tx: tokio::sync::Mutex::new(Some(tx)),
-            state: Mutex::new(State { open: true, active: 1, admitted: 1, writers: 0, realms, writer }),
+            state: Mutex::new(State { open: true, active: 1, admitted: 1, writers: 0, realms, writer, queued: false }),
             outcome: watch::channel(None).0,
             opened: Instant::now(),
             coalescing,
@@ -191,25 +208,73 @@ impl Group {
     /// one to leave closes the group and starts its commit (in a task of
     /// its own, so no caller going away can stop it halfway).
     pub(super) fn leave(self: &Arc<Self>, wrote: bool) {
-        let close = {
-            let mut state = self.state();
-            state.active = state.active.saturating_sub(1);
-            if wrote {
-                state.writers += 1;
+        let mut state = self.state();
+        state.active = state.active.saturating_sub(1);
+        if wrote {
+            state.writers += 1;
+        }
+        if state.open && state.active == 0 {
+            self.commit_or_queue(state);
+        }
+    }
+
+    /// Starts the commit of a group nobody is running in, or queues it for
+    /// the next commit slot (it stays open meanwhile).
+    fn commit_or_queue(self: &Arc<Self>, mut state: MutexGuard<'_, State>) {
+        let started = {
+            let mut pacing = locked(&self.shared.pacing);
+            if pacing.in_flight < COMMITS_IN_FLIGHT {
+                pacing.in_flight += 1;
+                true
+            } else {
+                if !state.queued {
+                    state.queued = true;
+                    pacing.ready.push_back(Arc::downgrade(self));
+                }
+                false
             }
-            let close = state.open && state.active == 0;
-            if close {
-                state.open = false;
-            }
-            close
         };
-        if close {
+        if started {
+            state.open = false;
+            state.queued = false;
+            drop(state);
             let group = self.clone();
             match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => drop(runtime.spawn(async move { group.finish().await })),
                 // No runtime (a drop during shutdown): nothing can commit;
                 // dropping the transaction rolls it back.
                 Err(_) => group.fail(lost()),
+            }
+        }
+    }
+
+    /// A commit slot came free: the oldest queued group nobody runs in
+    /// commits now (one with writers still running commits when they leave).
+    fn commit_done(&self) {
+        let ready: Vec<Weak<Group>> = {
+            let mut pacing = locked(&self.shared.pacing);
+            pacing.in_flight = pacing.in_flight.saturating_sub(1);
+            pacing.ready.drain(..).collect()
+        };
+        let mut requeue = Vec::new();
+        let mut started = false;
+        for group in ready.into_iter().filter_map(|g| g.upgrade()) {
+            let mut state = group.state();
+            if !state.open || !state.queued {
+                continue;
+            }
+            if started || state.active > 0 {
+                requeue.push(Arc::downgrade(&group));
+                continue;
+            }
+            state.queued = false;
+            group.commit_or_queue(state);
+            started = true;
+        }
+        if !requeue.is_empty() {
+            let mut pacing = locked(&self.shared.pacing);
+            for group in requeue.into_iter().rev() {
+                pacing.ready.push_front(group);
             }
         }
     }
@@ -222,6 +287,11 @@ impl Group {
     /// Flushes every realm's batch and commits, or rolls back when there is
     /// nothing to write; then answers every member.
     async fn finish(self: Arc<Self>) {
+        self.flush_and_commit().await;
+        self.commit_done();
+    }
+
+    async fn flush_and_commit(&self) {
         let tx = self.tx.lock().await.take();
         let (realms, writers, writer) = {
             let mut state = self.state();
@@ -294,6 +364,13 @@ impl Read {
             batch.learn(&path, state);
         }
         batch
+    }
+}
+
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
     }
 }
 

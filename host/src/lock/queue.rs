@@ -67,7 +67,7 @@ impl Locks {
 
     pub fn with_coalescing(timeout: Duration, limits: Limits, coalescing: Coalescing) -> Locks {
         let stats = Arc::new(BatchStats::default());
-        let shared = Shared { stats: stats.clone(), committed: tokio::sync::broadcast::channel(4096).0, retain_events: 10_000 };
+        let shared = Shared { pacing: Default::default(), stats: stats.clone(), committed: tokio::sync::broadcast::channel(4096).0, retain_events: 10_000 };
         Locks {
             queues: Mutex::new(HashMap::new()),
             current: Mutex::new(None),
@@ -85,7 +85,7 @@ impl Locks {
     /// retires the one `count` before it; pruning by age is the events
     /// hub's).
     pub fn retaining_events(mut self, count: u64) -> Locks {
-        let shared = Shared { stats: self.stats.clone(), committed: self.shared.committed.clone(), retain_events: i64::try_from(count).unwrap_or(i64::MAX) };
+        let shared = Shared { pacing: Default::default(), stats: self.stats.clone(), committed: self.shared.committed.clone(), retain_events: i64::try_from(count).unwrap_or(i64::MAX) };
         self.shared = Arc::new(shared);
         self
     }
@@ -98,6 +98,11 @@ impl Locks {
     /// Writers waiting for the realm's turn right now.
     pub fn waiting(&self, realm: &str) -> usize {
         self.queue(realm).waiters.count()
+    }
+
+    /// Writers waiting for a realm's turn right now, over all realms.
+    pub fn waiting_total(&self) -> usize {
+        locked(&self.queues).values().map(|q| q.waiters.count()).sum()
     }
 
     fn queue(&self, realm: &str) -> Arc<RealmQueue> {

@@ -1237,15 +1237,7 @@ async fn a_realm_owner_grant_reads_and_writes(backend: Backend) {
 
 /// `realm_list_loads_total` from `GET /_metrics`.
 async fn realm_list_loads(srv: &Server) -> f64 {
-    let resp = srv.client().request(Method::GET, &srv.url("_metrics"), "text/plain").fetch().await.expect_status(200);
-    let values: Vec<f64> = resp
-        .body
-        .lines()
-        .filter(|line| line.starts_with("realm_list_loads_total ") || line.starts_with("realm_list_loads_total{"))
-        .filter_map(|line| line.split_whitespace().nth(1)?.parse().ok())
-        .collect();
-    assert!(!values.is_empty(), "no realm_list_loads_total in /_metrics:\n{resp}");
-    values.iter().sum()
+    srv.metric("realm_list_loads_total").await
 }
 
 on_both_backends!(requests_under_no_realm_do_not_reload_the_realm_list, a_realm_created_while_serving_is_reachable_within_5s);

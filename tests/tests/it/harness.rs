@@ -494,6 +494,19 @@ impl Server {
         self.http.clone()
     }
 
+    /// The value of a `GET /_metrics` line (summed over its labels).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let resp = self.client().request(Method::GET, &self.url("_metrics"), "text/plain").fetch().await.expect_status(200);
+        let values: Vec<f64> = resp
+            .body
+            .lines()
+            .filter(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{')))
+            .filter_map(|line| line.split_whitespace().nth(1)?.parse().ok())
+            .collect();
+        assert!(!values.is_empty(), "no {name} in /_metrics:\n{resp}");
+        values.iter().sum()
+    }
+
     /// A CLI-issued token (signed with this server's secret).
     pub async fn token(&self, user: &str, realm: &str, permissions: &[&str]) -> String {
         issue_token(&self.secret, user, realm, permissions).await

@@ -530,67 +530,56 @@ async fn postgres_connection_killed_mid_batch_answers_503_to_every_member_and_wr
     let mut holder = Session::open(srv.db_url()).await;
     let mut rows = Session::open(srv.db_url()).await;
     let mut inspector = Session::open(srv.db_url()).await;
+    let (first, second) = ("first.txt", "second.txt");
+    node.http.seed(&node.url(&format!("test/{first}")), "old").await;
+    node.http.seed(&node.url(&format!("test/{second}")), "old").await;
 
-    // Member 1 writes `first`, member 2 then blocks on a row lock on `second`
-    // in the same transaction. Whether member 2 queued in time to join
-    // member 1's batch is not observable from outside, so try a few times.
-    for attempt in 0..5 {
-        let (first, second) = (format!("first-{attempt}.txt"), format!("second-{attempt}.txt"));
-        node.http.seed(&node.url(&format!("test/{first}")), "old").await;
-        node.http.seed(&node.url(&format!("test/{second}")), "old").await;
-        rows.execute("BEGIN").await;
-        sqlx::query("SELECT 1 FROM files WHERE realm_url = $1 AND path = $2 FOR UPDATE")
-            .bind(&realm)
-            .bind(&second)
-            .execute(&mut rows.conn)
-            .await
-            .expect("lock the row");
-        holder.advisory_lock(key).await;
-        let member1 = write_source(&node, &format!("test/{first}"), "new");
-        wait_for_waiters(&mut holder, key, 1).await; // member 1 has the turn
-        let member2 = write_source(&node, &format!("test/{second}"), "new");
-        holder.advisory_unlock(key).await;
+    // Member 1 waits for the realm's lock in the database; member 2 queues
+    // behind it in the replica, so both share one batch, whose flush then
+    // waits for a row lock on `second`.
+    rows.execute("BEGIN").await;
+    sqlx::query("SELECT 1 FROM files WHERE realm_url = $1 AND path = $2 FOR UPDATE")
+        .bind(&realm)
+        .bind(second)
+        .execute(&mut rows.conn)
+        .await
+        .expect("lock the row");
+    holder.advisory_lock(key).await;
+    let member1 = write_source(&node, &format!("test/{first}"), "new");
+    wait_for_waiters(&mut holder, key, 1).await; // member 1 has the turn
+    let member2 = write_source(&node, &format!("test/{second}"), "new");
+    wait_until!("member 2 queues behind member 1", LOCK_WAIT, (srv.metric("realm_write_waiting").await >= 1.0).then_some(()));
+    holder.advisory_unlock(key).await;
 
-        let batch_pid = wait_until!("a write holds the realm's lock and waits for a row lock", LOCK_WAIT, {
-            let holders = inspector.advisory_holders(key).await;
-            let mut blocked = None;
-            for pid in holders {
-                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE pid = $1 AND locktype = 'transactionid' AND NOT granted")
-                    .bind(pid)
-                    .fetch_one(&mut inspector.conn)
-                    .await
-                    .expect("pg_locks");
-                if n > 0 {
-                    blocked = Some(pid);
-                }
+    let batch_pid = wait_until!("the batch holds the realm's lock and waits for a row lock", LOCK_WAIT, {
+        let holders = inspector.advisory_holders(key).await;
+        let mut blocked = None;
+        for pid in holders {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE pid = $1 AND locktype = 'transactionid' AND NOT granted")
+                .bind(pid)
+                .fetch_one(&mut inspector.conn)
+                .await
+                .expect("pg_locks");
+            if n > 0 {
+                blocked = Some(pid);
             }
-            blocked
-        });
-        let first_committed = inspector.file_content(&realm, &first).await.as_deref() == Some("new");
-        if first_committed {
-            // Member 1 committed alone: member 2 did not queue in time.
-            rows.execute("ROLLBACK").await;
-            member1.await.expect("task").expect_status(204);
-            member2.await.expect("task").expect_status(204);
-            continue;
         }
+        blocked
+    });
+    assert_eq!(inspector.file_content(&realm, first).await.as_deref(), Some("old"), "member 1 is not answered before the shared commit");
 
-        // One transaction holds member 1's write and waits in member 2's.
-        let killed: bool =
-            sqlx::query_scalar("SELECT pg_terminate_backend($1)").bind(batch_pid).fetch_one(&mut inspector.conn).await.expect("terminate");
-        assert!(killed);
-        let (r1, r2) = (member1.await.expect("task"), member2.await.expect("task"));
-        rows.execute("ROLLBACK").await;
-        assert_eq!(inspector.file_content(&realm, &first).await.as_deref(), Some("old"), "member 1's write did not land");
-        assert_eq!(inspector.file_content(&realm, &second).await.as_deref(), Some("old"), "member 2's write did not land");
-        // The replica recovers by itself.
-        write_source(&node, &format!("test/{first}"), "after").await.expect("task").expect_status(204);
-        assert_eq!(node.http.read(&node.url(&format!("test/{first}"))).await, "after");
-        assert_503(&r2, "the member whose statement failed");
-        assert_503(&r1, "the member that had written and waited for the shared commit");
-        return;
-    }
-    panic!("in 5 attempts the second write never joined the first one's batch");
+    // One transaction holds both members' writes and waits for the row.
+    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)").bind(batch_pid).fetch_one(&mut inspector.conn).await.expect("terminate");
+    assert!(killed);
+    let (r1, r2) = (member1.await.expect("task"), member2.await.expect("task"));
+    rows.execute("ROLLBACK").await;
+    assert_eq!(inspector.file_content(&realm, first).await.as_deref(), Some("old"), "member 1's write did not land");
+    assert_eq!(inspector.file_content(&realm, second).await.as_deref(), Some("old"), "member 2's write did not land");
+    assert_503(&r1, "a member of the batch whose connection was killed");
+    assert_503(&r2, "the other member of that batch");
+    // The replica recovers by itself.
+    write_source(&node, &format!("test/{first}"), "after").await.expect("task").expect_status(204);
+    assert_eq!(node.http.read(&node.url(&format!("test/{first}"))).await, "after");
 }
 
 // ---------------------------------------------------------------------------
