@@ -34,6 +34,8 @@ pub struct Locks {
     pub stats: Arc<BatchStats>,
     shared: Arc<Shared>,
     tickets: AtomicU64,
+    /// Writers holding a realm's turn while they wait for its database lock.
+    opening: std::sync::atomic::AtomicUsize,
 }
 
 /// One realm's queue.
@@ -78,6 +80,7 @@ impl Locks {
             stats,
             shared: Arc::new(shared),
             tickets: AtomicU64::new(0),
+            opening: Default::default(),
         }
     }
 
@@ -98,6 +101,13 @@ impl Locks {
     /// Writers waiting for the realm's turn right now.
     pub fn waiting(&self, realm: &str) -> usize {
         self.queue(realm).waiters.count()
+    }
+
+    /// Writers that have their realm's turn and wait for its database lock
+    /// right now (Postgres: another transaction holds it; SQLite: another
+    /// process writes).
+    pub fn opening(&self) -> usize {
+        self.opening.load(Ordering::SeqCst)
     }
 
     /// Writers waiting for a realm's turn right now, over all realms.
@@ -204,7 +214,7 @@ impl Locks {
                 }
             }
             let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-            let (tx, found) = sql::open(db, realm, &paths, remaining).await?;
+            let (tx, found) = self.open(db, realm, &paths, remaining).await?;
             return Ok(self.opened(Group::new(tx, realm, Read { paths, found }, self.coalescing, self.shared.clone(), None)));
         }
         // One transaction at a time covers every realm.
@@ -218,8 +228,21 @@ impl Locks {
         let writer = tokio::time::timeout_at(deadline, self.writer.clone().lock_owned()).await;
         let writer = writer.map_err(|_| WriteError::LockTimeout(realm.to_string()))?;
         let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-        let (tx, found) = sql::open(db, realm, &paths, remaining).await?;
+        let (tx, found) = self.open(db, realm, &paths, remaining).await?;
         Ok(self.opened(Group::new(tx, realm, Read { paths, found }, self.coalescing, self.shared.clone(), Some(writer))))
+    }
+
+    /// `sql::open`, counted in [`Locks::opening`] while it waits.
+    async fn open(&self, db: &Database, realm: &str, paths: &[String], remaining: Duration) -> Result<(sql::Tx, std::collections::HashMap<String, super::overlay::FileState>), WriteError> {
+        struct Opening<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Opening<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.opening.fetch_add(1, Ordering::SeqCst);
+        let _counted = Opening(&self.opening);
+        sql::open(db, realm, paths, remaining).await
     }
 
     fn opened(&self, group: Arc<Group>) -> Arc<Group> {

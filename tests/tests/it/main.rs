@@ -16,6 +16,7 @@ mod pg;
 
 mod atomic;
 mod auth;
+mod batch;
 mod cli;
 mod client_surface;
 mod concurrency;

@@ -1,0 +1,226 @@
+//! Write path v2: what a batch (the writers of a realm that run one after
+//! another against its in-memory overlay and commit together) guarantees.
+//! Each test lines its writers up behind a held database lock (Postgres:
+//! the realm's advisory lock; SQLite: a write transaction on the file) and
+//! waits, through `/_metrics`, until each has queued, so they run as one
+//! batch in a known order once the lock is released:
+//!
+//! 1. a member's 412, 409 or 404 is computed against the earlier members'
+//!    writes, not yet committed;
+//! 2. a member that fails (If-Match, a conflicting or failing `/_atomic`,
+//!    a guest that traps while holding the lock) costs the others nothing
+//!    and writes nothing;
+//! 3. the batch commits once, with exactly the successful members' writes;
+//! 4. a replica SIGKILLed in the middle of a 30-member batch leaves nothing
+//!    of that batch, and every write acknowledged before it is present
+//!    (Postgres, two replicas).
+
+use std::time::Duration;
+
+use reqwest::header::IF_MATCH;
+use reqwest::RequestBuilder;
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+
+use crate::harness::*;
+use crate::pg::Session;
+
+const LINE_UP_WAIT: Duration = Duration::from_secs(30);
+
+/// Holds the database lock every writer of a realm needs.
+enum Blocker {
+    Postgres(Session, i64),
+    Sqlite(sqlx::SqliteConnection),
+}
+
+impl Blocker {
+    async fn hold(srv: &Server, realm: &str) -> Blocker {
+        if srv.db_url().starts_with("sqlite:") {
+            use sqlx::Connection;
+            let mut conn = sqlx::SqliteConnection::connect(srv.db_url()).await.expect("open the server's SQLite file");
+            sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await.expect("take SQLite's write lock");
+            Blocker::Sqlite(conn)
+        } else {
+            let key = crate::pg::realm_lock_key(realm);
+            let mut session = Session::open(srv.db_url()).await;
+            session.advisory_lock(key).await;
+            Blocker::Postgres(session, key)
+        }
+    }
+
+    async fn release(self) {
+        match self {
+            Blocker::Postgres(mut session, key) => session.advisory_unlock(key).await,
+            Blocker::Sqlite(mut conn) => {
+                sqlx::query("COMMIT").execute(&mut conn).await.expect("release SQLite's write lock");
+            }
+        }
+    }
+}
+
+/// Sends `requests` in order, each once the previous one has queued: the
+/// first holds the realm's turn and waits for the database lock, the n-th
+/// waits for the turn behind n - 1 others.
+async fn line_up(srv: &Server, requests: Vec<RequestBuilder>) -> Vec<JoinHandle<Result<Resp, String>>> {
+    let mut sent = Vec::new();
+    for (i, request) in requests.into_iter().enumerate() {
+        sent.push(tokio::spawn(async move { request.try_fetch().await }));
+        let (gauge, count) = if i == 0 { ("realm_write_opening", 1.0) } else { ("realm_write_waiting", i as f64) };
+        let deadline = std::time::Instant::now() + LINE_UP_WAIT;
+        while srv.metric(gauge).await < count {
+            assert!(std::time::Instant::now() < deadline, "writer {i} never queued ({gauge} < {count})");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    sent
+}
+
+async fn answers(sent: Vec<JoinHandle<Result<Resp, String>>>) -> Vec<Resp> {
+    let mut out = Vec::new();
+    for handle in sent {
+        out.push(handle.await.expect("request task").unwrap_or_else(|e| panic!("{e}")));
+    }
+    out
+}
+
+fn atomic_add(href: &str, data: Value) -> Value {
+    json!({"atomic:operations": [{"op": "add", "href": href, "data": data}]})
+}
+
+fn person(realm: &str, attributes: Value) -> Value {
+    person_doc(realm, attributes)
+}
+
+on_both_backends!(a_batch_sees_its_earlier_members_and_its_failures_cost_nothing);
+
+async fn a_batch_sees_its_earlier_members_and_its_failures_cost_nothing(backend: Backend) {
+    let f = crate::guests::fixtures().await;
+    let options = ServerOptions { serve_args: vec!["--guest".into(), f.faulty.display().to_string()], ..ServerOptions::default() };
+    let srv = backend.start_with(options).await;
+    let realm = srv.realm("test");
+    let http = srv.client();
+    let (card, created) = http.create(&realm, &person(&realm, json!({"firstName": "Mango"}))).await;
+    let before = created.etag();
+    http.seed(&format!("{realm}doc.txt"), "old").await;
+    let commits = srv.metric("realm_write_commits_total").await;
+    let committed = srv.metric("realm_write_requests_committed_total").await;
+
+    let blocker = Blocker::hold(&srv, &realm).await;
+    let new_card = json!({"type": "card", "attributes": {"firstName": "New"}, "meta": {"adoptsFrom": {"module": "./person", "name": "Person"}}});
+    let nul_source = json!({"type": "source", "attributes": {"content": "a NUL \u{0}"}});
+    let failing_atomic = json!({"atomic:operations": [
+        {"op": "add", "href": "x.json", "data": new_card.clone()},
+        {"op": "add", "href": "bad.txt", "data": nul_source},
+    ]});
+    let sent = line_up(&srv, vec![
+        http.patch_card(&card, &person(&realm, json!({"a": 1}))),
+        http.patch_card(&card, &person(&realm, json!({"b": 1}))).header(IF_MATCH, before.clone()),
+        http.atomic(&realm, &atomic_add("new.json", new_card.clone())),
+        http.atomic(&realm, &atomic_add("new.json", new_card.clone())),
+        http.delete_source(&format!("{realm}doc.txt")),
+        http.delete_source(&format!("{realm}doc.txt")),
+        http.atomic(&realm, &failing_atomic),
+        http.get_card(&format!("{realm}_fault/trap-in-lock")),
+        http.patch_card(&card, &person(&realm, json!({"c": 1}))),
+    ])
+    .await;
+    // Nobody is answered while the lock is held.
+    assert!(sent.iter().all(|h| !h.is_finished()), "a member answered before its batch could commit");
+    blocker.release().await;
+    let got = answers(sent).await;
+
+    let statuses: Vec<u16> = got.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200, 412, 201, 409, 204, 404, 400, 500, 200], "in order: {got:#?}");
+    assert_eq!(got[8].json()["data"]["attributes"], json!({"firstName": "Mango", "a": 1, "c": 1}), "the last PATCH sees the first");
+    assert_eq!(srv.metric("realm_write_commits_total").await - commits, 1.0, "one commit for the whole batch");
+    assert_eq!(srv.metric("realm_write_requests_committed_total").await - committed, 4.0, "the four successful writers");
+
+    let stored = http.get_card(&card).fetch().await.expect_status(200);
+    assert_eq!(stored.json()["data"]["attributes"], json!({"firstName": "Mango", "a": 1, "c": 1}));
+    assert_eq!(stored.etag(), got[8].etag());
+    http.get_card(&format!("{realm}new")).fetch().await.expect_status(200);
+    for gone in ["doc.txt", "x.json", "bad.txt", "half-written.txt"] {
+        assert_eq!(http.source_status(&format!("{realm}{gone}")).await, 404, "{gone}");
+    }
+}
+
+/// Postgres, two replicas: replica A is SIGKILLed while a batch of 30
+/// writes waits in its flush (the test holds a row lock the flush needs).
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_replica_killed_mid_batch_of_30_leaves_nothing_of_it_and_keeps_every_acknowledged_write() {
+    let mut a = Backend::Postgres.start_with(ServerOptions { serve_args: vec!["--coalesce-max-wait".into(), "60s".into()], ..ServerOptions::default() }).await;
+    let b = a.replica().await;
+    let realm_a = a.realm("test");
+    let realm_b = b.realm("test");
+    let (http_a, http_b) = (a.client(), b.client());
+    const MEMBERS: usize = 30;
+    for i in 0..MEMBERS {
+        http_a.seed(&format!("{realm_a}doc-{i}.txt"), "old").await;
+    }
+    // Acknowledged before the batch, on both replicas.
+    for i in 0..10 {
+        http_a.write_source(&format!("{realm_a}ack-a-{i}.txt"), "acknowledged").fetch().await.expect_status(204);
+        http_b.write_source(&format!("{realm_b}ack-b-{i}.txt"), "acknowledged").fetch().await.expect_status(204);
+    }
+
+    let mut rows = Session::open(a.db_url()).await;
+    rows.execute("BEGIN").await;
+    sqlx::query("SELECT 1 FROM files WHERE realm_url = $1 AND path = $2 FOR UPDATE")
+        .bind(&realm_a)
+        .bind(format!("doc-{}.txt", MEMBERS - 1))
+        .execute(&mut rows.conn)
+        .await
+        .expect("lock the row");
+    let blocker = Blocker::hold(&a, &realm_a).await;
+    let sent = line_up(&a, (0..MEMBERS).map(|i| http_a.write_source(&format!("{realm_a}doc-{i}.txt"), "new")).collect()).await;
+    blocker.release().await;
+
+    // The batch holds the realm's lock and its flush waits for the row.
+    let key = crate::pg::realm_lock_key(&realm_a);
+    let mut inspector = Session::open(a.db_url()).await;
+    let deadline = std::time::Instant::now() + LINE_UP_WAIT;
+    loop {
+        let mut blocked = false;
+        for pid in inspector.advisory_holders(key).await {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE pid = $1 AND locktype = 'transactionid' AND NOT granted")
+                .bind(pid)
+                .fetch_one(&mut inspector.conn)
+                .await
+                .expect("pg_locks");
+            blocked |= n > 0;
+        }
+        if blocked {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the batch never reached its flush");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(sent.iter().all(|h| !h.is_finished()), "a member of the batch was answered before its commit");
+    assert_eq!(a.metric("realm_write_waiting").await, 0.0, "all {MEMBERS} writers are in the batch");
+
+    a.kill();
+    rows.execute("ROLLBACK").await;
+    for handle in sent {
+        // The connection closes with the process: no answer at all.
+        if let Ok(answer) = handle.await.expect("request task") {
+            panic!("a killed replica answered a member of its unfinished batch:\n{answer}");
+        }
+    }
+    // The killed replica's transaction is gone with its connection.
+    let deadline = std::time::Instant::now() + LINE_UP_WAIT;
+    while !inspector.advisory_holders(key).await.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the killed replica's transaction still holds the realm's lock");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    for i in 0..MEMBERS {
+        assert_eq!(inspector.file_content(&realm_a, &format!("doc-{i}.txt")).await.as_deref(), Some("old"), "doc-{i}.txt of the killed batch");
+    }
+    for i in 0..10 {
+        assert_eq!(http_b.read(&format!("{realm_b}ack-a-{i}.txt")).await, "acknowledged");
+        assert_eq!(http_b.read(&format!("{realm_b}ack-b-{i}.txt")).await, "acknowledged");
+    }
+    // The other replica goes on writing.
+    http_b.write_source(&format!("{realm_b}doc-0.txt"), "after").fetch().await.expect_status(204);
+    assert_eq!(http_b.read(&format!("{realm_b}doc-0.txt")).await, "after");
+}
