@@ -224,3 +224,128 @@ async fn postgres_replica_killed_mid_batch_of_30_leaves_nothing_of_it_and_keeps_
     http_b.write_source(&format!("{realm_b}doc-0.txt"), "after").fetch().await.expect_status(204);
     assert_eq!(http_b.read(&format!("{realm_b}doc-0.txt")).await, "after");
 }
+
+/// Postgres: batches of different realms share one commit. A commit of
+/// realm `c` is held in its flush (the test holds a row lock it needs);
+/// meanwhile writers of `a` and `b` form the next group, which commits
+/// once, with both realms, when the first commit ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_batches_of_two_realms_share_the_next_commit() {
+    let realms = ["a", "b", "c"].map(|r| RealmSpec::new(r, Public::Write)).to_vec();
+    // A group admits writers for --coalesce-max-wait after it opens; the
+    // test's polling must not outlast that.
+    let serve_args = vec!["--coalesce-max-wait".to_string(), "60s".to_string()];
+    let srv = Backend::Postgres.start_with(ServerOptions { realms, serve_args, ..ServerOptions::default() }).await;
+    let http = srv.client();
+    for r in ["a", "b", "c"] {
+        http.seed(&format!("{}doc.txt", srv.realm(r)), "old").await;
+    }
+    let (commits, realm_batches) = (srv.metric("realm_write_commits_total").await, srv.metric("realm_write_realm_batches_total").await);
+    let mut rows = Session::open(srv.db_url()).await;
+    rows.execute("BEGIN").await;
+    sqlx::query("SELECT 1 FROM files WHERE realm_url = $1 AND path = 'doc.txt' FOR UPDATE").bind(srv.realm("c")).execute(&mut rows.conn).await.expect("lock the row");
+    let first = tokio::spawn(http.write_source(&format!("{}doc.txt", srv.realm("c")), "new").try_fetch());
+    let mut inspector = Session::open(srv.db_url()).await;
+    let key_c = crate::pg::realm_lock_key(&srv.realm("c"));
+    let deadline = std::time::Instant::now() + LINE_UP_WAIT;
+    'flushing: loop {
+        for pid in inspector.advisory_holders(key_c).await {
+            let waits: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE pid = $1 AND locktype = 'transactionid' AND NOT granted")
+                .bind(pid)
+                .fetch_one(&mut inspector.conn)
+                .await
+                .expect("pg_locks");
+            if waits > 0 {
+                break 'flushing;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "c's commit never reached its flush");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Written while c's commit is under way: done, but not answered.
+    let a = tokio::spawn(http.write_source(&format!("{}doc.txt", srv.realm("a")), "new").try_fetch());
+    let key_a = crate::pg::realm_lock_key(&srv.realm("a"));
+    let deadline = std::time::Instant::now() + LINE_UP_WAIT;
+    while inspector.advisory_holders(key_a).await.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "a's writer never took a's lock");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let b = tokio::spawn(http.write_source(&format!("{}doc.txt", srv.realm("b")), "new").try_fetch());
+    let key_b = crate::pg::realm_lock_key(&srv.realm("b"));
+    let deadline = std::time::Instant::now() + LINE_UP_WAIT;
+    while inspector.advisory_holders(key_b).await.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "b's writer never took b's lock");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(inspector.advisory_holders(key_a).await, inspector.advisory_holders(key_b).await, "one transaction holds both realms' locks");
+    assert!(!a.is_finished() && !b.is_finished(), "answered before their commit");
+    rows.execute("ROLLBACK").await;
+    for (name, write) in [("c", first), ("a", a), ("b", b)] {
+        let answer = write.await.expect("task").unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(answer.status, 204, "{name}: {answer}");
+    }
+    assert_eq!(srv.metric("realm_write_commits_total").await - commits, 2.0, "c's commit, then a and b in one");
+    assert_eq!(srv.metric("realm_write_realm_batches_total").await - realm_batches, 3.0);
+    for r in ["a", "b", "c"] {
+        assert_eq!(http.read(&format!("{}doc.txt", srv.realm(r))).await, "new");
+    }
+}
+
+/// Postgres, two replicas, six realms: 32 clients each PATCH 25 times a
+/// card of a realm picked in turn, every PATCH setting its own attribute.
+/// Realms join each other's commits on both replicas (the lock of a realm
+/// another transaction holds is never waited for while holding others);
+/// every PATCH lands, none is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_two_replicas_writing_six_realms_lose_nothing_and_never_deadlock() {
+    const REALMS: usize = 6;
+    const CLIENTS: usize = 32;
+    const PATCHES: usize = 25;
+    let realms: Vec<RealmSpec> = (0..REALMS).map(|r| RealmSpec::new(&format!("r{r}"), Public::Write)).collect();
+    let serve_args = vec!["--lock-timeout".to_string(), "120s".to_string()];
+    let a = Backend::Postgres.start_with(ServerOptions { realms, serve_args: serve_args.clone(), ..ServerOptions::default() }).await;
+    let b = a.replica_with(&serve_args).await;
+    let bases = [a.base.clone(), b.base.clone()];
+    let http = a.client();
+    let cards: Vec<String> = futures::future::join_all((0..REALMS).map(|r| {
+        let (http, realm) = (http.clone(), a.realm(&format!("r{r}")));
+        async move { http.create(&realm, &person(&realm, json!({"firstName": "Counter"}))).await.0 }
+    }))
+    .await;
+    let tasks = (0..CLIENTS).map(|client| {
+        let (primary, base, realms) = (a.base.clone(), bases[client % 2].clone(), (0..REALMS).map(|r| a.realm(&format!("r{r}"))).collect::<Vec<_>>());
+        let cards: Vec<String> = cards.iter().map(|card| card.replace(&primary, &base)).collect();
+        let http = Client::new();
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for i in 0..PATCHES {
+                let r = (client + i) % REALMS;
+                let doc = person(&realms[r], json!({ format!("c{client}_{i}"): i }));
+                let resp = http.patch_card(&cards[r], &doc).fetch().await;
+                statuses.push((resp.status, resp.body));
+            }
+            statuses
+        })
+    });
+    for (client, answers) in futures::future::join_all(tasks).await.into_iter().enumerate() {
+        for (i, (status, body)) in answers.expect("client").into_iter().enumerate() {
+            assert_eq!(status, 200, "client {client} PATCH {i}: {body}");
+        }
+    }
+    let mut seen = 0;
+    for (r, card) in cards.iter().enumerate() {
+        let got = http.get_card(card).fetch().await.expect_status(200).json()["data"]["attributes"].clone();
+        for client in 0..CLIENTS {
+            for i in (0..PATCHES).filter(|i| (client + i) % REALMS == r) {
+                assert_eq!(got[format!("c{client}_{i}")], json!(i), "realm r{r} lost c{client}_{i}");
+                seen += 1;
+            }
+        }
+        assert_eq!(got.as_object().map_or(0, |o| o.len()), 1 + seen_in(r, CLIENTS, PATCHES, REALMS), "realm r{r} has exactly its attributes");
+    }
+    assert_eq!(seen, CLIENTS * PATCHES);
+}
+
+fn seen_in(realm: usize, clients: usize, patches: usize, realms: usize) -> usize {
+    (0..clients).map(|c| (0..patches).filter(|i| (c + i) % realms == realm).count()).sum()
+}
