@@ -2,8 +2,10 @@
 //! sqlx on SQLite — the baseline of the embedded default. Same pool as the
 //! host (`realm_host::store::Database::connect`: WAL, 8 connections, 30 s busy
 //! timeout, the host's migrations), same statements as the host's write
-//! path, no HTTP, no guest, no JSON work:
-//! `BEGIN IMMEDIATE; SELECT the file row; upsert files; upsert card_index; COMMIT`.
+//! path for one request, no HTTP, no guest, no JSON work: `BEGIN IMMEDIATE;`
+//! the file row with its index row; upsert files; upsert card_index; upsert
+//! the two search rows a bench PATCH changes (`counter`, `note`); the realm
+//! event (next seq, retiring the one 10 000 before); `COMMIT`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -149,12 +151,17 @@ async fn transaction(ctx: &Ctx, card: usize, n: u64) -> Result<(), String> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     let e = |e: sqlx::Error| e.to_string();
     let mut tx = ctx.pool.begin_with("BEGIN IMMEDIATE").await.map_err(e)?;
-    sqlx::query("SELECT content, content_hash, created_at, last_modified FROM files WHERE realm_url = $1 AND path = $2")
-        .bind(REALM)
-        .bind(path)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(e)?;
+    sqlx::query(
+        "SELECT f.path, f.content, f.content_hash, f.created_at, f.last_modified, f.content_encoding,
+                c.card_id, c.card_type, c.search_doc, c.search_version
+         FROM files f LEFT JOIN card_index c ON c.realm_url = f.realm_url AND c.path = f.path
+         WHERE f.realm_url = $1 AND f.path IN ($2)",
+    )
+    .bind(REALM)
+    .bind(path)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(e)?;
     sqlx::query(
         "INSERT INTO files (realm_url, path, content, content_hash, created_at, last_modified)
          VALUES ($1, $2, $3, $4, $5, $5)
@@ -172,11 +179,11 @@ async fn transaction(ctx: &Ctx, card: usize, n: u64) -> Result<(), String> {
     let card_id = format!("{REALM}{}", path.trim_end_matches(".json"));
     let search_doc = format!("{{\"firstName\":\"Mango\",\"counter\":{n}}}");
     sqlx::query(
-        "INSERT INTO card_index (realm_url, path, card_id, card_type, search_doc, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6)
+        "INSERT INTO card_index (realm_url, path, card_id, card_type, search_doc, updated_at, search_version)
+         VALUES ($1, $2, $3, $4, $5, $6, 1)
          ON CONFLICT (realm_url, path) DO UPDATE
          SET card_id = excluded.card_id, card_type = excluded.card_type,
-             search_doc = excluded.search_doc, updated_at = excluded.updated_at",
+             search_doc = excluded.search_doc, updated_at = excluded.updated_at, search_version = excluded.search_version",
     )
     .bind(REALM)
     .bind(path)
@@ -187,5 +194,43 @@ async fn transaction(ctx: &Ctx, card: usize, n: u64) -> Result<(), String> {
     .execute(&mut *tx)
     .await
     .map_err(e)?;
+    let note = format!("client 1 request {n}");
+    sqlx::query(
+        "INSERT INTO card_fields (realm_url, path, field, position, kind, text_key, text_value, folded, number_value)
+         VALUES ($1, $2, 'counter', 0, 0, $3, $3, NULL, $4), ($1, $2, 'note', 0, 1, $5, $5, $5, NULL)
+         ON CONFLICT (realm_url, path, field, position) DO UPDATE SET kind = excluded.kind, text_key = excluded.text_key,
+             text_value = excluded.text_value, folded = excluded.folded, number_value = excluded.number_value",
+    )
+    .bind(REALM)
+    .bind(path)
+    .bind(n.to_string())
+    .bind(n as f64)
+    .bind(&note)
+    .execute(&mut *tx)
+    .await
+    .map_err(e)?;
+    let payload = format!(
+        r#"{{"eventName":"index","indexType":"incremental","invalidations":["{card_id}"],"clientRequestId":null,"realmURL":"{REALM}"}}"#
+    );
+    let seq: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) + 1 FROM realm_events WHERE realm_url = $1")
+        .bind(REALM)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(e)?;
+    sqlx::query("INSERT INTO realm_events (realm_url, seq, payload, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(REALM)
+        .bind(seq)
+        .bind(&payload)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(e)?;
+    sqlx::query("DELETE FROM realm_events WHERE realm_url = $1 AND seq > $2 - 1 - $3 AND seq <= $2 - $3")
+        .bind(REALM)
+        .bind(seq)
+        .bind(10_000_i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(e)?;
     tx.commit().await.map_err(e)
 }
