@@ -48,7 +48,7 @@ impl Need {
 
 /// Why a request was refused: 401, 403, or 503 when the permissions could
 /// not be read (a storage failure never turns into a 403).
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Denied {
     #[error("{0}")]
     Unauthenticated(String),
@@ -135,8 +135,18 @@ pub fn authorize_admin(secret: &str, authorization: Option<&str>) -> Result<Stri
     }
 }
 
+/// The refusal of a write to `user` (`None`: anyone) in `realm`, as
+/// [`authorize`] words it.
+pub fn write_refused(user: Option<&str>, realm: &str) -> Denied {
+    match user {
+        Some(user) => Denied::Forbidden(format!("Insufficient permissions to perform this action: {user} needs 'write' in {realm}")),
+        None => Denied::Unauthenticated("Missing Authorization header".into()),
+    }
+}
+
 /// Decides whether a request may proceed. `public` is what `*` may do;
-/// `user_grants` looks up a named user's permissions in the realm.
+/// `user_grants` looks up a named user's permissions in the realm. Answers
+/// whose grant let it in: `None` for anyone's, else the token's user.
 pub async fn authorize<F, Fut>(
     secret: &str,
     realm: &str,
@@ -144,13 +154,13 @@ pub async fn authorize<F, Fut>(
     public: Permissions,
     authorization: Option<&str>,
     user_grants: F,
-) -> Result<(), Denied>
+) -> Result<Option<String>, Denied>
 where
     F: FnOnce(String) -> Fut,
     Fut: std::future::Future<Output = Result<Permissions, Denied>>,
 {
     if need.granted_by(public) {
-        return Ok(());
+        return Ok(None);
     }
     let claims = verify(secret, authorization)?;
     let token_realm = crate::realm::url::canonical_realm_url(&claims.realm).unwrap_or_default();
@@ -161,7 +171,7 @@ where
         .map_err(|_| Denied::Unauthenticated("Token invalid".into()))?;
     let granted = user_grants(claims.user.clone()).await?.union(public);
     if need.granted_by(in_token) && need.granted_by(granted) {
-        Ok(())
+        Ok(Some(claims.user))
     } else {
         Err(Denied::Forbidden(format!(
             "Insufficient permissions to perform this action: {} needs '{}' in {realm}",
@@ -183,12 +193,18 @@ mod tests {
     }
 
     async fn check(need: Need, public: Permissions, header: Option<String>, grants: Permissions) -> Result<(), Denied> {
-        authorize(SECRET, REALM, need, public, header.as_deref(), |_| async move { Ok(grants) }).await
+        authorize(SECRET, REALM, need, public, header.as_deref(), |_| async move { Ok(grants) }).await.map(|_| ())
     }
 
     #[tokio::test]
     async fn public_realms_need_no_token() {
         assert_eq!(check(Need::Write, rw(), None, Permissions::default()).await, Ok(()));
+        let anyone = authorize(SECRET, REALM, Need::Write, rw(), None, |_| async { Ok(Permissions::default()) }).await;
+        assert_eq!(anyone, Ok(None), "let in by anyone's grant");
+        let good = issue(SECRET, "alice", REALM, rw(), 60).unwrap();
+        let header = format!("Bearer {good}");
+        let alice = authorize(SECRET, REALM, Need::Write, Permissions::default(), Some(&header), |_| async { Ok(rw()) }).await;
+        assert_eq!(alice, Ok(Some("alice".to_string())), "let in by the token's user's grant");
     }
 
     #[tokio::test]
@@ -213,7 +229,8 @@ mod tests {
         let unreadable = authorize(SECRET, REALM, Need::Read, none, Some(&format!("Bearer {good}")), |_| async move {
             Err(Denied::Unavailable("pool timed out".into()))
         })
-        .await;
+        .await
+        .map(|_| ());
         assert!(matches!(unreadable, Err(Denied::Unavailable(_))), "a storage failure is not a 403: {unreadable:?}");
         let owner_only = check(Need::RealmOwner, rw(), Some(format!("Bearer {good}")), rw()).await;
         assert!(matches!(owner_only, Err(Denied::Forbidden(_))), "write is not realm-owner: {owner_only:?}");

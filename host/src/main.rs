@@ -109,10 +109,10 @@ struct ServeArgs {
     /// Time the guest itself may run per request before it is stopped (500).
     #[arg(long, env = "REALM_GUEST_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     guest_timeout: Duration,
-    /// Most requests whose writes share one commit (1 turns coalescing off).
+    /// Most requests whose writes share one commit, over all its realms (1 turns coalescing off).
     #[arg(long, env = "REALM_COALESCE_MAX_BATCH", default_value_t = 64)]
     coalesce_max_batch: usize,
-    /// Longest a shared commit waits for more requests after its first.
+    /// Longest a shared commit admits new writers after it opens.
     #[arg(long, env = "REALM_COALESCE_MAX_WAIT", default_value = "20ms", value_parser = parse_duration)]
     coalesce_max_wait: Duration,
     /// Largest guest memory, in MiB (a guest that needs more fails with 500).

@@ -10,6 +10,7 @@ use wasmtime::component::{HasSelf, Linker, Resource, ResourceTable};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
 
 use super::clock::{Charged, GuestClock, InHost};
+use crate::auth::Denied;
 use crate::lock::{IndexRow, Locks, WriteError, WriteTxn};
 use crate::store::{etag_of, Database, FileRow};
 
@@ -70,8 +71,12 @@ pub struct CallState {
     /// Files of the call's realm the host has already read for it (a
     /// search page): `read-file` answers them without a query, once each.
     prefetched: HashMap<String, FileRow>,
-    /// The request's `X-Boxel-Client-Request-Id`, given to its write lock.
-    client_request_id: Option<String>,
+    /// Who made the request, as its write lock needs to know.
+    caller: Caller,
+    /// The write lock refused the caller (the realm's permissions, read
+    /// under its lock, do not let it write): the request is answered so,
+    /// whatever the guest says.
+    refused: Option<Denied>,
     /// The paths the call will read under the lock (read ahead with the
     /// other queued writers' paths).
     hints: Vec<String>,
@@ -90,6 +95,15 @@ pub struct Guest {
     sandbox: Sandbox,
     /// First 12 hex digits of the component's SHA-256.
     pub short_hash: String,
+}
+
+/// Who a request is, as the write lock sees it.
+#[derive(Clone, Debug, Default)]
+pub struct Caller {
+    /// The request's `X-Boxel-Client-Request-Id`, for its realm event.
+    pub client_request_id: Option<String>,
+    /// The user whose grant let the request in (`None`: anyone's).
+    pub user: Option<String>,
 }
 
 /// One request to the guest.
@@ -245,12 +259,13 @@ impl Guest {
     /// answer; `Err(_)` is a trap or a host failure. Any write lock the
     /// guest still holds afterwards is rolled back before this returns.
     pub async fn run(&self, call: Call) -> wasmtime::Result<Result<Answer, GuestError>> {
-        self.run_for(call, None).await
+        self.run_for(call, Caller::default()).await
     }
 
-    /// `run` for a request that named itself (`X-Boxel-Client-Request-Id`):
-    /// the realm event of its writes carries the id.
-    pub async fn run_for(&self, call: Call, client_request_id: Option<String>) -> wasmtime::Result<Result<Answer, GuestError>> {
+    /// `run` for a known caller: its write lock checks that the caller may
+    /// write (an error that downcasts to [`Denied`] when not), and the realm
+    /// event of its writes carries its `X-Boxel-Client-Request-Id`.
+    pub async fn run_for(&self, call: Call, caller: Caller) -> wasmtime::Result<Result<Answer, GuestError>> {
         let slot = tokio::time::timeout(self.sandbox.instance_wait, self.wasm.slots.acquire()).await;
         let _slot = match slot {
             Ok(slot) => slot.map_err(|_| wasmtime::format_err!("the guest runtime is shutting down"))?,
@@ -275,7 +290,8 @@ impl Guest {
             clock: clock.clone(),
             cpu_budget: self.sandbox.cpu,
             prefetched,
-            client_request_id,
+            caller,
+            refused: None,
             hints: call.hints(),
             batch_failed: None,
         };
@@ -293,6 +309,9 @@ impl Guest {
         });
         let outcome = Charged { clock, call: Box::pin(self.invoke(&mut store, call)) }.await;
         store.data_mut().release_all().await;
+        if let Some(refused) = store.data_mut().refused.take() {
+            return Err(wasmtime::Error::new(refused));
+        }
         match store.data_mut().batch_failed.take() {
             Some(failed) if outcome.is_ok() => Ok(Err(guest_error(failed))),
             _ => outcome,
@@ -415,7 +434,14 @@ impl boxel::realm::store::Host for CallState {
             Err(e) => return Ok(Err(guest_error(e))),
         };
         let mut txn = txn;
-        txn.set_client_request_id(self.client_request_id.clone());
+        if !txn.may_write(self.caller.user.as_deref()) {
+            // Let in by permissions read before; those read under the lock
+            // say no. Nothing was written: dropping the lock forgets it.
+            self.refused = Some(crate::auth::write_refused(self.caller.user.as_deref(), &realm));
+            drop(txn);
+            return Ok(Err(GuestError::Unavailable(format!("the caller may not write {realm}"))));
+        }
+        txn.set_client_request_id(self.caller.client_request_id.clone());
         let lock = self.table.push(txn)?;
         self.held.push((realm, lock.rep()));
         Ok(Ok(lock))

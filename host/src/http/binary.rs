@@ -18,13 +18,18 @@ use crate::lock::WriteError;
 use crate::store::etag_of;
 
 /// Stores the request body at the target's path; 204 with its validators.
-pub(super) async fn write(app: &App, target: &Target, headers: &HeaderMap, body: Body, if_match: Option<String>) -> Reply {
+/// `user`: whose grant let the request in, checked again under the lock.
+pub(super) async fn write(app: &App, target: &Target, headers: &HeaderMap, body: Body, if_match: Option<String>, user: Option<&str>) -> Reply {
     let (realm, local) = (&target.realm, &target.local);
     if local.is_empty() || local.ends_with('/') || local.starts_with('_') {
         return Err(error(StatusCode::METHOD_NOT_ALLOWED, &format!("POST not allowed for {realm}{local}: a file is written to a file path outside `_`")));
     }
     let bytes = read_body(body, headers, app.limits.file_bytes, app.limits.body_read).await?;
-    let mut txn = app.locks.acquire(&app.db, realm).await.map_err(write_refused)?;
+    let mut txn = app.locks.acquire_for(&app.db, realm, vec![local.clone()]).await.map_err(write_refused)?;
+    if !txn.may_write(user) {
+        let _ = txn.rollback().await;
+        return Err(super::responses::denied(crate::auth::write_refused(user, realm)));
+    }
     txn.set_client_request_id(super::guest_call::client_request_id(headers));
     if let Some(expected) = if_match {
         let current = match txn.read(local).await {

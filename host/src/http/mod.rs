@@ -146,26 +146,28 @@ async fn route(app: &App, guest: &Arc<Guest>, request: Request, realm_headers: &
     let (parts, body) = request.into_parts();
     let headers = parts.headers;
     let method = method_of(&parts.method, &headers);
-    let target = match resolve(app, &headers, parts.uri.path()).await? {
+    let mut target = match resolve(app, &headers, parts.uri.path())? {
         Resolved::Target(t) => t,
         Resolved::Redirect(to) => return Ok(redirect(&to)),
     };
+    let need = need_of(&method, &target.local);
+    let authorized = authorize(app, &mut target, need, &headers).await;
     *realm_headers = Some(RealmHeaders { url: target.realm.clone(), public_readable: target.public.read });
     if method == Method::GET && target.local == "_readiness-check" {
         return Ok(realm_meta::readiness(&app.db).await);
     }
-    let authorized = authorize(app, &target, need_of(&method, &target.local), &headers).await;
     if method == Method::HEAD {
         // HEAD needs no credentials (as in Boxel): a client learns which
         // realm a URL is in and whether it is public. Whether the path
         // exists is told only to those who may read it.
         return match authorized {
-            Ok(()) => head(app, &target, media_of(&headers).is_ok_and(|m| m == Media::Card)).await,
+            Ok(_) => head(app, &target, media_of(&headers).is_ok_and(|m| m == Media::Card)).await,
             Err(Denied::Unavailable(detail)) => Err(responses::denied(Denied::Unavailable(detail))),
             Err(_) => Ok(StatusCode::OK.into_response()),
         };
     }
-    authorized.map_err(responses::denied)?;
+    // Whose grant let the request in: a write lock checks it again.
+    let user = authorized.map_err(responses::denied)?;
 
     if method == Method::GET && target.local == "_events" && accepts_event_stream(&headers) {
         let stalls = parts.extensions.get::<Arc<listener::WriteStalls>>().cloned();
@@ -195,7 +197,7 @@ async fn route(app: &App, guest: &Arc<Guest>, request: Request, realm_headers: &
             if let Some(id) = local.strip_suffix(".json") {
                 return Ok(redirect(&encode_url(&format!("{realm}{id}"))));
             }
-            match run_call(guest, Call::GetCard { realm, path: local }).await? {
+            match run_call(guest, Call::GetCard { realm, path: local }, user).await? {
                 Ok(answer) => {
                     let mut card = card_answer(answer)?;
                     let (body, side_loaded) = included::complete(app, guest, &target.realm, &card.body).await?;
@@ -221,7 +223,7 @@ async fn route(app: &App, guest: &Arc<Guest>, request: Request, realm_headers: &
             let body = read_text(body, &headers, app.limits.card_bytes, app.limits.body_read).await?;
             check_json_values(&body, app.limits.json_values)?;
             let new_name = uuid::Uuid::new_v4().to_string();
-            let card = card_answer(run_write(guest, Call::CreateCard { realm, dir: local, new_name, body }, &headers).await?)?;
+            let card = card_answer(run_write(guest, Call::CreateCard { realm, dir: local, new_name, body }, &headers, user).await?)?;
             let location = card.id.clone();
             let mut response = card_response(StatusCode::CREATED, card, &target, &HeaderMap::new());
             if let Ok(location) = HeaderValue::from_str(&encode_url(&location)) {
@@ -233,12 +235,12 @@ async fn route(app: &App, guest: &Arc<Guest>, request: Request, realm_headers: &
             let body = read_text(body, &headers, app.limits.card_bytes, app.limits.body_read).await?;
             check_json_values(&body, app.limits.json_values)?;
             let path = local.strip_suffix(".json").unwrap_or(&local).to_string();
-            let card = card_answer(run_write(guest, Call::PatchCard { realm, path, body, if_match }, &headers).await?)?;
+            let card = card_answer(run_write(guest, Call::PatchCard { realm, path, body, if_match }, &headers, user).await?)?;
             card_response(StatusCode::OK, card, &target, &HeaderMap::new())
         }
         (Method::DELETE, Media::Card) => {
             let path = local.strip_suffix(".json").unwrap_or(&local).to_string();
-            run_write(guest, Call::DeleteCard { realm, path, if_match }, &headers).await?;
+            run_write(guest, Call::DeleteCard { realm, path, if_match }, &headers, user).await?;
             StatusCode::NO_CONTENT.into_response()
         }
         // Card source; also any other body for a `.json` path (the guest
@@ -249,7 +251,7 @@ async fn route(app: &App, guest: &Arc<Guest>, request: Request, realm_headers: &
                 // The guest parses a `.json` file to index it as a card.
                 check_json_values(&content, app.limits.json_values)?;
             }
-            match run_write(guest, Call::WriteSource { realm, path: local, content, if_match }, &headers).await? {
+            match run_write(guest, Call::WriteSource { realm, path: local, content, if_match }, &headers, user).await? {
                 Answer::File(meta) => {
                     let mut response = StatusCode::NO_CONTENT.into_response();
                     set_file_headers(response.headers_mut(), &meta.etag, meta.created, meta.last_modified);
@@ -258,15 +260,15 @@ async fn route(app: &App, guest: &Arc<Guest>, request: Request, realm_headers: &
                 _ => return Err(unexpected_shape(guest)),
             }
         }
-        (Method::POST, Media::Other) => binary::write(app, &target, &headers, body, if_match).await?,
+        (Method::POST, Media::Other) => binary::write(app, &target, &headers, body, if_match, user.as_deref()).await?,
         (Method::DELETE, Media::Source) => {
-            run_write(guest, Call::DeleteSource { realm, path: local, if_match }, &headers).await?;
+            run_write(guest, Call::DeleteSource { realm, path: local, if_match }, &headers, user).await?;
             StatusCode::NO_CONTENT.into_response()
         }
         (Method::POST, Media::JsonApi) if local == "_atomic" => {
             let body = read_text(body, &headers, app.limits.atomic_bytes, app.limits.body_read).await?;
             check_atomic_body(&body, app.limits.atomic_operations, app.limits.json_values)?;
-            match run_write(guest, Call::Atomic { realm, body }, &headers).await? {
+            match run_write(guest, Call::Atomic { realm, body }, &headers, user).await? {
                 Answer::Text(results) => text_response(StatusCode::CREATED, JSON_API, results),
                 _ => return Err(unexpected_shape(guest)),
             }
@@ -291,14 +293,31 @@ fn accepts_event_stream(headers: &HeaderMap) -> bool {
         .any(|item| item.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream")))
 }
 
-/// Checks the request's credentials against what it needs in the realm.
-async fn authorize(app: &App, target: &Target, need: Need, headers: &HeaderMap) -> Result<(), Denied> {
+/// Checks the request's credentials against what it needs in the realm,
+/// filling in what anyone may do there; answers whose grant let it in.
+/// A write goes by the permissions as last read (its write lock checks
+/// them again, as read under the realm's lock), falling back to reading
+/// them when those say no; everything else reads them now.
+async fn authorize(app: &App, target: &mut Target, need: Need, headers: &HeaderMap) -> Result<Option<String>, Denied> {
+    if need == Need::Write {
+        if let Ok(user) = authorize_with(app, target, need, headers, true).await {
+            return Ok(user);
+        }
+    }
+    authorize_with(app, target, need, headers, false).await
+}
+
+async fn authorize_with(app: &App, target: &mut Target, need: Need, headers: &HeaderMap, cached: bool) -> Result<Option<String>, Denied> {
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let realms = &app.realms;
     let realm = target.realm.as_str();
-    auth::authorize(&app.secret, realm, need, target.public, authorization, |user| async move {
-        realms.permissions(realm, &user).await.map_err(|e| Denied::Unavailable(e.to_string()))
-    })
-    .await
+    let permissions = |user: String| async move {
+        let read = if cached { realms.cached_permissions(realm, &user).await } else { realms.permissions(realm, &user).await };
+        read.map_err(|e| Denied::Unavailable(e.to_string()))
+    };
+    let public = permissions("*".to_string()).await?;
+    let result = auth::authorize(&app.secret, realm, need, public, authorization, permissions).await;
+    target.public = public;
+    result
 }
 

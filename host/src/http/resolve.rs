@@ -6,11 +6,13 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 
 use super::app::App;
-use super::responses::{encode_url, error, storage_error};
+use super::responses::{encode_url, error};
 use crate::realm::url::{self as realm_url, check_local_path};
 use crate::store::Permissions;
 
-/// The realm a request addresses and the local path inside it.
+/// The realm a request addresses and the local path inside it; `public`
+/// (what anyone may do there) is filled in by the router, which knows
+/// whether an exact read of it is needed.
 pub(super) struct Target {
     pub(super) realm: String,
     pub(super) local: String,
@@ -26,7 +28,7 @@ pub(super) enum Resolved {
 /// path (spec §1, §6: a replica serves every realm of the database,
 /// whatever host and port it is reached on). Among realms with the same
 /// path, the one on the request's own origin wins.
-pub(super) async fn resolve(app: &App, headers: &HeaderMap, raw_path: &str) -> Result<Resolved, Response> {
+pub(super) fn resolve(app: &App, headers: &HeaderMap, raw_path: &str) -> Result<Resolved, Response> {
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
     let path = realm_url::decode(raw_path).map_err(|e| error(StatusCode::BAD_REQUEST, &e.to_string()))?;
     // The realm list is kept in memory (see `RealmCache`): a path under no
@@ -35,8 +37,7 @@ pub(super) async fn resolve(app: &App, headers: &HeaderMap, raw_path: &str) -> R
         Some(Found::Redirect(realm)) => Ok(Resolved::Redirect(encode_url(&realm))),
         Some(Found::Realm { realm, local }) => {
             check_local_path(&local).map_err(|e| error(StatusCode::BAD_REQUEST, &format!("invalid path '{local}': {e}")))?;
-            let public = app.realms.permissions(&realm, "*").await.map_err(|e| storage_error(&e))?;
-            Ok(Resolved::Target(Target { realm, local, public }))
+            Ok(Resolved::Target(Target { realm, local, public: Permissions::default() }))
         }
         None => Err(error(StatusCode::NOT_FOUND, &format!("no realm serves {path}"))),
     }

@@ -109,10 +109,10 @@ struct State {
 }
 
 impl Group {
-    /// A group holding `realm`'s lock in `tx` (where `found` was read of
+    /// A group holding `realm`'s lock in `tx` (where `read` was read of
     /// it), with its opener admitted.
-    pub(super) fn new(tx: Tx, realm: &str, found: Read, coalescing: Coalescing, shared: Arc<Shared>, writer: Option<OwnedMutexGuard<()>>) -> Arc<Group> {
-        let realms = HashMap::from([(realm.to_string(), Some(found.into_batch()))]);
+    pub(super) fn new(tx: Tx, realm: &str, read: Read, coalescing: Coalescing, shared: Arc<Shared>, writer: Option<OwnedMutexGuard<()>>) -> Arc<Group> {
+        let realms = HashMap::from([(realm.to_string(), Some(read.into_batch()))]);
         Arc::new(Group {
             tx: tokio::sync::Mutex::new(Some(tx)),
             state: Mutex::new(State { open: true, active: 1, admitted: 1, writers: 0, realms, writer, queued: false }),
@@ -157,8 +157,8 @@ impl Group {
         }
         let mut tx = self.tx.lock().await;
         let tx = tx.as_mut().ok_or_else(finished)?;
-        let Some(found) = sql::try_add_realm(tx, realm, &paths).await? else { return Ok(false) };
-        let batch = Read { paths, found }.into_batch();
+        let Some(locked) = sql::try_add_realm(tx, realm, &paths).await? else { return Ok(false) };
+        let batch = Read { paths, locked }.into_batch();
         self.state().realms.entry(realm.to_string()).or_insert(Some(batch));
         Ok(true)
     }
@@ -349,18 +349,20 @@ impl Group {
     }
 }
 
-/// What was read of a realm as its lock was taken.
+/// What was read of a realm as its lock was taken, and which paths were asked for.
 pub(super) struct Read {
     pub(super) paths: Vec<String>,
-    pub(super) found: HashMap<String, FileState>,
+    pub(super) locked: sql::Locked,
 }
 
 impl Read {
-    /// A realm batch that knows these paths (a path not found is known absent).
-    fn into_batch(mut self) -> RealmBatch {
-        let mut batch = RealmBatch::default();
+    /// A realm batch that knows who may write and these paths (a path not
+    /// found is known absent).
+    fn into_batch(self) -> RealmBatch {
+        let sql::Locked { access, mut found } = self.locked;
+        let mut batch = RealmBatch::with_access(access);
         for path in self.paths {
-            let state = self.found.remove(&path);
+            let state = found.remove(&path);
             batch.learn(&path, state);
         }
         batch

@@ -17,8 +17,6 @@
 // Lowest first; each file uses only the ones above it.
 // Why a write-path operation failed.
 mod error;
-// The Postgres advisory-lock key of a realm URL.
-mod key;
 // The realm event a write request appends (the outbox).
 mod outbox;
 // The batch overlay: what a batch knows and wrote, and what its flush writes.

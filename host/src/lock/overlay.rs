@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use super::outbox::Changes;
 use crate::search::fields::{fields_of, FieldRow};
 use crate::search::index::SEARCH_VERSION;
-use crate::store::FileRow;
+use crate::store::{FileRow, Permissions};
 
 /// The card-index row of a card file.
 #[derive(Clone, Debug, PartialEq)]
@@ -90,6 +90,9 @@ impl Member {
 /// What a realm's batch knows, and the events of its committed members.
 #[derive(Default)]
 pub struct RealmBatch {
+    /// Who may do what in the realm, as read under its lock (`None`: not
+    /// known here, the in-memory store keeps no permissions).
+    access: Option<HashMap<String, Permissions>>,
     entries: HashMap<String, Entry>,
     /// Event payloads of the committed members, in commit order.
     events: Vec<String>,
@@ -98,6 +101,20 @@ pub struct RealmBatch {
 }
 
 impl RealmBatch {
+    /// A batch of a realm whose permissions were read under its lock.
+    pub fn with_access(access: Option<Vec<(String, Permissions)>>) -> RealmBatch {
+        RealmBatch { access: access.map(|rows| rows.into_iter().collect()), ..RealmBatch::default() }
+    }
+
+    /// Whether `user` (`None`: anyone) may write the realm, by what its
+    /// lock holder read: the user's grant with anyone's.
+    pub fn may_write(&self, user: Option<&str>) -> bool {
+        let Some(access) = &self.access else { return true };
+        let anyone = access.get("*").copied().unwrap_or_default();
+        let granted = user.and_then(|u| access.get(u)).copied().unwrap_or_default().union(anyone);
+        granted.write || granted.realm_owner
+    }
+
     /// What the batch knows of `path`, if it has seen it.
     pub fn seen(&self, path: &str) -> Option<Seen<'_>> {
         self.entries.get(path).map(|e| Seen { state: e.current.as_ref(), uncommitted: e.dirty })
@@ -289,6 +306,17 @@ mod tests {
         batch.learn("a.txt", Some(file("stored", 1)));
         assert_eq!(content_of(&batch, "a.txt").as_deref(), Some("first"));
         assert_eq!(batch.unseen(&["a.txt".to_string(), "b".to_string(), "b".to_string(), "gone.txt".to_string()]), vec!["b".to_string()]);
+    }
+
+    #[test]
+    fn writing_needs_a_grant_as_read_under_the_lock() {
+        let p = |write, realm_owner| Permissions { read: true, write, realm_owner };
+        let batch = RealmBatch::with_access(Some(vec![("alice".into(), p(true, false)), ("carol".into(), p(false, true)), ("*".into(), p(false, false))]));
+        assert!(batch.may_write(Some("alice")) && batch.may_write(Some("carol")));
+        assert!(!batch.may_write(Some("bob")) && !batch.may_write(None));
+        let public = RealmBatch::with_access(Some(vec![("*".into(), p(true, false))]));
+        assert!(public.may_write(None) && public.may_write(Some("bob")));
+        assert!(RealmBatch::default().may_write(None), "the in-memory store keeps no permissions");
     }
 
     #[test]

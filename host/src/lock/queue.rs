@@ -214,8 +214,8 @@ impl Locks {
                 }
             }
             let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-            let (tx, found) = self.open(db, realm, &paths, remaining).await?;
-            return Ok(self.opened(Group::new(tx, realm, Read { paths, found }, self.coalescing, self.shared.clone(), None)));
+            let (tx, locked) = self.open(db, realm, &paths, remaining).await?;
+            return Ok(self.opened(Group::new(tx, realm, Read { paths, locked }, self.coalescing, self.shared.clone(), None)));
         }
         // One transaction at a time covers every realm.
         if let Some(group) = current.filter(|g| g.join()) {
@@ -228,12 +228,12 @@ impl Locks {
         let writer = tokio::time::timeout_at(deadline, self.writer.clone().lock_owned()).await;
         let writer = writer.map_err(|_| WriteError::LockTimeout(realm.to_string()))?;
         let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-        let (tx, found) = self.open(db, realm, &paths, remaining).await?;
-        Ok(self.opened(Group::new(tx, realm, Read { paths, found }, self.coalescing, self.shared.clone(), Some(writer))))
+        let (tx, locked) = self.open(db, realm, &paths, remaining).await?;
+        Ok(self.opened(Group::new(tx, realm, Read { paths, locked }, self.coalescing, self.shared.clone(), Some(writer))))
     }
 
     /// `sql::open`, counted in [`Locks::opening`] while it waits.
-    async fn open(&self, db: &Database, realm: &str, paths: &[String], remaining: Duration) -> Result<(sql::Tx, std::collections::HashMap<String, super::overlay::FileState>), WriteError> {
+    async fn open(&self, db: &Database, realm: &str, paths: &[String], remaining: Duration) -> Result<(sql::Tx, sql::Locked), WriteError> {
         struct Opening<'a>(&'a std::sync::atomic::AtomicUsize);
         impl Drop for Opening<'_> {
             fn drop(&mut self) {

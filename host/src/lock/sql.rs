@@ -12,11 +12,10 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Postgres, Row, Sqlite, Transaction};
 
 use super::error::WriteError;
-use super::key::advisory_lock_key;
 use super::outbox::EVENTS_CHANNEL;
 use super::overlay::{CardRow, FileState, RealmChanges};
 use crate::search::index::SEARCH_VERSION;
-use crate::store::{Database, FileRow, MemoryStore, Staged};
+use crate::store::{advisory_lock_key, Database, FileRow, MemoryStore, Permissions, Staged};
 
 /// The open transaction of a batch: it holds the database-level lock of
 /// every realm in the batch (SQLite: the database's one write lock).
@@ -70,25 +69,30 @@ impl Drop for PgTx {
 const STATEMENT_SLACK: Duration = Duration::from_secs(30);
 
 /// Postgres: takes a realm's advisory lock (waiting for it, or only if it
-/// is free right now) and, once it holds it, reads the files asked for,
-/// in one round trip. A PL/pgSQL function because each statement of a
-/// volatile function takes its own snapshot: the read sees whatever the
-/// previous holder committed (a read in the locking statement itself
-/// would not). The first row says whether the lock was taken (`path`
-/// NULL); file rows follow.
-const LOCK_AND_READ_FUNCTION: &str = "CREATE OR REPLACE FUNCTION realm_core_lock_and_read(p_key bigint, p_wait boolean, p_realm text, p_paths text[])
-    RETURNS TABLE (locked boolean, path text, content text, content_hash text, created_at bigint, last_modified bigint,
-                   content_encoding text, card_id text, card_type text, search_doc text, search_version bigint)
+/// is free right now) and, once it holds it, reads who may do what in the
+/// realm and the files asked for, in one round trip. A PL/pgSQL function
+/// because each statement of a volatile function takes its own snapshot:
+/// the reads see whatever the previous holder committed (a read in the
+/// locking statement itself would not). The first row says whether the
+/// lock was taken and carries the realm's permissions (JSON, `path` NULL);
+/// file rows follow.
+const LOCK_AND_READ_FUNCTION: &str = "DROP FUNCTION IF EXISTS realm_core_lock_and_read(bigint, boolean, text, text[]);
+CREATE FUNCTION realm_core_lock_and_read(p_key bigint, p_wait boolean, p_realm text, p_paths text[])
+    RETURNS TABLE (locked boolean, permissions text, path text, content text, content_hash text, created_at bigint,
+                   last_modified bigint, content_encoding text, card_id text, card_type text, search_doc text, search_version bigint)
     LANGUAGE plpgsql VOLATILE AS $fn$
 BEGIN
     IF p_wait THEN
         PERFORM pg_advisory_xact_lock(p_key);
     ELSIF NOT pg_try_advisory_xact_lock(p_key) THEN
-        RETURN QUERY SELECT false, NULL::text, NULL::text, NULL::text, NULL::bigint, NULL::bigint, NULL::text, NULL::text, NULL::text, NULL::text, NULL::bigint;
+        RETURN QUERY SELECT false, NULL::text, NULL::text, NULL::text, NULL::text, NULL::bigint, NULL::bigint, NULL::text, NULL::text, NULL::text, NULL::text, NULL::bigint;
         RETURN;
     END IF;
-    RETURN QUERY SELECT true, NULL::text, NULL::text, NULL::text, NULL::bigint, NULL::bigint, NULL::text, NULL::text, NULL::text, NULL::text, NULL::bigint;
-    RETURN QUERY SELECT true, f.path, f.content, f.content_hash, f.created_at, f.last_modified, f.content_encoding,
+    RETURN QUERY SELECT true,
+            (SELECT COALESCE(json_agg(json_build_array(p.username, p.can_read, p.can_write, p.realm_owner)), '[]'::json)::text
+             FROM realm_permissions p WHERE p.realm_url = p_realm),
+            NULL::text, NULL::text, NULL::text, NULL::bigint, NULL::bigint, NULL::text, NULL::text, NULL::text, NULL::text, NULL::bigint;
+    RETURN QUERY SELECT true, NULL::text, f.path, f.content, f.content_hash, f.created_at, f.last_modified, f.content_encoding,
             c.card_id, c.card_type, c.search_doc, c.search_version
         FROM files f LEFT JOIN card_index c ON c.realm_url = f.realm_url AND c.path = f.path
         WHERE f.realm_url = p_realm AND f.path = ANY(p_paths);
@@ -108,20 +112,29 @@ pub async fn prepare(db: &Database) -> Result<(), WriteError> {
     Ok(())
 }
 
+/// What a transaction read of a realm as it took the realm's lock: who may
+/// do what there (`None`: the in-memory store, which keeps no
+/// permissions), and the files asked for that exist.
+pub(super) struct Locked {
+    pub(super) access: Option<Vec<(String, Permissions)>>,
+    pub(super) found: HashMap<String, FileState>,
+}
+
 /// Opens a transaction holding `realm`'s lock, waiting at most `remaining`
-/// for it, and reads `paths` of it. On Postgres two round trips: BEGIN
-/// with the timeouts, then the lock and the read.
-pub(super) async fn open(db: &Database, realm: &str, paths: &[String], remaining: Duration) -> Result<(Tx, HashMap<String, FileState>), WriteError> {
+/// for it, and reads the realm's permissions and `paths` of it. On
+/// Postgres two round trips: BEGIN with the timeouts, then the lock and
+/// the reads.
+pub(super) async fn open(db: &Database, realm: &str, paths: &[String], remaining: Duration) -> Result<(Tx, Locked), WriteError> {
     match db {
         Database::Memory(store) => {
             let mut tx = Tx::Memory(store.clone());
-            let found = read(&mut tx, realm, paths).await?;
-            Ok((tx, found))
+            let locked = read_locked(&mut tx, realm, paths).await?;
+            Ok((tx, locked))
         }
         Database::Sqlite(pool) => {
             let mut tx = Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?);
-            let found = read(&mut tx, realm, paths).await?;
-            Ok((tx, found))
+            let locked = read_locked(&mut tx, realm, paths).await?;
+            Ok((tx, locked))
         }
         Database::Postgres(pool) => {
             let ms = remaining.as_millis().max(1);
@@ -130,29 +143,29 @@ pub(super) async fn open(db: &Database, realm: &str, paths: &[String], remaining
             let begin = format!("BEGIN; SELECT set_config('lock_timeout', '{ms}ms', true), set_config('statement_timeout', '{statement_ms}ms', true)");
             let opened = tokio::time::timeout(remaining, async {
                 let mut tx = PgTx::begin(pool, begin).await?;
-                let found = lock_and_read(&mut tx, realm, true, paths).await?;
-                Ok::<_, WriteError>((tx, found))
+                let locked = lock_and_read(&mut tx, realm, true, paths).await?;
+                Ok::<_, WriteError>((tx, locked))
             });
-            let (tx, found) = opened.await.map_err(|_| WriteError::LockTimeout(realm.to_string()))??;
-            let found = found.ok_or_else(|| WriteError::Storage(format!("the lock of {realm} was not taken")))?;
-            Ok((Tx::Postgres(tx), found))
+            let (tx, locked) = opened.await.map_err(|_| WriteError::LockTimeout(realm.to_string()))??;
+            let locked = locked.ok_or_else(|| WriteError::Storage(format!("the lock of {realm} was not taken")))?;
+            Ok((Tx::Postgres(tx), locked))
         }
     }
 }
 
 /// Adds `realm` to an open transaction if its lock is free right now
 /// (never waits: a transaction already holding locks must not wait for
-/// another, so no two replicas can deadlock), reading `paths` of it; None
-/// when another transaction holds the lock. SQLite's and the memory
-/// store's transactions cover every realm already.
-pub(super) async fn try_add_realm(tx: &mut Tx, realm: &str, paths: &[String]) -> Result<Option<HashMap<String, FileState>>, WriteError> {
+/// another, so no two replicas can deadlock), reading its permissions and
+/// `paths` of it; None when another transaction holds the lock. SQLite's
+/// and the memory store's transactions cover every realm already.
+pub(super) async fn try_add_realm(tx: &mut Tx, realm: &str, paths: &[String]) -> Result<Option<Locked>, WriteError> {
     match tx {
         Tx::Postgres(t) => lock_and_read(t, realm, false, paths).await,
-        Tx::Sqlite(_) | Tx::Memory(_) => read(tx, realm, paths).await.map(Some),
+        Tx::Sqlite(_) | Tx::Memory(_) => read_locked(tx, realm, paths).await.map(Some),
     }
 }
 
-async fn lock_and_read(t: &mut PgTx, realm: &str, wait: bool, paths: &[String]) -> Result<Option<HashMap<String, FileState>>, WriteError> {
+async fn lock_and_read(t: &mut PgTx, realm: &str, wait: bool, paths: &[String]) -> Result<Option<Locked>, WriteError> {
     let rows = sqlx::query("SELECT * FROM realm_core_lock_and_read($1, $2, $3, $4)")
         .bind(advisory_lock_key(realm))
         .bind(wait)
@@ -160,17 +173,46 @@ async fn lock_and_read(t: &mut PgTx, realm: &str, wait: bool, paths: &[String]) 
         .bind(paths)
         .fetch_all(t.conn())
         .await?;
-    let mut found = HashMap::new();
+    let mut locked = Locked { access: None, found: HashMap::new() };
     for row in &rows {
-        match row.try_get::<Option<String>, _>(1)? {
-            None if !row.try_get::<bool, _>(0)? => return Ok(None),
-            None => {}
-            Some(path) => {
-                found.insert(path, state_at(row, 1)?);
-            }
+        if !row.try_get::<bool, _>(0)? {
+            return Ok(None);
+        }
+        if let Some(json) = row.try_get::<Option<String>, _>(1)? {
+            locked.access = Some(permissions_of_json(&json)?);
+        }
+        if let Some(path) = row.try_get::<Option<String>, _>(2)? {
+            locked.found.insert(path, state_at(row, 2)?);
         }
     }
-    Ok(Some(found))
+    Ok(Some(locked))
+}
+
+/// `[[user, read, write, owner], …]` as the function aggregates it.
+fn permissions_of_json(json: &str) -> Result<Vec<(String, Permissions)>, WriteError> {
+    let rows: Vec<(String, bool, bool, bool)> =
+        serde_json::from_str(json).map_err(|e| WriteError::Storage(format!("the realm's permissions as read under its lock: {e}")))?;
+    Ok(rows.into_iter().map(|(user, read, write, realm_owner)| (user, Permissions { read, write, realm_owner })).collect())
+}
+
+/// The permissions and files of a realm whose lock the transaction holds
+/// (SQLite, memory).
+async fn read_locked(tx: &mut Tx, realm: &str, paths: &[String]) -> Result<Locked, WriteError> {
+    let access = match tx {
+        Tx::Sqlite(t) => {
+            let rows = sqlx::query("SELECT username, can_read, can_write, realm_owner FROM realm_permissions WHERE realm_url = $1")
+                .bind(realm)
+                .fetch_all(&mut **t)
+                .await?;
+            let mut access = Vec::with_capacity(rows.len());
+            for r in &rows {
+                access.push((r.try_get(0)?, Permissions { read: r.try_get(1)?, write: r.try_get(2)?, realm_owner: r.try_get(3)? }));
+            }
+            Some(access)
+        }
+        Tx::Postgres(_) | Tx::Memory(_) => None,
+    };
+    Ok(Locked { access, found: read(tx, realm, paths).await? })
 }
 
 const READ_POSTGRES: &str = "SELECT f.path, f.content, f.content_hash, f.created_at, f.last_modified, f.content_encoding,

@@ -268,6 +268,14 @@ impl WriteTxn {
         Ok(true)
     }
 
+    /// Whether `user` (`None`: anyone) may write the realm, by its
+    /// permissions as read under the realm's lock (which a permission change
+    /// takes too): the final word on a write let in by permissions read
+    /// before.
+    pub fn may_write(&self, user: Option<&str>) -> bool {
+        self.batch.as_ref().is_some_and(|batch| batch.may_write(user))
+    }
+
     /// Sets the `X-Boxel-Client-Request-Id` this request's event carries.
     pub fn set_client_request_id(&mut self, id: Option<String>) {
         self.client_request_id = id;

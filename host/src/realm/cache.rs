@@ -2,9 +2,12 @@
 //! It lives in memory, so routing a request (even one for a path under no
 //! realm) costs no query; it is reloaded on a short timer, and on Postgres
 //! also whenever any process changes a realm (`LISTEN/NOTIFY` on
-//! [`REALM_CHANNEL`]). Permissions are not cached: they are read per
-//! request, so a `_permissions` change holds on every replica from the
-//! moment it commits (a notification arrives a little later).
+//! [`REALM_CHANNEL`]). Permissions are read per request for reads, so a
+//! `_permissions` change holds on every replica from the moment it commits
+//! (a notification arrives a little later). Writes may go by the
+//! permissions as last read ([`RealmCache::cached_permissions`]): the write
+//! path checks them again under the realm's lock, which a permission
+//! change takes too.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,6 +26,9 @@ const POSTGRES_REFRESH: Duration = Duration::from_secs(10);
 pub struct RealmCache {
     db: Database,
     realms: ArcSwap<Vec<String>>,
+    /// Permissions as last read, by (realm, user); dropped whenever a realm
+    /// changes and on the timer.
+    granted: std::sync::Mutex<std::collections::HashMap<(String, String), Permissions>>,
     /// How many times the realm list was read from the database.
     loads: AtomicU64,
 }
@@ -30,7 +36,7 @@ pub struct RealmCache {
 impl RealmCache {
     pub async fn load(db: Database) -> Result<RealmCache, DbError> {
         let realms = ArcSwap::from_pointee(db.realms().await?);
-        Ok(RealmCache { db, realms, loads: AtomicU64::new(1) })
+        Ok(RealmCache { db, realms, granted: Default::default(), loads: AtomicU64::new(1) })
     }
 
     /// The realm URLs, as last loaded.
@@ -43,8 +49,9 @@ impl RealmCache {
         self.loads.load(Ordering::Relaxed)
     }
 
-    /// Re-reads the realm list.
+    /// Re-reads the realm list (and forgets the permissions read so far).
     pub async fn reload_realms(&self) -> Result<(), DbError> {
+        self.granted().clear();
         let fresh = self.db.realms().await?;
         self.loads.fetch_add(1, Ordering::Relaxed);
         self.realms.store(Arc::new(fresh));
@@ -71,6 +78,31 @@ impl RealmCache {
     /// What exactly this user (`*` is anyone) may do in the realm.
     pub async fn permissions(&self, realm: &str, user: &str) -> Result<Permissions, DbError> {
         self.db.user_permissions(realm, user).await
+    }
+
+    fn granted(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, String), Permissions>> {
+        match self.granted.lock() {
+            Ok(granted) => granted,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// [`RealmCache::permissions`] as last read: for a write, whose batch
+    /// checks them again under the realm's lock. At most a refresh period
+    /// old, and dropped as soon as this replica hears of a change.
+    pub async fn cached_permissions(&self, realm: &str, user: &str) -> Result<Permissions, DbError> {
+        let key = (realm.to_string(), user.to_string());
+        if let Some(p) = self.granted().get(&key) {
+            return Ok(*p);
+        }
+        let p = self.db.user_permissions(realm, user).await?;
+        let mut granted = self.granted();
+        // Bounded: many users writing rarely only cost reads.
+        if granted.len() >= 10_000 {
+            granted.clear();
+        }
+        granted.insert(key, p);
+        Ok(p)
     }
 
     async fn catch_up(&self) {

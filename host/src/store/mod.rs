@@ -10,6 +10,8 @@ mod rows;
 mod memory;
 // Paths and times of a realm's files, without contents.
 mod listing;
+// The advisory-lock key of a realm.
+mod lock_key;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -19,6 +21,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::Row;
 
 pub use listing::FileEntry;
+pub use lock_key::advisory_lock_key;
 pub use memory::MemoryStore;
 pub(crate) use memory::Staged;
 pub use rows::{etag_of, now_unix, FileRow, Permissions, StoredContent};
@@ -134,14 +137,7 @@ impl Database {
     }
 
     async fn set_permissions(&self, realm: &str, user: &str, p: Permissions) -> Result<(), DbError> {
-        let sql = "INSERT INTO realm_permissions (realm_url, username, can_read, can_write, realm_owner)
-                   VALUES ($1, $2, $3, $4, $5)
-                   ON CONFLICT (realm_url, username) DO UPDATE
-                   SET can_read = excluded.can_read, can_write = excluded.can_write, realm_owner = excluded.realm_owner";
-        on_pool!(self, pool => { sqlx::query(sql)
-            .bind(realm).bind(user).bind(p.read).bind(p.write).bind(p.realm_owner)
-            .execute(pool).await?; });
-        self.announce_change(realm).await
+        self.update_permissions(realm, &[(user.to_string(), Some(p))]).await
     }
 
     /// Every user granted anything in the realm, with what they may do,
@@ -162,15 +158,22 @@ impl Database {
     }
 
     /// Sets each listed user's permissions (`None`: removes the user) in
-    /// one transaction, then tells every replica.
+    /// one transaction under the realm's write lock, then tells every replica.
     pub async fn update_permissions(&self, realm: &str, changes: &[(String, Option<Permissions>)]) -> Result<(), DbError> {
         let upsert = "INSERT INTO realm_permissions (realm_url, username, can_read, can_write, realm_owner)
                       VALUES ($1, $2, $3, $4, $5)
                       ON CONFLICT (realm_url, username) DO UPDATE
                       SET can_read = excluded.can_read, can_write = excluded.can_write, realm_owner = excluded.realm_owner";
         let remove = "DELETE FROM realm_permissions WHERE realm_url = $1 AND username = $2";
+        let postgres = matches!(self, Database::Postgres(_));
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
+            if postgres {
+                // The realm's write lock: a change never lands in the middle
+                // of a write batch, which reads the permissions once, under
+                // this lock (SQLite's one writer serialises them anyway).
+                sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(advisory_lock_key(realm)).execute(&mut *tx).await?;
+            }
             for (user, change) in changes {
                 match change {
                     Some(p) => sqlx::query(upsert).bind(realm).bind(user).bind(p.read).bind(p.write).bind(p.realm_owner).execute(&mut *tx).await?,

@@ -39,6 +39,7 @@ on_both_backends!(
     directories_list_one_level_sorted,
     permissions_are_read_and_patched_by_the_realm_owner_only,
     permission_changes_hold_on_every_replica_before_the_answer,
+    write_permission_changes_hold_on_every_replica_for_every_write_route,
     readiness_check_is_public,
     json_api_media_type_parameters_are_honoured,
     modules_resolve_without_their_extension_and_files_carry_their_type,
@@ -309,6 +310,60 @@ async fn permission_changes_hold_on_every_replica_before_the_answer(backend: Bac
         alice.get_source(&on_replica).fetch().await.expect_status(200);
         bob.get_source(&on_replica).fetch().await.card_error(403);
     }
+}
+
+/// Writes go by the permissions a replica last read, then check them again
+/// under the realm's write lock, which a permission change takes too: a
+/// change holds for writes on every replica as soon as it is answered,
+/// whatever the replica remembered (on SQLite a replica hears of a change
+/// only by its timer).
+async fn write_permission_changes_hold_on_every_replica_for_every_write_route(backend: Backend) {
+    let srv = backend.start_with(options_with_owner()).await;
+    let replica = srv.replica().await;
+    let owned = srv.realm("owned");
+    let carol = srv.client_as(CAROL, &owned, &["realm-owner"]).await;
+    let alice = srv.client_as(ALICE, &owned, &["read", "write"]).await;
+    let bob = srv.client_as(BOB, &owned, &["read", "write"]).await;
+    let (card, _) = alice.create(&owned, &person_doc(&owned, json!({"firstName": "Shared"}))).await;
+    alice.seed(&format!("{owned}doc.txt"), "start").await;
+    let replicas = [owned.clone(), replica.url("owned/")];
+    let new_card = json!({"type": "card", "attributes": {}, "meta": {"adoptsFrom": {"module": "./person", "name": "Person"}}});
+    let refused_everywhere = |who: Client, realm: String, round: usize| {
+        let (card, new_card) = (card.replace(&owned, &realm), new_card.clone());
+        async move {
+            let doc = format!("{realm}doc.txt");
+            who.write_source(&doc, "refused").fetch().await.card_error(403);
+            who.delete_source(&doc).fetch().await.card_error(403);
+            who.patch_card(&card, &person_doc(&realm, json!({"refused": round}))).fetch().await.card_error(403);
+            who.create_card(&realm, &person_doc(&realm, json!({"refused": round}))).fetch().await.card_error(403);
+            let body = json!({"atomic:operations": [{"op": "add", "href": format!("refused-{round}.json"), "data": new_card}]});
+            who.atomic(&realm, &body).fetch().await.card_error(403);
+            post_bytes(&who, &format!("{realm}refused.bin"), "application/octet-stream", vec![1, 2, 3]).fetch().await.card_error(403);
+        }
+    };
+    for round in 0..3 {
+        // Both replicas let alice write, and refuse bob (and remember it).
+        for realm in &replicas {
+            alice.write_source(&format!("{realm}doc.txt"), format!("alice {round}")).fetch().await.expect_status(204);
+            bob.write_source(&format!("{realm}doc.txt"), "refused").fetch().await.card_error(403);
+        }
+        let swap = permissions_patch(json!({"bob": ["read", "write"], "alice": ["read"]})).to_string();
+        patch_permissions(&carol, &replicas[round % 2], &swap).await.expect_status(200);
+        for realm in &replicas {
+            refused_everywhere(alice.clone(), realm.clone(), round).await;
+            bob.write_source(&format!("{realm}doc.txt"), format!("bob {round}")).fetch().await.expect_status(204);
+            assert_eq!(alice.read(&format!("{realm}doc.txt")).await, format!("bob {round}"), "only bob's write landed");
+        }
+        let back = permissions_patch(json!({"alice": ["read", "write"], "bob": ["read"]})).to_string();
+        patch_permissions(&carol, &replicas[(round + 1) % 2], &back).await.expect_status(200);
+        for realm in &replicas {
+            refused_everywhere(bob.clone(), realm.clone(), round).await;
+        }
+    }
+    for gone in ["refused.bin", "refused-0.json", "refused-1.json", "refused-2.json"] {
+        assert_eq!(alice.source_status(&format!("{owned}{gone}")).await, 404, "{gone}");
+    }
+    assert_eq!(alice.get_card(&card).fetch().await.expect_status(200).json()["data"]["attributes"], json!({"firstName": "Shared"}));
 }
 
 async fn readiness_check_is_public(backend: Backend) {

@@ -1,9 +1,11 @@
 //! The Postgres advisory-lock key of a realm (spec §5): the first 8 bytes
-//! of SHA-256 of the canonical realm URL, as a big-endian signed i64.
+//! of SHA-256 of the canonical realm URL, as a big-endian signed i64. The
+//! write path holds it around a realm's writes; permission changes take it
+//! too, so they never interleave with a batch.
 
 use sha2::{Digest, Sha256};
 
-pub(super) fn advisory_lock_key(canonical_realm_url: &str) -> i64 {
+pub fn advisory_lock_key(canonical_realm_url: &str) -> i64 {
     let digest = Sha256::digest(canonical_realm_url.as_bytes());
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
