@@ -106,6 +106,10 @@ struct State {
     writer: Option<OwnedMutexGuard<()>>,
     /// Waiting for a commit slot (in `Pacing::ready`).
     queued: bool,
+    /// Its commit slot came while writers were still running in it: it
+    /// admits no one new and commits when they are done (else writers that
+    /// keep arriving would hold it open until `max_wait`).
+    closing: bool,
 }
 
 impl Group {
@@ -115,7 +119,7 @@ impl Group {
         let realms = HashMap::from([(realm.to_string(), Some(read.into_batch()))]);
         Arc::new(Group {
             tx: tokio::sync::Mutex::new(Some(tx)),
-            state: Mutex::new(State { open: true, active: 1, admitted: 1, writers: 0, realms, writer, queued: false }),
+            state: Mutex::new(State { open: true, active: 1, admitted: 1, writers: 0, realms, writer, queued: false, closing: false }),
             outcome: watch::channel(None).0,
             opened: Instant::now(),
             coalescing,
@@ -135,7 +139,7 @@ impl Group {
     pub(super) fn join(&self) -> bool {
         let mut state = self.state();
         let c = self.coalescing;
-        let admit = state.open && state.admitted < c.max_batch.max(1) && self.opened.elapsed() < c.max_wait;
+        let admit = state.open && !state.closing && state.admitted < c.max_batch.max(1) && self.opened.elapsed() < c.max_wait;
         if admit {
             state.active += 1;
             state.admitted += 1;
@@ -248,8 +252,8 @@ impl Group {
         }
     }
 
-    /// A commit slot came free: the oldest queued group nobody runs in
-    /// commits now (one with writers still running commits when they leave).
+    /// A commit slot came free: the oldest queued group commits now, or, if
+    /// writers still run in it, stops admitting and commits when they leave.
     fn commit_done(&self) {
         let ready: Vec<Weak<Group>> = {
             let mut pacing = locked(&self.shared.pacing);
@@ -264,6 +268,10 @@ impl Group {
                 continue;
             }
             if started || state.active > 0 {
+                if !started {
+                    state.closing = true;
+                    started = true;
+                }
                 requeue.push(Arc::downgrade(&group));
                 continue;
             }

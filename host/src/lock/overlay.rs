@@ -85,6 +85,11 @@ impl Member {
     pub fn wrote(&self) -> bool {
         !self.writes.is_empty()
     }
+
+    /// The paths written, in order.
+    pub fn paths(&self) -> impl Iterator<Item = String> + '_ {
+        self.order.iter().cloned()
+    }
 }
 
 /// What a realm's batch knows, and the events of its committed members.

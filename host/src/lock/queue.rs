@@ -453,6 +453,20 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn a_batch_reads_its_writers_paths_and_the_realms_recent_ones_with_its_lock() {
+        let (_dir, db) = sqlite().await;
+        let locks = coalescing_locks();
+        let mut a = locks.acquire_for(&db, REALM, vec!["mine.txt".into()]).await.expect("a");
+        assert!(a.knows("mine.txt"), "the writer's own path is read with the lock");
+        assert!(!a.knows("other.txt"));
+        a.write("recent.txt", "x", None).await.expect("write");
+        a.commit().await.expect("commit");
+        let b = locks.acquire(&db, REALM).await.expect("b");
+        assert!(b.knows("recent.txt"), "the realm's recently written paths come along");
+        drop(b);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn a_waiter_that_gives_up_does_not_hold_up_the_holder() {
         let (_dir, db) = sqlite().await;
         let coalescing = Coalescing { max_batch: 64, max_wait: Duration::from_secs(10) };
