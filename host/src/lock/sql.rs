@@ -379,17 +379,80 @@ const FLUSH_POSTGRES: &str = "WITH
         DELETE FROM realm_events r USING appended a WHERE r.realm_url = a.realm_url AND r.seq = a.seq - $35)
     SELECT realm_url, seq, pg_notify($36, realm_url || ' ' || seq) FROM newest";
 
-/// Column arrays of every table, for the Postgres flush.
+/// A table's rows as column arrays (`UNNEST` turns them back into rows).
+#[derive(Default)]
+struct FileColumns {
+    realm: Vec<String>,
+    path: Vec<String>,
+    content: Vec<String>,
+    hash: Vec<String>,
+    created: Vec<i64>,
+    modified: Vec<i64>,
+    encoding: Vec<&'static str>,
+}
+
+#[derive(Default)]
+struct CardColumns {
+    realm: Vec<String>,
+    path: Vec<String>,
+    card_id: Vec<String>,
+    card_type: Vec<String>,
+    search_doc: Vec<String>,
+}
+
+#[derive(Default)]
+struct FieldColumns {
+    realm: Vec<String>,
+    path: Vec<String>,
+    field: Vec<String>,
+    position: Vec<i64>,
+    kind: Vec<i64>,
+    key: Vec<String>,
+    text: Vec<String>,
+    folded: Vec<Option<String>>,
+    number: Vec<Option<f64>>,
+}
+
+/// (realm, path) pairs, for the deletions.
+#[derive(Default)]
+struct PathColumns {
+    realm: Vec<String>,
+    path: Vec<String>,
+}
+
+impl PathColumns {
+    fn push(&mut self, realm: &str, path: &str) {
+        self.realm.push(realm.to_string());
+        self.path.push(path.to_string());
+    }
+}
+
+#[derive(Default)]
+struct FieldKeyColumns {
+    realm: Vec<String>,
+    path: Vec<String>,
+    field: Vec<String>,
+    position: Vec<i64>,
+}
+
+#[derive(Default)]
+struct EventColumns {
+    realm: Vec<String>,
+    ord: Vec<i64>,
+    payload: Vec<String>,
+}
+
+/// Every table's rows of a flush, as the Postgres statement binds them.
 #[derive(Default)]
 struct Columns {
-    file: (Vec<String>, Vec<String>, Vec<String>, Vec<String>, Vec<i64>, Vec<i64>, Vec<&'static str>),
-    gone_file: (Vec<String>, Vec<String>),
-    card: (Vec<String>, Vec<String>, Vec<String>, Vec<String>, Vec<String>),
-    gone_card: (Vec<String>, Vec<String>),
-    field: (Vec<String>, Vec<String>, Vec<String>, Vec<i64>, Vec<i64>, Vec<String>, Vec<String>, Vec<Option<String>>, Vec<Option<f64>>),
-    gone_field: (Vec<String>, Vec<String>, Vec<String>, Vec<i64>),
-    reset: (Vec<String>, Vec<String>),
-    event: (Vec<String>, Vec<i64>, Vec<String>),
+    files: FileColumns,
+    gone_files: PathColumns,
+    cards: CardColumns,
+    gone_cards: PathColumns,
+    fields: FieldColumns,
+    gone_fields: FieldKeyColumns,
+    reset_fields: PathColumns,
+    events: EventColumns,
 }
 
 impl Columns {
@@ -397,54 +460,55 @@ impl Columns {
         let mut c = Columns::default();
         for (realm, changes) in realms {
             for (path, row) in &changes.file_upserts {
-                c.file.0.push(realm.clone());
-                c.file.1.push(path.clone());
-                c.file.2.push(row.content.clone());
-                c.file.3.push(row.content_hash.clone());
-                c.file.4.push(row.created);
-                c.file.5.push(row.last_modified);
-                c.file.6.push(encoding(row));
+                let f = &mut c.files;
+                f.realm.push(realm.clone());
+                f.path.push(path.clone());
+                f.content.push(row.content.clone());
+                f.hash.push(row.content_hash.clone());
+                f.created.push(row.created);
+                f.modified.push(row.last_modified);
+                f.encoding.push(encoding(row));
             }
             for path in &changes.file_deletes {
-                c.gone_file.0.push(realm.clone());
-                c.gone_file.1.push(path.clone());
+                c.gone_files.push(realm, path);
             }
             for (path, card) in &changes.card_upserts {
-                c.card.0.push(realm.clone());
-                c.card.1.push(path.clone());
-                c.card.2.push(card.card_id.clone());
-                c.card.3.push(card.card_type.clone());
-                c.card.4.push(card.search_doc.clone());
+                let k = &mut c.cards;
+                k.realm.push(realm.clone());
+                k.path.push(path.clone());
+                k.card_id.push(card.card_id.clone());
+                k.card_type.push(card.card_type.clone());
+                k.search_doc.push(card.search_doc.clone());
             }
             for path in &changes.card_deletes {
-                c.gone_card.0.push(realm.clone());
-                c.gone_card.1.push(path.clone());
+                c.gone_cards.push(realm, path);
             }
             for (path, row) in &changes.field_upserts {
-                c.field.0.push(realm.clone());
-                c.field.1.push(path.clone());
-                c.field.2.push(row.field.clone());
-                c.field.3.push(row.position);
-                c.field.4.push(row.kind as i64);
-                c.field.5.push(row.key.clone());
-                c.field.6.push(row.text.clone());
-                c.field.7.push(row.folded.clone());
-                c.field.8.push(row.number);
+                let f = &mut c.fields;
+                f.realm.push(realm.clone());
+                f.path.push(path.clone());
+                f.field.push(row.field.clone());
+                f.position.push(row.position);
+                f.kind.push(row.kind as i64);
+                f.key.push(row.key.clone());
+                f.text.push(row.text.clone());
+                f.folded.push(row.folded.clone());
+                f.number.push(row.number);
             }
             for (path, field, position) in &changes.field_deletes {
-                c.gone_field.0.push(realm.clone());
-                c.gone_field.1.push(path.clone());
-                c.gone_field.2.push(field.clone());
-                c.gone_field.3.push(*position);
+                let g = &mut c.gone_fields;
+                g.realm.push(realm.clone());
+                g.path.push(path.clone());
+                g.field.push(field.clone());
+                g.position.push(*position);
             }
             for path in &changes.field_resets {
-                c.reset.0.push(realm.clone());
-                c.reset.1.push(path.clone());
+                c.reset_fields.push(realm, path);
             }
             for (ord, payload) in changes.events.iter().enumerate() {
-                c.event.0.push(realm.clone());
-                c.event.1.push(ord as i64 + 1);
-                c.event.2.push(payload.clone());
+                c.events.realm.push(realm.clone());
+                c.events.ord.push(ord as i64 + 1);
+                c.events.payload.push(payload.clone());
             }
         }
         c
@@ -460,16 +524,16 @@ fn encoding(row: &FileRow) -> &'static str {
 }
 
 async fn flush_postgres(t: &mut PgTx, realms: &[(String, RealmChanges)], now: i64, retention: Retention) -> Result<Vec<(String, i64)>, WriteError> {
-    let c = Columns::of(realms);
+    let Columns { files: f, gone_files, cards: k, gone_cards, fields: d, gone_fields: g, reset_fields, events: e } = Columns::of(realms);
     let rows = sqlx::query(FLUSH_POSTGRES)
-        .bind(c.file.0).bind(c.file.1).bind(c.file.2).bind(c.file.3).bind(c.file.4).bind(c.file.5).bind(c.file.6)
-        .bind(c.gone_file.0).bind(c.gone_file.1)
-        .bind(c.card.0).bind(c.card.1).bind(c.card.2).bind(c.card.3).bind(c.card.4)
-        .bind(c.gone_card.0).bind(c.gone_card.1)
-        .bind(c.field.0).bind(c.field.1).bind(c.field.2).bind(c.field.3).bind(c.field.4).bind(c.field.5).bind(c.field.6).bind(c.field.7).bind(c.field.8)
-        .bind(c.gone_field.0).bind(c.gone_field.1).bind(c.gone_field.2).bind(c.gone_field.3)
-        .bind(c.reset.0).bind(c.reset.1)
-        .bind(c.event.0).bind(c.event.1).bind(c.event.2)
+        .bind(f.realm).bind(f.path).bind(f.content).bind(f.hash).bind(f.created).bind(f.modified).bind(f.encoding)
+        .bind(gone_files.realm).bind(gone_files.path)
+        .bind(k.realm).bind(k.path).bind(k.card_id).bind(k.card_type).bind(k.search_doc)
+        .bind(gone_cards.realm).bind(gone_cards.path)
+        .bind(d.realm).bind(d.path).bind(d.field).bind(d.position).bind(d.kind).bind(d.key).bind(d.text).bind(d.folded).bind(d.number)
+        .bind(g.realm).bind(g.path).bind(g.field).bind(g.position)
+        .bind(reset_fields.realm).bind(reset_fields.path)
+        .bind(e.realm).bind(e.ord).bind(e.payload)
         .bind(retention.keep).bind(EVENTS_CHANNEL)
         .bind(now).bind(SEARCH_VERSION)
         .fetch_all(t.conn())
