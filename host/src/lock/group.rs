@@ -225,9 +225,11 @@ impl Group {
     /// Starts the commit of a group nobody is running in, or queues it for
     /// the next commit slot (it stays open meanwhile).
     fn commit_or_queue(self: &Arc<Self>, mut state: MutexGuard<'_, State>) {
+        // Without coalescing a group never grows, so waiting only delays it.
+        let limit = if self.coalescing.max_batch <= 1 { usize::MAX } else { COMMITS_IN_FLIGHT };
         let started = {
             let mut pacing = locked(&self.shared.pacing);
-            if pacing.in_flight < COMMITS_IN_FLIGHT {
+            if pacing.in_flight < limit {
                 pacing.in_flight += 1;
                 true
             } else {

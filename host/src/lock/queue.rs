@@ -130,23 +130,16 @@ impl Locks {
     pub async fn acquire_for(&self, db: &Database, realm: &str, hints: Vec<String>) -> Result<WriteTxn, WriteError> {
         let deadline = Instant::now() + self.timeout;
         let queue = self.queue(realm);
-        let ticket = Ticket::enter(&queue, self.tickets.fetch_add(1, Ordering::Relaxed), hints.clone());
+        // Counted as admitted before joining (and uncounted if the group
+        // refuses): a turn holder that sees no admitted writer behind it may
+        // wait for the group's end holding the turn.
+        let mut ticket = Ticket::enter(&queue, self.tickets.fetch_add(1, Ordering::Relaxed), hints.clone(), true);
         // Joining the realm's open group now keeps it open for us while we wait.
         let mut admitted = Admitted(queue.group().filter(|g| g.join()));
-        let lock_turn = || async {
-            let turn = tokio::time::timeout_at(deadline, queue.turn.clone().lock_owned()).await;
-            turn.map_err(|_| WriteError::LockTimeout(realm.to_string()))
-        };
-        let mut turn = lock_turn().await?;
-        // A place the previous holder kept for us in the realm's group.
-        if let Some(handed) = queue.waiters.take_handover() {
-            if admitted.0.is_none() {
-                admitted.0 = Some(handed);
-            } else {
-                handed.leave(false);
-            }
+        if admitted.0.is_none() {
+            ticket.not_admitted();
         }
-        drop(ticket);
+        let mut turn = Some(take_turn(&queue, ticket, &mut admitted, deadline, realm).await?);
         let group = loop {
             match queue.group() {
                 Some(group) if admitted.is(&group) => {
@@ -158,10 +151,14 @@ impl Locks {
                     if group.join() {
                         break group;
                     }
-                    // Full or closing: the writers it admitted (queued
-                    // behind us) must have the turn before it can end, so
-                    // wait for its end without the turn, then queue again.
-                    drop(turn);
+                    // Full or closing (for good: it admits nobody again).
+                    // Writers it admitted that are queued behind us must
+                    // have the turn before it can end: then wait for its
+                    // end without the turn and queue again; else wait
+                    // holding the turn, keeping our place.
+                    if queue.waiters.admitted() > 0 {
+                        turn = None;
+                    }
                     let ended = tokio::time::timeout_at(deadline, group.finished()).await;
                     if ended.is_err() {
                         return Err(WriteError::LockTimeout(realm.to_string()));
@@ -172,7 +169,10 @@ impl Locks {
                             *holder = None;
                         }
                     }
-                    turn = lock_turn().await?;
+                    if turn.is_none() {
+                        let ticket = Ticket::enter(&queue, self.tickets.fetch_add(1, Ordering::Relaxed), hints.clone(), false);
+                        turn = Some(take_turn(&queue, ticket, &mut admitted, deadline, realm).await?);
+                    }
                 }
                 None => {
                     admitted.release();
@@ -193,6 +193,13 @@ impl Locks {
             Err(e) => {
                 group.leave(false);
                 return Err(e);
+            }
+        };
+        let turn = match turn {
+            Some(turn) => turn,
+            None => {
+                let ticket = Ticket::enter(&queue, self.tickets.fetch_add(1, Ordering::Relaxed), hints.clone(), false);
+                take_turn(&queue, ticket, &mut admitted, deadline, realm).await?
             }
         };
         Ok(WriteTxn::new(realm, group, queue.waiters.clone(), turn, batch, self.limits))
@@ -251,23 +258,48 @@ impl Locks {
     }
 }
 
+/// Takes the realm's turn (waiting until `deadline`) with the group place
+/// the previous holder kept for its successor, then gives the ticket back.
+async fn take_turn(queue: &Arc<RealmQueue>, ticket: Ticket, admitted: &mut Admitted, deadline: Instant, realm: &str) -> Result<tokio::sync::OwnedMutexGuard<()>, WriteError> {
+    let turn = tokio::time::timeout_at(deadline, queue.turn.clone().lock_owned()).await;
+    let turn = turn.map_err(|_| WriteError::LockTimeout(realm.to_string()))?;
+    if let Some(handed) = queue.waiters.take_handover() {
+        if admitted.0.is_none() {
+            admitted.0 = Some(handed);
+        } else {
+            handed.leave(false);
+        }
+    }
+    drop(ticket);
+    Ok(turn)
+}
+
 /// A writer queued for a realm's turn, counted among its waiters (with the
-/// paths it will read) until it has the turn or gives up.
+/// paths it will read, and whether the realm's group admitted it) until it
+/// has the turn or gives up.
 struct Ticket {
     queue: Arc<RealmQueue>,
     id: u64,
+    admitted: bool,
 }
 
 impl Ticket {
-    fn enter(queue: &Arc<RealmQueue>, id: u64, hints: Vec<String>) -> Ticket {
-        queue.waiters.enter(id, hints);
-        Ticket { queue: queue.clone(), id }
+    fn enter(queue: &Arc<RealmQueue>, id: u64, hints: Vec<String>, admitted: bool) -> Ticket {
+        queue.waiters.enter(id, hints, admitted);
+        Ticket { queue: queue.clone(), id, admitted }
+    }
+
+    /// The group did not admit this writer after all.
+    fn not_admitted(&mut self) {
+        if std::mem::take(&mut self.admitted) {
+            self.queue.waiters.not_admitted();
+        }
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.queue.waiters.leave(self.id);
+        self.queue.waiters.leave(self.id, self.admitted);
     }
 }
 

@@ -36,6 +36,8 @@ pub(super) struct Waiters(std::sync::Mutex<WaitersState>);
 #[derive(Default)]
 struct WaitersState {
     count: usize,
+    /// Of them, those the realm's group admitted as they arrived.
+    admitted: usize,
     hints: Vec<(u64, Vec<String>)>,
     /// A group admission kept for whoever takes the turn next, so the
     /// group does not commit between two writers of a busy realm.
@@ -61,10 +63,23 @@ impl Waiters {
         self.state().count
     }
 
-    /// A writer starts waiting, reading `paths` at its turn.
-    pub(super) fn enter(&self, ticket: u64, paths: Vec<String>) {
+    /// Queued writers the realm's group admitted as they arrived.
+    pub(super) fn admitted(&self) -> usize {
+        self.state().admitted
+    }
+
+    /// A waiting writer the realm's group did not admit after all.
+    pub(super) fn not_admitted(&self) {
+        let mut state = self.state();
+        state.admitted = state.admitted.saturating_sub(1);
+    }
+
+    /// A writer starts waiting, reading `paths` at its turn; `admitted`: the
+    /// realm's group admitted it.
+    pub(super) fn enter(&self, ticket: u64, paths: Vec<String>, admitted: bool) {
         let mut state = self.state();
         state.count += 1;
+        state.admitted += usize::from(admitted);
         if !paths.is_empty() {
             state.hints.push((ticket, paths));
         }
@@ -72,11 +87,12 @@ impl Waiters {
 
     /// A writer stops waiting (it has the turn, or gave up). The last one
     /// to go gives back a hand-over nobody will take.
-    pub(super) fn leave(&self, ticket: u64) {
+    pub(super) fn leave(&self, ticket: u64, admitted: bool) {
         let unclaimed = {
             let mut state = self.state();
             state.hints.retain(|(id, _)| *id != ticket);
             state.count = state.count.saturating_sub(1);
+            state.admitted = state.admitted.saturating_sub(usize::from(admitted));
             if state.count == 0 { state.handover.take() } else { None }
         };
         if let Some(group) = unclaimed {
