@@ -290,7 +290,7 @@ pub fn run(args: ReportArgs) -> Result<(), String> {
     if let Some(h) = host(32, 1, 1) {
         let mut why = host_diag(&h, pg(32, 1).as_ref());
         why.truncate(2);
-        why.push("Where the host's time goes: see the profile below (HTTP and the kernel's loopback TCP, the per-request permission read, the guest's instantiation and its JSON work).".into());
+        why.push("Where the host's time goes: see the profile below (the guest's compiled code, its instantiation and teardown, malloc, HTTP and the kernel's loopback TCP; bench/ANALYSIS.md splits it).".into());
         targets.push(Target {
             name: "host CPU per hot-realm PATCH (32 clients, 1 replica)".into(),
             measured: format!("{} µs", f0(h.cpu_us(|c| c.server_s))),
