@@ -140,7 +140,15 @@ pub(super) async fn open(db: &Database, realm: &str, paths: &[String], remaining
             let ms = remaining.as_millis().max(1);
             let statement_ms = ms + STATEMENT_SLACK.as_millis();
             // Only numbers are spliced in: the simple protocol takes no parameters.
-            let begin = format!("BEGIN; SELECT set_config('lock_timeout', '{ms}ms', true), set_config('statement_timeout', '{statement_ms}ms', true)");
+            // Generic plans: Postgres would otherwise plan the flush (and the
+            // reads in `realm_core_lock_and_read`) afresh at every execution,
+            // since its array parameters make a custom plan look cheaper;
+            // planning the flush cost more than running it. Its generic plan
+            // is index lookups on the primary keys, whatever the array sizes.
+            let begin = format!(
+                "BEGIN; SELECT set_config('lock_timeout', '{ms}ms', true), set_config('statement_timeout', '{statement_ms}ms', true), \
+                 set_config('plan_cache_mode', 'force_generic_plan', true)"
+            );
             let opened = tokio::time::timeout(remaining, async {
                 let mut tx = PgTx::begin(pool, begin).await?;
                 let locked = lock_and_read(&mut tx, realm, true, paths).await?;
