@@ -115,6 +115,10 @@ struct ServeArgs {
     /// Longest a shared commit admits new writers after it opens.
     #[arg(long, env = "REALM_COALESCE_MAX_WAIT", default_value = "20ms", value_parser = parse_duration)]
     coalesce_max_wait: Duration,
+    /// MiB of realms' files a replica keeps between write batches, trusted
+    /// while the realm's event seq is unchanged (0: read them every batch).
+    #[arg(long, env = "REALM_WRITE_CACHE_MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(0..=1 << 20))]
+    write_cache_mib: u64,
     /// Largest guest memory, in MiB (a guest that needs more fails with 500).
     #[arg(long, env = "REALM_GUEST_MEMORY_MIB", default_value_t = 128)]
     guest_memory_mib: usize,
@@ -415,7 +419,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         events_heartbeat: args.events_heartbeat,
     };
     let coalescing = lock::Coalescing { max_batch: args.coalesce_max_batch, max_wait: args.coalesce_max_wait };
-    let locks = Arc::new(Locks::with_coalescing(args.lock_timeout, limits, coalescing).retaining_events(args.events_retain_count));
+    let locks = Arc::new(Locks::with_coalescing(args.lock_timeout, limits, coalescing).retaining_events(args.events_retain_count).knowing_files(usize::try_from(args.write_cache_mib << 20).unwrap_or(usize::MAX)));
     let event_options = events::EventOptions {
         buffer: usize::try_from(args.events_buffer).unwrap_or(usize::MAX),
         poll: args.events_poll,

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, OwnedMutexGuard};
 
 use super::error::WriteError;
+use super::known::{KnownFiles, KnownRealms};
 use super::overlay::{FileState, RealmBatch};
-use super::sql::{self, Retention, Tx};
+use super::sql::{self, Retention, Tx, Wanted};
 use crate::store::now_unix;
 
 /// How members share a commit: a group stays open while any member is
@@ -75,17 +76,36 @@ pub(super) struct Shared {
     pub(super) committed: tokio::sync::broadcast::Sender<(String, i64)>,
     /// Events each realm keeps.
     pub(super) retain_events: i64,
+    /// What the replica knows of realms' files between their batches.
+    pub(super) known: Arc<KnownRealms>,
 }
 
 /// What a member learns once its group is over.
 type Outcome = Option<Result<(), WriteError>>;
 
+/// A writer's request to add its realm to the group. The answer: added
+/// (`None`), or held by another transaction (`Some`: what the writer knew
+/// of the realm, given back).
+struct Add {
+    realm: String,
+    paths: Vec<String>,
+    known: Option<KnownFiles>,
+    reply: tokio::sync::oneshot::Sender<Result<Option<Option<KnownFiles>>, WriteError>>,
+}
+
+/// The place of a pending group's transaction, held by its opener until
+/// it is begun.
+pub(super) struct TxSlot(tokio::sync::OwnedMutexGuard<Option<Tx>>);
+
 pub(super) struct Group {
-    /// `None` once the group has finished.
-    tx: tokio::sync::Mutex<Option<Tx>>,
+    /// `None` until its opener has begun it, and once it has finished.
+    tx: Arc<tokio::sync::Mutex<Option<Tx>>>,
+    /// Why its transaction could not be begun.
+    broken: Mutex<Option<WriteError>>,
+    /// Realms writers asked to add, for whoever gets the transaction next.
+    adds: Mutex<Vec<Add>>,
     state: Mutex<State>,
     outcome: watch::Sender<Outcome>,
-    opened: Instant,
     coalescing: Coalescing,
     shared: Arc<Shared>,
 }
@@ -110,6 +130,9 @@ struct State {
     /// admits no one new and commits when they are done (else writers that
     /// keep arriving would hold it open until `max_wait`).
     closing: bool,
+    /// When its transaction began (`max_wait` counts from there, not from
+    /// a wait for the database's lock).
+    opened: Instant,
 }
 
 impl Group {
@@ -117,14 +140,46 @@ impl Group {
     /// it), with its opener admitted.
     pub(super) fn new(tx: Tx, realm: &str, read: Read, coalescing: Coalescing, shared: Arc<Shared>, writer: Option<OwnedMutexGuard<()>>) -> Arc<Group> {
         let realms = HashMap::from([(realm.to_string(), Some(read.into_batch()))]);
+        Group::with(Some(tx), realms, coalescing, shared, writer)
+    }
+
+    /// A group whose transaction is still to be begun, with its opener
+    /// admitted. Writers may join it at once: their adds wait until the
+    /// opener, who holds the returned slot, has put the transaction in
+    /// ([`Group::begun`]). So the writers that arrive while a group is being
+    /// opened share it, instead of each opening (and committing) their own.
+    pub(super) fn pending(coalescing: Coalescing, shared: Arc<Shared>) -> Result<(Arc<Group>, TxSlot), WriteError> {
+        let group = Group::with(None, HashMap::new(), coalescing, shared, None);
+        // Nobody else has seen the group yet: free.
+        let slot = group.tx.clone().try_lock_owned().map_err(|_| WriteError::Storage("a new group's transaction was already taken".into()))?;
+        Ok((group, TxSlot(slot)))
+    }
+
+    fn with(tx: Option<Tx>, realms: HashMap<String, Option<RealmBatch>>, coalescing: Coalescing, shared: Arc<Shared>, writer: Option<OwnedMutexGuard<()>>) -> Arc<Group> {
         Arc::new(Group {
-            tx: tokio::sync::Mutex::new(Some(tx)),
-            state: Mutex::new(State { open: true, active: 1, admitted: 1, writers: 0, realms, writer, queued: false, closing: false }),
+            tx: Arc::new(tokio::sync::Mutex::new(tx)),
+            broken: Mutex::new(None),
+            adds: Mutex::new(Vec::new()),
+            state: Mutex::new(State { open: true, active: 1, admitted: 1, writers: 0, realms, writer, queued: false, closing: false, opened: Instant::now() }),
             outcome: watch::channel(None).0,
-            opened: Instant::now(),
             coalescing,
             shared,
         })
+    }
+
+    /// The opener of a pending group has begun its transaction (holding
+    /// `writer`, SQLite's and memory's one-writer slot), or could not.
+    pub(super) fn begun(&self, slot: TxSlot, begun: Result<(Tx, Option<OwnedMutexGuard<()>>), WriteError>) {
+        let TxSlot(mut slot) = slot;
+        match begun {
+            Ok((tx, writer)) => {
+                let mut state = self.state();
+                state.writer = writer;
+                state.opened = Instant::now();
+                *slot = Some(tx);
+            }
+            Err(e) => *locked(&self.broken) = Some(e),
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -139,7 +194,7 @@ impl Group {
     pub(super) fn join(&self) -> bool {
         let mut state = self.state();
         let c = self.coalescing;
-        let admit = state.open && !state.closing && state.admitted < c.max_batch.max(1) && self.opened.elapsed() < c.max_wait;
+        let admit = state.open && !state.closing && state.admitted < c.max_batch.max(1) && state.opened.elapsed() < c.max_wait;
         if admit {
             state.active += 1;
             state.admitted += 1;
@@ -153,18 +208,76 @@ impl Group {
     }
 
     /// Adds `realm` to the group, taking its lock if it is free right now
-    /// (never waiting: see `sql::try_add_realm`) and reading `paths` of it.
-    /// False when another transaction holds it.
-    pub(super) async fn try_add(&self, realm: &str, paths: Vec<String>) -> Result<bool, WriteError> {
+    /// (never waiting: see `sql::try_add_realms`) and reading `paths` of it
+    /// (those in `known` only if the realm's seq moved). False when another
+    /// transaction holds it; `known` is used only if the realm was added.
+    /// Writers adding realms at the same time share one round trip: whoever
+    /// gets the transaction next adds every realm asked for by then.
+    pub(super) async fn try_add(&self, realm: &str, paths: Vec<String>, known: &mut Option<KnownFiles>) -> Result<bool, WriteError> {
         if self.holds(realm) {
             return Ok(true);
         }
-        let mut tx = self.tx.lock().await;
-        let tx = tx.as_mut().ok_or_else(finished)?;
-        let Some(locked) = sql::try_add_realm(tx, realm, &paths).await? else { return Ok(false) };
-        let batch = Read { paths, locked }.into_batch();
-        self.state().realms.entry(realm.to_string()).or_insert(Some(batch));
-        Ok(true)
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        locked(&self.adds).push(Add { realm: realm.to_string(), paths, known: known.take(), reply });
+        {
+            let mut tx = self.tx.lock().await;
+            let asked = std::mem::take(&mut *locked(&self.adds));
+            match tx.as_mut() {
+                _ if asked.is_empty() => {}
+                Some(tx) => self.add_all(tx, asked).await,
+                None => {
+                    let e = self.why_no_tx();
+                    for add in asked {
+                        let _ = add.reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        match answer.await {
+            Ok(Ok(None)) => Ok(true),
+            Ok(Ok(Some(back))) => {
+                *known = back;
+                Ok(false)
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(WriteError::Unavailable("adding the realm to a shared transaction was interrupted; retry".into())),
+        }
+    }
+
+    /// Adds every realm `asked` for in one go, and answers each asker.
+    async fn add_all(&self, tx: &mut Tx, asked: Vec<Add>) {
+        let splits: Vec<(Vec<String>, Vec<String>)> = asked.iter().map(|a| split_known(&a.paths, a.known.as_ref())).collect();
+        let wanted: Vec<(&str, Wanted<'_>)> = asked
+            .iter()
+            .zip(&splits)
+            .map(|(a, (unknown, knew))| (a.realm.as_str(), Wanted { paths: unknown, known_seq: a.known.as_ref().map(|k| k.seq), known: knew }))
+            .collect();
+        let result = sql::try_add_realms(tx, &wanted).await;
+        drop(wanted);
+        match result {
+            Err(e) => {
+                for add in asked {
+                    let _ = add.reply.send(Err(e.clone()));
+                }
+            }
+            Ok(read) => {
+                for (add, read) in asked.into_iter().zip(read) {
+                    let Add { realm, paths, known, reply } = add;
+                    let Some(locked) = read else {
+                        let _ = reply.send(Ok(Some(known)));
+                        continue;
+                    };
+                    let batch = Read { paths, known, locked }.into_batch();
+                    self.state().realms.entry(realm).or_insert(Some(batch));
+                    let _ = reply.send(Ok(None));
+                }
+            }
+        }
+    }
+
+    /// Why the transaction is not there: it could not be begun, or it is over.
+    fn why_no_tx(&self) -> WriteError {
+        locked(&self.broken).clone().unwrap_or_else(finished)
     }
 
     /// Takes `realm`'s batch for a member holding that realm's turn.
@@ -324,6 +437,14 @@ impl Group {
         drop(writer);
         match result {
             Ok(newest) => {
+                // Before anyone is answered: the realm's next writer here
+                // starts from what this batch leaves.
+                for (realm, batch) in realms {
+                    let committed = newest.iter().find(|(r, _)| *r == realm).map(|(_, seq)| *seq);
+                    if let Some((seq, files)) = batch.into_known(committed) {
+                        self.shared.known.put(&realm, KnownFiles { seq, files });
+                    }
+                }
                 if !changes.is_empty() {
                     let stats = &self.shared.stats;
                     stats.batches.fetch_add(1, Ordering::Relaxed);
@@ -359,18 +480,33 @@ impl Group {
     }
 }
 
-/// What was read of a realm as its lock was taken, and which paths were asked for.
+/// What was read of a realm as its lock was taken, which paths were asked
+/// for, and what the replica knew of it before.
 pub(super) struct Read {
     pub(super) paths: Vec<String>,
+    pub(super) known: Option<KnownFiles>,
     pub(super) locked: sql::Locked,
 }
 
+/// `paths` split by whether `known` has them: (not known, known).
+pub(super) fn split_known(paths: &[String], known: Option<&KnownFiles>) -> (Vec<String>, Vec<String>) {
+    match known {
+        Some(known) => paths.iter().cloned().partition(|p| !known.files.contains_key(p)),
+        None => (paths.to_vec(), Vec::new()),
+    }
+}
+
 impl Read {
-    /// A realm batch that knows who may write and these paths (a path not
-    /// found is known absent).
+    /// A realm batch that knows who may write, the files known as of the
+    /// realm's seq if it has not moved, and these paths (a path not found
+    /// is known absent).
     fn into_batch(self) -> RealmBatch {
-        let sql::Locked { access, mut found } = self.locked;
-        let mut batch = RealmBatch::with_access(access);
+        let sql::Locked { access, seq, mut found } = self.locked;
+        let known = match (seq, self.known) {
+            (Some(seq), Some(known)) if known.seq == seq => known.files,
+            _ => HashMap::new(),
+        };
+        let mut batch = RealmBatch::with_access(access).at_seq(seq, known);
         for path in self.paths {
             let state = found.remove(&path);
             batch.learn(&path, state);

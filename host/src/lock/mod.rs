@@ -12,7 +12,9 @@
 //! behind. When the group's last writer is done, one flush writes every
 //! realm's batch (one multi-row statement per table, on Postgres one
 //! statement in all) and one COMMIT makes it durable; only then is any
-//! writer answered.
+//! writer answered. The files a batch saw stay known to the replica
+//! (`known`), valid while the realm's event seq has not moved, so the next
+//! batch of that realm need not read them again.
 
 // Lowest first; each file uses only the ones above it.
 // Why a write-path operation failed.
@@ -21,6 +23,8 @@ mod error;
 mod outbox;
 // The batch overlay: what a batch knows and wrote, and what its flush writes.
 mod overlay;
+// What the replica knows of realms' files between batches, by event seq.
+mod known;
 // Every statement of the write path, per backend (open, read, flush).
 mod sql;
 // A commit group: one transaction, the batches of its realms, one commit.

@@ -103,12 +103,26 @@ pub struct RealmBatch {
     events: Vec<String>,
     /// Paths in the order they were first changed (so a flush is deterministic).
     changed: Vec<String>,
+    /// The realm's newest event seq when the batch took its lock (`None`:
+    /// not known; the in-memory store keeps no events).
+    seq: Option<i64>,
+    /// Files the replica already knew as of `seq` (see `known.rs`): served
+    /// like rows read from the database, without reading them.
+    known: HashMap<String, Option<FileState>>,
 }
 
 impl RealmBatch {
     /// A batch of a realm whose permissions were read under its lock.
     pub fn with_access(access: Option<Vec<(String, Permissions)>>) -> RealmBatch {
         RealmBatch { access: access.map(|rows| rows.into_iter().collect()), ..RealmBatch::default() }
+    }
+
+    /// A batch that started at the realm's event seq `seq` (read with the
+    /// lock), trusting `known`: files as of that same seq.
+    pub fn at_seq(mut self, seq: Option<i64>, known: HashMap<String, Option<FileState>>) -> RealmBatch {
+        self.seq = seq;
+        self.known = if seq.is_some() { known } else { HashMap::new() };
+        self
     }
 
     /// Whether `user` (`None`: anyone) may write the realm, by what its
@@ -122,12 +136,18 @@ impl RealmBatch {
 
     /// What the batch knows of `path`, if it has seen it.
     pub fn seen(&self, path: &str) -> Option<Seen<'_>> {
-        self.entries.get(path).map(|e| Seen { state: e.current.as_ref(), uncommitted: e.dirty })
+        match self.entries.get(path) {
+            Some(e) => Some(Seen { state: e.current.as_ref(), uncommitted: e.dirty }),
+            None => self.known.get(path).map(|state| Seen { state: state.as_ref(), uncommitted: false }),
+        }
     }
 
     /// Records what the database holds at `path` (a read under the lock).
     /// A path the batch already knows keeps what it knows.
     pub fn learn(&mut self, path: &str, stored: Option<FileState>) {
+        if self.known.contains_key(path) {
+            return;
+        }
         self.entries.entry(path.to_string()).or_insert_with(|| Entry { current: stored.clone(), base: stored, dirty: false });
     }
 
@@ -135,7 +155,7 @@ impl RealmBatch {
     pub fn unseen<'a>(&self, paths: impl IntoIterator<Item = &'a String>) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         for path in paths {
-            if !self.entries.contains_key(path) && !out.contains(path) {
+            if !self.entries.contains_key(path) && !self.known.contains_key(path) && !out.contains(path) {
                 out.push(path.clone());
             }
         }
@@ -148,7 +168,11 @@ impl RealmBatch {
         let Member { mut writes, order, .. } = member;
         for path in order {
             let Some(state) = writes.remove(&path) else { continue };
-            let entry = self.entries.entry(path.clone()).or_insert_with(|| Entry { base: None, current: None, dirty: false });
+            let known = &mut self.known;
+            let entry = self.entries.entry(path.clone()).or_insert_with(|| {
+                let base = known.remove(&path).flatten();
+                Entry { current: base.clone(), base, dirty: false }
+            });
             if !entry.dirty {
                 self.changed.push(path);
             }
@@ -161,6 +185,29 @@ impl RealmBatch {
     /// Whether anything is left to write.
     pub fn is_empty(&self) -> bool {
         self.changed.is_empty() && self.events.is_empty()
+    }
+
+    /// What the replica may trust of the realm's files once the batch is
+    /// over: every file the batch knew, in its final state, as of the seq
+    /// the batch's events brought the realm to (`committed`: the newest seq
+    /// its flush reported, `None` if it appended none). `None` when that is
+    /// not certain: the batch did not know its starting seq, or the seqs
+    /// disagree.
+    pub fn into_known(self, committed: Option<i64>) -> Option<(i64, HashMap<String, Option<FileState>>)> {
+        let start = self.seq?;
+        let seq = start + i64::try_from(self.events.len()).ok()?;
+        let agrees = match committed {
+            Some(newest) => newest == seq && !self.events.is_empty(),
+            None => self.events.is_empty() && self.changed.is_empty(),
+        };
+        if !agrees {
+            return None;
+        }
+        let mut files = self.known;
+        for (path, entry) in self.entries {
+            files.insert(path, entry.current);
+        }
+        Some((seq, files))
     }
 
     /// What the flush must write for this realm: each changed path in its
@@ -415,5 +462,54 @@ mod tests {
         let fields: Vec<(&str, &str)> = changes.field_upserts.iter().map(|(p, r)| (p.as_str(), r.field.as_str())).collect();
         assert_eq!(fields, [("Person/1.json", "id"), ("Person/1.json", "name"), ("Person/1.json", "age"), ("Person/2.json", "id"), ("Person/2.json", "name")]);
         assert!(changes.card_upserts.iter().all(|(_, c)| c.version == SEARCH_VERSION));
+    }
+
+    #[test]
+    fn files_known_from_earlier_batches_are_served_and_diffed_against_like_rows_read() {
+        let stored = card(&person(r#"{"name":"Mango","age":3}"#), 1, SEARCH_VERSION);
+        let known = HashMap::from([("Person/1.json".to_string(), Some(stored)), ("absent.txt".to_string(), None)]);
+        let mut batch = RealmBatch::default().at_seq(Some(5), known);
+        let seen = batch.seen("Person/1.json").expect("known: no read needed");
+        assert!(!seen.uncommitted && seen.state.is_some());
+        assert!(batch.seen("absent.txt").expect("known absent").state.is_none());
+        assert_eq!(batch.unseen(&["Person/1.json".to_string(), "absent.txt".to_string(), "new.txt".to_string()]), vec!["new.txt".to_string()]);
+        // A later read of a known path never replaces what is known.
+        batch.learn("Person/1.json", None);
+        assert!(batch.seen("Person/1.json").unwrap().state.is_some());
+        batch.learn("new.txt", Some(file("read", 1)));
+        let mut m = Member::default();
+        m.put("Person/1.json", Some(card(&person(r#"{"name":"Mango","age":4}"#), 2, SEARCH_VERSION)));
+        batch.absorb(m, Some("e6".into()));
+        let changes = batch.changes();
+        let upserts: Vec<(&str, &str)> = changes.field_upserts.iter().map(|(_, r)| (r.field.as_str(), r.text.as_str())).collect();
+        assert_eq!(upserts, [("age", "4")], "diffed against the known rows, not rewritten whole");
+        assert!(changes.field_resets.is_empty() && changes.field_deletes.is_empty());
+        let (seq, files) = batch.into_known(Some(6)).expect("its one event brought the realm from 5 to 6");
+        assert_eq!(seq, 6);
+        assert!(files["Person/1.json"].as_ref().unwrap().row.content.contains(r#""age":4"#), "kept in its final state");
+        assert!(files["absent.txt"].is_none());
+        assert_eq!(files["new.txt"].as_ref().unwrap().row.content, "read", "what the batch read is kept too");
+    }
+
+    #[test]
+    fn what_a_batch_knew_is_kept_only_when_the_seqs_agree() {
+        let written = || {
+            let mut batch = RealmBatch::default().at_seq(Some(5), HashMap::new());
+            batch.learn("a.txt", None);
+            let mut m = Member::default();
+            m.put("a.txt", Some(file("x", 2)));
+            batch.absorb(m, Some("e".into()));
+            batch
+        };
+        assert!(written().into_known(Some(7)).is_none(), "someone else's event in between: not certain");
+        assert!(written().into_known(None).is_none(), "its event was not appended");
+        let mut unknown = RealmBatch::default();
+        unknown.learn("a.txt", None);
+        assert!(unknown.into_known(None).is_none(), "the starting seq is not known");
+        let mut read_only = RealmBatch::default().at_seq(Some(5), HashMap::new());
+        read_only.learn("a.txt", None);
+        let (seq, files) = read_only.into_known(None).expect("a batch that wrote nothing leaves the seq as it was");
+        assert_eq!((seq, files.len()), (5, 1));
+        assert!(RealmBatch::default().at_seq(None, HashMap::from([("a.txt".to_string(), None)])).seen("a.txt").is_none(), "no seq, nothing trusted");
     }
 }

@@ -3,8 +3,10 @@
 //! which commit group holds each realm's database lock. At its turn a
 //! writer joins the group that holds its realm; else it adds the realm to
 //! the replica's open group (Postgres: only if the realm's advisory lock is
-//! free right now; SQLite: its one transaction covers every realm), or
-//! opens a group of its own that waits for the lock.
+//! free right now; SQLite: its one transaction covers every realm), opening
+//! one if there is none (published before it is begun, so writers arriving
+//! meanwhile share it); a realm another replica holds gets a group of its
+//! own that waits for the lock.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,10 +16,14 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::error::WriteError;
-use super::group::{BatchStats, Coalescing, Group, Read, Shared};
+use super::group::{split_known, BatchStats, Coalescing, Group, Read, Shared, TxSlot};
+use super::known::{KnownFiles, KnownRealms};
 use super::sql;
 use super::txn::{Limits, Waiters, WriteTxn, PREFETCH_HINTS};
 use crate::store::Database;
+
+/// Bytes of realms' files a replica keeps between batches unless told.
+pub const DEFAULT_KNOWN_BYTES: usize = 64 << 20;
 
 /// The in-process side of the write locks: one FIFO turn per realm, and
 /// the commit groups.
@@ -69,7 +75,13 @@ impl Locks {
 
     pub fn with_coalescing(timeout: Duration, limits: Limits, coalescing: Coalescing) -> Locks {
         let stats = Arc::new(BatchStats::default());
-        let shared = Shared { pacing: Default::default(), stats: stats.clone(), committed: tokio::sync::broadcast::channel(4096).0, retain_events: 10_000 };
+        let shared = Shared {
+            pacing: Default::default(),
+            stats: stats.clone(),
+            committed: tokio::sync::broadcast::channel(4096).0,
+            retain_events: 10_000,
+            known: Arc::new(KnownRealms::new(DEFAULT_KNOWN_BYTES)),
+        };
         Locks {
             queues: Mutex::new(HashMap::new()),
             current: Mutex::new(None),
@@ -87,9 +99,23 @@ impl Locks {
     /// Keeps the newest `count` events of each realm (an appended event
     /// retires the one `count` before it; pruning by age is the events
     /// hub's).
-    pub fn retaining_events(mut self, count: u64) -> Locks {
-        let shared = Shared { pacing: Default::default(), stats: self.stats.clone(), committed: self.shared.committed.clone(), retain_events: i64::try_from(count).unwrap_or(i64::MAX) };
-        self.shared = Arc::new(shared);
+    pub fn retaining_events(self, count: u64) -> Locks {
+        let retain_events = i64::try_from(count).unwrap_or(i64::MAX);
+        self.with_shared(|s| Shared { retain_events, ..s })
+    }
+
+    /// Keeps up to `bytes` of realms' files between batches (0: none), so
+    /// a realm's next batch need not read them again while no one else
+    /// wrote the realm.
+    pub fn knowing_files(self, bytes: usize) -> Locks {
+        self.with_shared(|s| Shared { known: Arc::new(KnownRealms::new(bytes)), ..s })
+    }
+
+    /// Before any group exists (the builders above).
+    fn with_shared(mut self, change: impl FnOnce(Shared) -> Shared) -> Locks {
+        let s = &self.shared;
+        let copy = Shared { pacing: Default::default(), stats: s.stats.clone(), committed: s.committed.clone(), retain_events: s.retain_events, known: s.known.clone() };
+        self.shared = Arc::new(change(copy));
         self
     }
 
@@ -206,55 +232,103 @@ impl Locks {
     }
 
     /// A group that holds `realm`'s lock (having read `paths` of it), with
-    /// the caller admitted.
+    /// the caller admitted. What the replica knew of the realm (it holds the
+    /// realm's turn, so no one else here uses it meanwhile) goes to the
+    /// batch, or back.
     async fn group_for(&self, db: &Database, realm: &str, paths: Vec<String>, deadline: Instant) -> Result<Arc<Group>, WriteError> {
-        let current = locked(&self.current).clone();
-        if let Database::Postgres(_) = db {
-            if let Some(group) = current.filter(|g| g.join()) {
-                match group.try_add(realm, paths.clone()).await {
-                    Ok(true) => return Ok(group),
-                    Ok(false) => group.leave(false),
-                    Err(e) => {
-                        group.leave(false);
-                        return Err(e);
-                    }
-                }
-            }
-            let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-            let (tx, locked) = self.open(db, realm, &paths, remaining).await?;
-            return Ok(self.opened(Group::new(tx, realm, Read { paths, locked }, self.coalescing, self.shared.clone(), None)));
+        let mut known = self.shared.known.take(realm);
+        let found = self.find_group(db, realm, paths, deadline, &mut known).await;
+        if let Some(unused) = known {
+            self.shared.known.put(realm, unused);
         }
-        // One transaction at a time covers every realm.
-        if let Some(group) = current.filter(|g| g.join()) {
-            if let Err(e) = group.try_add(realm, paths).await {
+        found
+    }
+
+    async fn find_group(&self, db: &Database, realm: &str, paths: Vec<String>, deadline: Instant, known: &mut Option<KnownFiles>) -> Result<Arc<Group>, WriteError> {
+        let (group, slot) = self.current_or_pending()?;
+        if let Some(slot) = slot {
+            let begun = self.begin(db, deadline, realm).await;
+            let failed = begun.as_ref().err().cloned();
+            group.begun(slot, begun);
+            if let Some(e) = failed {
                 group.leave(false);
                 return Err(e);
             }
-            return Ok(group);
         }
-        let writer = tokio::time::timeout_at(deadline, self.writer.clone().lock_owned()).await;
-        let writer = writer.map_err(|_| WriteError::LockTimeout(realm.to_string()))?;
+        match group.try_add(realm, paths.clone(), known).await {
+            Ok(true) => return Ok(group),
+            // Postgres: another replica holds the realm's lock.
+            Ok(false) => group.leave(false),
+            Err(e) => {
+                group.leave(false);
+                return Err(e);
+            }
+        }
+        // A transaction that already holds locks must not wait for another
+        // (no two replicas may deadlock): wait for it in a group of our own.
+        // (SQLite's and memory's one transaction covers every realm: never here.)
+        if !matches!(db, Database::Postgres(_)) {
+            return Err(WriteError::Storage(format!("{realm} could not join the database's one write transaction")));
+        }
         let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-        let (tx, locked) = self.open(db, realm, &paths, remaining).await?;
-        Ok(self.opened(Group::new(tx, realm, Read { paths, locked }, self.coalescing, self.shared.clone(), Some(writer))))
+        let (unknown, knew) = split_known(&paths, known.as_ref());
+        let wanted = sql::Wanted { paths: &unknown, known_seq: known.as_ref().map(|k| k.seq), known: &knew };
+        let (tx, held) = self.open(db, realm, wanted, remaining).await?;
+        let read = Read { paths, known: known.take(), locked: held };
+        let group = Group::new(tx, realm, read, self.coalescing, self.shared.clone(), None);
+        *locked(&self.current) = Some(group.clone());
+        Ok(group)
+    }
+
+    /// The replica's open group, joined; else a new one, published at once
+    /// (so writers arriving while it is begun join it) with the slot its
+    /// transaction goes in.
+    fn current_or_pending(&self) -> Result<(Arc<Group>, Option<TxSlot>), WriteError> {
+        let mut current = locked(&self.current);
+        if let Some(group) = current.as_ref().filter(|g| g.join()) {
+            return Ok((group.clone(), None));
+        }
+        let (group, slot) = Group::pending(self.coalescing, self.shared.clone())?;
+        *current = Some(group.clone());
+        Ok((group, Some(slot)))
+    }
+
+    /// Begins a group's transaction (SQLite and memory: once the previous
+    /// group has let go of the one-writer slot), counted in
+    /// [`Locks::opening`] while it waits.
+    async fn begin(&self, db: &Database, deadline: Instant, realm: &str) -> Result<(sql::Tx, Option<tokio::sync::OwnedMutexGuard<()>>), WriteError> {
+        let _counted = Opening::count(&self.opening);
+        let writer = match db {
+            Database::Postgres(_) => None,
+            _ => {
+                let writer = tokio::time::timeout_at(deadline, self.writer.clone().lock_owned()).await;
+                Some(writer.map_err(|_| WriteError::LockTimeout(realm.to_string()))?)
+            }
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        Ok((sql::begin(db, remaining).await?, writer))
     }
 
     /// `sql::open`, counted in [`Locks::opening`] while it waits.
-    async fn open(&self, db: &Database, realm: &str, paths: &[String], remaining: Duration) -> Result<(sql::Tx, sql::Locked), WriteError> {
-        struct Opening<'a>(&'a std::sync::atomic::AtomicUsize);
-        impl Drop for Opening<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
-        self.opening.fetch_add(1, Ordering::SeqCst);
-        let _counted = Opening(&self.opening);
-        sql::open(db, realm, paths, remaining).await
+    async fn open(&self, db: &Database, realm: &str, wanted: sql::Wanted<'_>, remaining: Duration) -> Result<(sql::Tx, sql::Locked), WriteError> {
+        let _counted = Opening::count(&self.opening);
+        sql::open(db, realm, wanted, remaining).await
     }
+}
 
-    fn opened(&self, group: Arc<Group>) -> Arc<Group> {
-        *locked(&self.current) = Some(group.clone());
-        group
+/// Counts a writer in [`Locks::opening`] while it lives.
+struct Opening<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Opening<'_> {
+    fn count(opening: &std::sync::atomic::AtomicUsize) -> Opening<'_> {
+        opening.fetch_add(1, Ordering::SeqCst);
+        Opening(opening)
+    }
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -487,7 +561,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_batch_reads_its_writers_paths_and_the_realms_recent_ones_with_its_lock() {
         let (_dir, db) = sqlite().await;
-        let locks = coalescing_locks();
+        // Without files kept between batches, which would know them anyway.
+        let coalescing = Coalescing { max_batch: 64, max_wait: Duration::from_secs(10) };
+        let locks = Arc::new(Locks::with_coalescing(Duration::from_secs(10), LIMITS, coalescing).knowing_files(0));
         let mut a = locks.acquire_for(&db, REALM, vec!["mine.txt".into()]).await.expect("a");
         assert!(a.knows("mine.txt"), "the writer's own path is read with the lock");
         assert!(!a.knows("other.txt"));
@@ -513,5 +589,33 @@ mod tests {
         assert!(b_result.is_err(), "b timed out");
         a.commit().await.expect("a commits alone");
         assert!(committed(&db, "a.txt").await);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn what_a_batch_saw_is_known_to_the_realms_next_batch_until_another_replica_writes() {
+        let (_dir, db) = sqlite().await;
+        let (here, elsewhere) = (coalescing_locks(), coalescing_locks());
+        let mut a = here.acquire_for(&db, REALM, vec!["absent.txt".into()]).await.expect("a");
+        a.write("a.txt", "one", None).await.expect("write");
+        assert!(!a.exists("absent.txt").await.expect("exists"));
+        a.write("b.txt", "b", None).await.expect("write");
+        a.commit().await.expect("commit");
+        let mut next = here.acquire(&db, REALM).await.expect("next");
+        for path in ["a.txt", "b.txt", "absent.txt"] {
+            assert!(next.knows(path), "{path} is known from the last batch");
+        }
+        assert_eq!(next.read("a.txt").await.expect("read").map(|r| r.content).as_deref(), Some("one"));
+        drop(next);
+        // Another replica (its own `Locks`, the same database) writes.
+        let mut other = elsewhere.acquire(&db, REALM).await.expect("other");
+        other.write("a.txt", "two", None).await.expect("write");
+        other.write("absent.txt", "now here", None).await.expect("write");
+        assert!(other.delete("b.txt").await.expect("delete"));
+        other.commit().await.expect("commit");
+        let mut after = here.acquire(&db, REALM).await.expect("after");
+        assert_eq!(after.read("a.txt").await.expect("read").map(|r| r.content).as_deref(), Some("two"), "not the kept 'one'");
+        assert!(after.exists("absent.txt").await.expect("exists"), "created elsewhere");
+        assert!(!after.exists("b.txt").await.expect("exists"), "deleted elsewhere");
+        drop(after);
     }
 }

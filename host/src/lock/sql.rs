@@ -68,34 +68,49 @@ impl Drop for PgTx {
 /// How long a statement may run past the lock wait it started with.
 const STATEMENT_SLACK: Duration = Duration::from_secs(30);
 
-/// Postgres: takes a realm's advisory lock (waiting for it, or only if it
-/// is free right now) and, once it holds it, reads who may do what in the
-/// realm and the files asked for, in one round trip. A PL/pgSQL function
-/// because each statement of a volatile function takes its own snapshot:
-/// the reads see whatever the previous holder committed (a read in the
-/// locking statement itself would not). The first row says whether the
-/// lock was taken and carries the realm's permissions (JSON, `path` NULL);
-/// file rows follow.
-const LOCK_AND_READ_FUNCTION: &str = "DROP FUNCTION IF EXISTS realm_core_lock_and_read(bigint, boolean, text, text[]);
-CREATE FUNCTION realm_core_lock_and_read(p_key bigint, p_wait boolean, p_realm text, p_paths text[])
-    RETURNS TABLE (locked boolean, permissions text, path text, content text, content_hash text, created_at bigint,
+/// Postgres: takes realms' advisory locks (waiting for them, or only those
+/// free right now) and, for each realm it holds, reads who may do what in
+/// it, its newest event seq and the files asked for: any number of realms
+/// in one round trip. A PL/pgSQL function because each statement of a
+/// volatile function takes its own snapshot: the reads see whatever the
+/// previous holder committed (a read in the locking statement itself would
+/// not). Paths come flattened, each with its realm's number (from 1) and
+/// whether the replica knows it already as of the realm's seq in
+/// `p_known_seqs`: a known path is read only if that seq moved. Per realm,
+/// a first row says whether the lock was taken and carries the
+/// permissions (JSON) and seq (`path` NULL); file rows follow. (Earlier
+/// builds' functions of other arguments are left for replicas still on them.)
+const LOCK_AND_READ_FUNCTION: &str = "DROP FUNCTION IF EXISTS realm_core_lock_and_read(boolean, bigint[], text[], bigint[], int[], text[], boolean[]);
+CREATE FUNCTION realm_core_lock_and_read(p_wait boolean, p_keys bigint[], p_realms text[], p_known_seqs bigint[],
+                                         p_path_realm int[], p_paths text[], p_path_known boolean[])
+    RETURNS TABLE (realm_no int, locked boolean, permissions text, seq bigint, path text, content text, content_hash text, created_at bigint,
                    last_modified bigint, content_encoding text, card_id text, card_type text, search_doc text, search_version bigint)
     LANGUAGE plpgsql VOLATILE AS $fn$
+DECLARE
+    v_i int;
+    v_seq bigint;
+    v_paths text[];
 BEGIN
-    IF p_wait THEN
-        PERFORM pg_advisory_xact_lock(p_key);
-    ELSIF NOT pg_try_advisory_xact_lock(p_key) THEN
-        RETURN QUERY SELECT false, NULL::text, NULL::text, NULL::text, NULL::text, NULL::bigint, NULL::bigint, NULL::text, NULL::text, NULL::text, NULL::text, NULL::bigint;
-        RETURN;
-    END IF;
-    RETURN QUERY SELECT true,
-            (SELECT COALESCE(json_agg(json_build_array(p.username, p.can_read, p.can_write, p.realm_owner)), '[]'::json)::text
-             FROM realm_permissions p WHERE p.realm_url = p_realm),
-            NULL::text, NULL::text, NULL::text, NULL::bigint, NULL::bigint, NULL::text, NULL::text, NULL::text, NULL::text, NULL::bigint;
-    RETURN QUERY SELECT true, NULL::text, f.path, f.content, f.content_hash, f.created_at, f.last_modified, f.content_encoding,
-            c.card_id, c.card_type, c.search_doc, c.search_version
-        FROM files f LEFT JOIN card_index c ON c.realm_url = f.realm_url AND c.path = f.path
-        WHERE f.realm_url = p_realm AND f.path = ANY(p_paths);
+    FOR v_i IN 1 .. COALESCE(array_length(p_keys, 1), 0) LOOP
+        IF p_wait THEN
+            PERFORM pg_advisory_xact_lock(p_keys[v_i]);
+        ELSIF NOT pg_try_advisory_xact_lock(p_keys[v_i]) THEN
+            RETURN QUERY SELECT v_i, false, NULL::text, NULL::bigint, NULL::text, NULL::text, NULL::text, NULL::bigint, NULL::bigint,
+                NULL::text, NULL::text, NULL::text, NULL::text, NULL::bigint;
+            CONTINUE;
+        END IF;
+        SELECT COALESCE(MAX(e.seq), 0) INTO v_seq FROM realm_events e WHERE e.realm_url = p_realms[v_i];
+        RETURN QUERY SELECT v_i, true,
+                (SELECT COALESCE(json_agg(json_build_array(p.username, p.can_read, p.can_write, p.realm_owner)), '[]'::json)::text
+                 FROM realm_permissions p WHERE p.realm_url = p_realms[v_i]),
+                v_seq, NULL::text, NULL::text, NULL::text, NULL::bigint, NULL::bigint, NULL::text, NULL::text, NULL::text, NULL::text, NULL::bigint;
+        v_paths := ARRAY(SELECT q.p FROM unnest(p_path_realm, p_paths, p_path_known) AS q(r, p, k)
+                         WHERE q.r = v_i AND (NOT q.k OR v_seq IS DISTINCT FROM p_known_seqs[v_i]));
+        RETURN QUERY SELECT v_i, true, NULL::text, NULL::bigint, f.path, f.content, f.content_hash, f.created_at, f.last_modified,
+                f.content_encoding, c.card_id, c.card_type, c.search_doc, c.search_version
+            FROM files f LEFT JOIN card_index c ON c.realm_url = f.realm_url AND c.path = f.path
+            WHERE f.realm_url = p_realms[v_i] AND f.path = ANY(v_paths);
+    END LOOP;
 END
 $fn$";
 
@@ -112,46 +127,88 @@ pub async fn prepare(db: &Database) -> Result<(), WriteError> {
     Ok(())
 }
 
+/// What to read of a realm as its lock is taken: `paths` always, and
+/// `known` (paths the replica knows as of the realm's event seq
+/// `known_seq`) only if the realm's seq is no longer that.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Wanted<'a> {
+    pub(super) paths: &'a [String],
+    pub(super) known_seq: Option<i64>,
+    pub(super) known: &'a [String],
+}
+
+impl Wanted<'_> {
+    /// The paths to read when the realm's newest event seq is `seq`.
+    fn at(&self, seq: Option<i64>) -> Vec<String> {
+        let mut paths = self.paths.to_vec();
+        if seq.is_none() || seq != self.known_seq {
+            paths.extend_from_slice(self.known);
+        }
+        paths
+    }
+}
+
 /// What a transaction read of a realm as it took the realm's lock: who may
 /// do what there (`None`: the in-memory store, which keeps no
-/// permissions), and the files asked for that exist.
+/// permissions), the realm's newest event seq (`None`: the in-memory
+/// store, which keeps no events), and the files asked for that exist.
 pub(super) struct Locked {
     pub(super) access: Option<Vec<(String, Permissions)>>,
+    pub(super) seq: Option<i64>,
     pub(super) found: HashMap<String, FileState>,
 }
 
+/// Begins a transaction that holds no realm's lock yet (SQLite: the
+/// database's write lock, waiting at most `remaining` for it); realms join
+/// it with [`try_add_realms`].
+pub(super) async fn begin(db: &Database, remaining: Duration) -> Result<Tx, WriteError> {
+    match db {
+        Database::Memory(store) => Ok(Tx::Memory(store.clone())),
+        Database::Sqlite(pool) => Ok(Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?)),
+        Database::Postgres(pool) => {
+            let begun = tokio::time::timeout(remaining, PgTx::begin(pool, begin_statement(remaining)));
+            Ok(Tx::Postgres(begun.await.map_err(|_| WriteError::Unavailable("no database connection came free in time; retry".into()))??))
+        }
+    }
+}
+
+/// Postgres: BEGIN with the transaction's timeouts (a lock wait of at
+/// most `remaining`) and generic plans, in one round trip.
+fn begin_statement(remaining: Duration) -> String {
+    let ms = remaining.as_millis().max(1);
+    let statement_ms = ms + STATEMENT_SLACK.as_millis();
+    // Only numbers are spliced in: the simple protocol takes no parameters.
+    // Generic plans: Postgres would otherwise plan the flush (and the
+    // reads in `realm_core_lock_and_read`) afresh at every execution,
+    // since its array parameters make a custom plan look cheaper;
+    // planning the flush cost more than running it. Its generic plan
+    // is index lookups on the primary keys, whatever the array sizes.
+    format!(
+        "BEGIN; SELECT set_config('lock_timeout', '{ms}ms', true), set_config('statement_timeout', '{statement_ms}ms', true), \
+         set_config('plan_cache_mode', 'force_generic_plan', true)"
+    )
+}
+
 /// Opens a transaction holding `realm`'s lock, waiting at most `remaining`
-/// for it, and reads the realm's permissions and `paths` of it. On
-/// Postgres two round trips: BEGIN with the timeouts, then the lock and
-/// the reads.
-pub(super) async fn open(db: &Database, realm: &str, paths: &[String], remaining: Duration) -> Result<(Tx, Locked), WriteError> {
+/// for it, and reads the realm's permissions, event seq and the `wanted`
+/// files. On Postgres two round trips: BEGIN with the timeouts, then the
+/// lock and the reads.
+pub(super) async fn open(db: &Database, realm: &str, wanted: Wanted<'_>, remaining: Duration) -> Result<(Tx, Locked), WriteError> {
     match db {
         Database::Memory(store) => {
             let mut tx = Tx::Memory(store.clone());
-            let locked = read_locked(&mut tx, realm, paths).await?;
+            let locked = read_locked(&mut tx, realm, wanted).await?;
             Ok((tx, locked))
         }
         Database::Sqlite(pool) => {
             let mut tx = Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?);
-            let locked = read_locked(&mut tx, realm, paths).await?;
+            let locked = read_locked(&mut tx, realm, wanted).await?;
             Ok((tx, locked))
         }
         Database::Postgres(pool) => {
-            let ms = remaining.as_millis().max(1);
-            let statement_ms = ms + STATEMENT_SLACK.as_millis();
-            // Only numbers are spliced in: the simple protocol takes no parameters.
-            // Generic plans: Postgres would otherwise plan the flush (and the
-            // reads in `realm_core_lock_and_read`) afresh at every execution,
-            // since its array parameters make a custom plan look cheaper;
-            // planning the flush cost more than running it. Its generic plan
-            // is index lookups on the primary keys, whatever the array sizes.
-            let begin = format!(
-                "BEGIN; SELECT set_config('lock_timeout', '{ms}ms', true), set_config('statement_timeout', '{statement_ms}ms', true), \
-                 set_config('plan_cache_mode', 'force_generic_plan', true)"
-            );
             let opened = tokio::time::timeout(remaining, async {
-                let mut tx = PgTx::begin(pool, begin).await?;
-                let locked = lock_and_read(&mut tx, realm, true, paths).await?;
+                let mut tx = PgTx::begin(pool, begin_statement(remaining)).await?;
+                let locked = lock_and_read(&mut tx, true, &[(realm, wanted)]).await?.pop().flatten();
                 Ok::<_, WriteError>((tx, locked))
             });
             let (tx, locked) = opened.await.map_err(|_| WriteError::LockTimeout(realm.to_string()))??;
@@ -161,39 +218,71 @@ pub(super) async fn open(db: &Database, realm: &str, paths: &[String], remaining
     }
 }
 
-/// Adds `realm` to an open transaction if its lock is free right now
-/// (never waits: a transaction already holding locks must not wait for
-/// another, so no two replicas can deadlock), reading its permissions and
-/// `paths` of it; None when another transaction holds the lock. SQLite's
-/// and the memory store's transactions cover every realm already.
-pub(super) async fn try_add_realm(tx: &mut Tx, realm: &str, paths: &[String]) -> Result<Option<Locked>, WriteError> {
+/// Adds realms to an open transaction, each only if its lock is free
+/// right now (never waits: a transaction already holding locks must not
+/// wait for another, so no two replicas can deadlock), reading the
+/// permissions, event seq and `wanted` files of each; per realm, None when
+/// another transaction holds its lock. Postgres: one round trip for all.
+/// SQLite's and the memory store's transactions cover every realm already.
+pub(super) async fn try_add_realms(tx: &mut Tx, realms: &[(&str, Wanted<'_>)]) -> Result<Vec<Option<Locked>>, WriteError> {
     match tx {
-        Tx::Postgres(t) => lock_and_read(t, realm, false, paths).await,
-        Tx::Sqlite(_) | Tx::Memory(_) => read_locked(tx, realm, paths).await.map(Some),
+        Tx::Postgres(t) => lock_and_read(t, false, realms).await,
+        Tx::Sqlite(_) | Tx::Memory(_) => {
+            let mut out = Vec::with_capacity(realms.len());
+            for (realm, wanted) in realms {
+                out.push(Some(read_locked(tx, realm, *wanted).await?));
+            }
+            Ok(out)
+        }
     }
 }
 
-async fn lock_and_read(t: &mut PgTx, realm: &str, wait: bool, paths: &[String]) -> Result<Option<Locked>, WriteError> {
-    let rows = sqlx::query("SELECT * FROM realm_core_lock_and_read($1, $2, $3, $4)")
-        .bind(advisory_lock_key(realm))
-        .bind(wait)
-        .bind(realm)
-        .bind(paths)
-        .fetch_all(t.conn())
-        .await?;
-    let mut locked = Locked { access: None, found: HashMap::new() };
-    for row in &rows {
-        if !row.try_get::<bool, _>(0)? {
-            return Ok(None);
-        }
-        if let Some(json) = row.try_get::<Option<String>, _>(1)? {
-            locked.access = Some(permissions_of_json(&json)?);
-        }
-        if let Some(path) = row.try_get::<Option<String>, _>(2)? {
-            locked.found.insert(path, state_at(row, 2)?);
+/// Calls `realm_core_lock_and_read` for `realms`: what was read of each,
+/// None for those whose lock was not taken.
+async fn lock_and_read(t: &mut PgTx, wait: bool, realms: &[(&str, Wanted<'_>)]) -> Result<Vec<Option<Locked>>, WriteError> {
+    let keys: Vec<i64> = realms.iter().map(|(realm, _)| advisory_lock_key(realm)).collect();
+    let names: Vec<&str> = realms.iter().map(|(realm, _)| *realm).collect();
+    let known_seqs: Vec<Option<i64>> = realms.iter().map(|(_, w)| w.known_seq).collect();
+    let (mut path_realm, mut paths, mut path_known) = (Vec::<i32>::new(), Vec::<&str>::new(), Vec::<bool>::new());
+    for (i, (_, wanted)) in realms.iter().enumerate() {
+        let no = i32::try_from(i + 1).map_err(|_| WriteError::Storage("too many realms in one transaction".into()))?;
+        for (list, known) in [(wanted.paths, false), (wanted.known, true)] {
+            for path in list {
+                path_realm.push(no);
+                paths.push(path);
+                path_known.push(known);
+            }
         }
     }
-    Ok(Some(locked))
+    let rows = sqlx::query("SELECT * FROM realm_core_lock_and_read($1, $2, $3, $4, $5, $6, $7)")
+        .bind(wait)
+        .bind(keys)
+        .bind(names)
+        .bind(known_seqs)
+        .bind(path_realm)
+        .bind(paths)
+        .bind(path_known)
+        .fetch_all(t.conn())
+        .await?;
+    let mut out: Vec<Option<Locked>> = realms.iter().map(|_| None).collect();
+    for row in &rows {
+        let no: i32 = row.try_get(0)?;
+        let slot = usize::try_from(no).ok().and_then(|n| n.checked_sub(1)).and_then(|i| out.get_mut(i));
+        let Some(slot) = slot else { return Err(WriteError::Storage(format!("the lock function answered for realm number {no}"))) };
+        if !row.try_get::<bool, _>(1)? {
+            continue;
+        }
+        if let Some(json) = row.try_get::<Option<String>, _>(2)? {
+            *slot = Some(Locked { access: Some(permissions_of_json(&json)?), seq: Some(row.try_get::<i64, _>(3)?), found: HashMap::new() });
+        } else if let Some(path) = row.try_get::<Option<String>, _>(4)? {
+            let state = state_at(row, 4)?;
+            match slot {
+                Some(locked) => drop(locked.found.insert(path, state)),
+                None => return Err(WriteError::Storage(format!("the lock function read {path} of a realm it did not lock"))),
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// `[[user, read, write, owner], …]` as the function aggregates it.
@@ -203,10 +292,10 @@ fn permissions_of_json(json: &str) -> Result<Vec<(String, Permissions)>, WriteEr
     Ok(rows.into_iter().map(|(user, read, write, realm_owner)| (user, Permissions { read, write, realm_owner })).collect())
 }
 
-/// The permissions and files of a realm whose lock the transaction holds
-/// (SQLite, memory).
-async fn read_locked(tx: &mut Tx, realm: &str, paths: &[String]) -> Result<Locked, WriteError> {
-    let access = match tx {
+/// The permissions, event seq and files of a realm whose lock the
+/// transaction holds (SQLite, memory).
+async fn read_locked(tx: &mut Tx, realm: &str, wanted: Wanted<'_>) -> Result<Locked, WriteError> {
+    let (access, seq) = match tx {
         Tx::Sqlite(t) => {
             let rows = sqlx::query("SELECT username, can_read, can_write, realm_owner FROM realm_permissions WHERE realm_url = $1")
                 .bind(realm)
@@ -216,11 +305,13 @@ async fn read_locked(tx: &mut Tx, realm: &str, paths: &[String]) -> Result<Locke
             for r in &rows {
                 access.push((r.try_get(0)?, Permissions { read: r.try_get(1)?, write: r.try_get(2)?, realm_owner: r.try_get(3)? }));
             }
-            Some(access)
+            let seq: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM realm_events WHERE realm_url = $1").bind(realm).fetch_one(&mut **t).await?;
+            (Some(access), Some(seq))
         }
-        Tx::Postgres(_) | Tx::Memory(_) => None,
+        Tx::Postgres(_) | Tx::Memory(_) => (None, None),
     };
-    Ok(Locked { access, found: read(tx, realm, paths).await? })
+    let found = read(tx, realm, &wanted.at(seq)).await?;
+    Ok(Locked { access, seq, found })
 }
 
 const READ_POSTGRES: &str = "SELECT f.path, f.content, f.content_hash, f.created_at, f.last_modified, f.content_encoding,

@@ -349,3 +349,47 @@ async fn postgres_two_replicas_writing_six_realms_lose_nothing_and_never_deadloc
 fn seen_in(realm: usize, clients: usize, patches: usize, realms: usize) -> usize {
     (0..clients).map(|c| (0..patches).filter(|i| (c + i) % realms == realm).count()).sum()
 }
+
+on_both_backends!(a_replica_builds_on_what_another_replica_wrote_since_its_last_batch);
+
+/// A replica keeps what its batches saw of a realm's files for the realm's
+/// next batch (trusted only while the realm's event seq is unchanged). A
+/// write on another replica in between — an update, a delete, a create —
+/// is what the next write must build on, never what was kept.
+async fn a_replica_builds_on_what_another_replica_wrote_since_its_last_batch(backend: Backend) {
+    let a = backend.start().await;
+    let b = a.replica().await;
+    let (ca, cb) = (a.client(), b.client());
+    let on = |srv: &Server, path: &str| format!("{}{path}", srv.base);
+    let person = |attributes: Value| card_doc("./person", "Person", Some(attributes), None);
+    let path = "test/counter";
+    ca.seed(&format!("{}.json", on(&a, path)), &file_text(&person(json!({ "firstName": "A" })))).await;
+
+    // Updates, alternating: each answer carries every earlier attribute.
+    let mut expected = serde_json::Map::from_iter([("firstName".to_string(), json!("A"))]);
+    for i in 0..6 {
+        let (srv, http) = if i % 2 == 0 { (&b, &cb) } else { (&a, &ca) };
+        let resp = http.patch_card(&on(srv, path), &person(json!({ format!("n{i}"): i }))).fetch().await.expect_status(200);
+        expected.insert(format!("n{i}"), json!(i));
+        let got = resp.json()["data"]["attributes"].clone();
+        for (k, v) in &expected {
+            assert_eq!(&got[k], v, "PATCH {i} (on {}) builds on every earlier one: {k} in\n{resp}", srv.base);
+        }
+    }
+
+    // A deletes the card that B's last batch saw: B's PATCH is a 404.
+    ca.delete_card(&on(&a, path)).fetch().await.expect_status(204);
+    let gone = cb.patch_card(&on(&b, path), &person(json!({ "late": true }))).fetch().await;
+    assert_eq!(gone.status, 404, "the card deleted on the other replica is gone here too:\n{gone}");
+
+    // B saw it absent; A creates it again: B's PATCH finds it.
+    let source = format!("{}.json", on(&a, path));
+    ca.seed(&source, &file_text(&person(json!({ "firstName": "Again" })))).await;
+    let back = cb.patch_card(&on(&b, path), &person(json!({ "late": true }))).fetch().await.expect_status(200);
+    assert_eq!(back.json()["data"]["attributes"]["firstName"], json!("Again"), "built on the re-created card:\n{back}");
+    assert_eq!(back.json()["data"]["attributes"]["n0"], Value::Null, "nothing of the deleted card comes back:\n{back}");
+
+    // And A, which wrote the card last before B did, sees B's write.
+    let last = ca.patch_card(&on(&a, path), &person(json!({ "last": 1 }))).fetch().await.expect_status(200);
+    assert_eq!(last.json()["data"]["attributes"]["late"], json!(true), "a builds on b's write:\n{last}");
+}
