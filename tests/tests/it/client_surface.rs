@@ -287,13 +287,31 @@ async fn permissions_are_read_and_patched_by_the_realm_owner_only(backend: Backe
     srv.client().get_source(&format!("{owned}x")).fetch().await.card_error(401);
 }
 
+/// The `owned` realm on a server and a replica of it, with its owner
+/// (carol) and two writers (alice, bob) as clients of the server.
+struct OwnedOnTwoReplicas {
+    srv: Server,
+    replica: Server,
+    owned: String,
+    carol: Client,
+    alice: Client,
+    bob: Client,
+}
+
+impl OwnedOnTwoReplicas {
+    async fn start(backend: Backend) -> OwnedOnTwoReplicas {
+        let srv = backend.start_with(options_with_owner()).await;
+        let replica = srv.replica().await;
+        let owned = srv.realm("owned");
+        let carol = srv.client_as(CAROL, &owned, &["realm-owner"]).await;
+        let alice = srv.client_as(ALICE, &owned, &["read", "write"]).await;
+        let bob = srv.client_as(BOB, &owned, &["read", "write"]).await;
+        OwnedOnTwoReplicas { srv, replica, owned, carol, alice, bob }
+    }
+}
+
 async fn permission_changes_hold_on_every_replica_before_the_answer(backend: Backend) {
-    let srv = backend.start_with(options_with_owner()).await;
-    let replica = srv.replica().await;
-    let owned = srv.realm("owned");
-    let carol = srv.client_as(CAROL, &owned, &["realm-owner"]).await;
-    let alice = srv.client_as(ALICE, &owned, &["read", "write"]).await;
-    let bob = srv.client_as(BOB, &owned, &["read", "write"]).await;
+    let OwnedOnTwoReplicas { srv: _primary, replica, owned, carol, alice, bob } = OwnedOnTwoReplicas::start(backend).await;
     alice.seed(&format!("{owned}doc.txt"), "text").await;
     let on_replica = replica.url("owned/doc.txt");
     // Warm whatever the replica may cache about these users.
@@ -318,12 +336,7 @@ async fn permission_changes_hold_on_every_replica_before_the_answer(backend: Bac
 /// whatever the replica remembered (on SQLite a replica hears of a change
 /// only by its timer).
 async fn write_permission_changes_hold_on_every_replica_for_every_write_route(backend: Backend) {
-    let srv = backend.start_with(options_with_owner()).await;
-    let replica = srv.replica().await;
-    let owned = srv.realm("owned");
-    let carol = srv.client_as(CAROL, &owned, &["realm-owner"]).await;
-    let alice = srv.client_as(ALICE, &owned, &["read", "write"]).await;
-    let bob = srv.client_as(BOB, &owned, &["read", "write"]).await;
+    let OwnedOnTwoReplicas { srv: _primary, replica, owned, carol, alice, bob } = OwnedOnTwoReplicas::start(backend).await;
     let (card, _) = alice.create(&owned, &person_doc(&owned, json!({"firstName": "Shared"}))).await;
     alice.seed(&format!("{owned}doc.txt"), "start").await;
     let replicas = [owned.clone(), replica.url("owned/")];
