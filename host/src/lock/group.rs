@@ -83,14 +83,20 @@ pub(super) struct Shared {
 /// What a member learns once its group is over.
 type Outcome = Option<Result<(), WriteError>>;
 
-/// A writer's request to add its realm to the group. The answer: added
-/// (`None`), or held by another transaction (`Some`: what the writer knew
-/// of the realm, given back).
+/// A writer's request to add its realm to the group.
 struct Add {
     realm: String,
     paths: Vec<String>,
     known: Option<KnownFiles>,
-    reply: tokio::sync::oneshot::Sender<Result<Option<Option<KnownFiles>>, WriteError>>,
+    reply: tokio::sync::oneshot::Sender<Result<Added, WriteError>>,
+}
+
+/// The answer to an [`Add`].
+enum Added {
+    Yes,
+    /// Another transaction holds the realm's lock; what the writer knew of
+    /// the realm, given back.
+    HeldElsewhere(Option<KnownFiles>),
 }
 
 /// The place of a pending group's transaction, held by its opener until
@@ -234,8 +240,8 @@ impl Group {
             }
         }
         match answer.await {
-            Ok(Ok(None)) => Ok(true),
-            Ok(Ok(Some(back))) => {
+            Ok(Ok(Added::Yes)) => Ok(true),
+            Ok(Ok(Added::HeldElsewhere(back))) => {
                 *known = back;
                 Ok(false)
             }
@@ -264,12 +270,12 @@ impl Group {
                 for (add, read) in asked.into_iter().zip(read) {
                     let Add { realm, paths, known, reply } = add;
                     let Some(locked) = read else {
-                        let _ = reply.send(Ok(Some(known)));
+                        let _ = reply.send(Ok(Added::HeldElsewhere(known)));
                         continue;
                     };
                     let batch = Read { paths, known, locked }.into_batch();
                     self.state().realms.entry(realm).or_insert(Some(batch));
-                    let _ = reply.send(Ok(None));
+                    let _ = reply.send(Ok(Added::Yes));
                 }
             }
         }
