@@ -344,8 +344,10 @@ impl Group {
     /// Starts the commit of a group nobody is running in, or queues it for
     /// the next commit slot (it stays open meanwhile).
     fn commit_or_queue(self: &Arc<Self>, mut state: MutexGuard<'_, State>) {
-        // Without coalescing a group never grows, so waiting only delays it.
-        let limit = if self.coalescing.max_batch <= 1 { usize::MAX } else { COMMITS_IN_FLIGHT };
+        // Without coalescing a group never grows, so waiting only delays it;
+        // a group that holds no realm (its writers all left, e.g. their
+        // realms were held elsewhere) has nothing to commit.
+        let limit = if self.coalescing.max_batch <= 1 || state.realms.is_empty() { usize::MAX } else { COMMITS_IN_FLIGHT };
         let started = {
             let mut pacing = locked(&self.shared.pacing);
             if pacing.in_flight < limit {

@@ -53,6 +53,11 @@ struct RealmQueue {
     group: Mutex<Option<Arc<Group>>>,
     /// Who waits for the turn, and what they will read.
     waiters: Arc<Waiters>,
+    /// The realm's last add to a shared group found its lock held by
+    /// another transaction (another replica's): with no open group to try,
+    /// its next writer waits for the lock in a group of its own at once,
+    /// rather than beginning a shared group only to leave it.
+    held_elsewhere: std::sync::atomic::AtomicBool,
 }
 
 fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -208,7 +213,7 @@ impl Locks {
                     paths.extend(queue.waiters.paths(PREFETCH_HINTS));
                     paths.sort();
                     paths.dedup();
-                    let group = self.group_for(db, realm, paths, deadline).await?;
+                    let group = self.group_for(db, &queue, realm, paths, deadline).await?;
                     *locked(&queue.group) = Some(group.clone());
                     break group;
                 }
@@ -235,33 +240,37 @@ impl Locks {
     /// the caller admitted. What the replica knew of the realm (it holds the
     /// realm's turn, so no one else here uses it meanwhile) goes to the
     /// batch, or back.
-    async fn group_for(&self, db: &Database, realm: &str, paths: Vec<String>, deadline: Instant) -> Result<Arc<Group>, WriteError> {
+    async fn group_for(&self, db: &Database, queue: &RealmQueue, realm: &str, paths: Vec<String>, deadline: Instant) -> Result<Arc<Group>, WriteError> {
         let mut known = self.shared.known.take(realm);
-        let found = self.find_group(db, realm, paths, deadline, &mut known).await;
+        let found = self.find_group(db, queue, realm, paths, deadline, &mut known).await;
         if let Some(unused) = known {
             self.shared.known.put(realm, unused);
         }
         found
     }
 
-    async fn find_group(&self, db: &Database, realm: &str, paths: Vec<String>, deadline: Instant, known: &mut Option<KnownFiles>) -> Result<Arc<Group>, WriteError> {
-        let (group, slot) = self.current_or_pending()?;
-        if let Some(slot) = slot {
-            let begun = self.begin(db, deadline, realm).await;
-            let failed = begun.as_ref().err().cloned();
-            group.begun(slot, begun);
-            if let Some(e) = failed {
-                group.leave(false);
-                return Err(e);
+    async fn find_group(&self, db: &Database, queue: &RealmQueue, realm: &str, paths: Vec<String>, deadline: Instant, known: &mut Option<KnownFiles>) -> Result<Arc<Group>, WriteError> {
+        let shared = if queue.held_elsewhere.load(Ordering::Relaxed) { self.current().map(|g| (g, None)) } else { Some(self.current_or_pending()?) };
+        if let Some((group, slot)) = shared {
+            if let Some(slot) = slot {
+                let begun = self.begin(db, deadline, realm).await;
+                let failed = begun.as_ref().err().cloned();
+                group.begun(slot, begun);
+                if let Some(e) = failed {
+                    group.leave(false);
+                    return Err(e);
+                }
             }
-        }
-        match group.try_add(realm, paths.clone(), known).await {
-            Ok(true) => return Ok(group),
-            // Postgres: another replica holds the realm's lock.
-            Ok(false) => group.leave(false),
-            Err(e) => {
-                group.leave(false);
-                return Err(e);
+            let added = group.try_add(realm, paths.clone(), known).await;
+            queue.held_elsewhere.store(matches!(added, Ok(false)), Ordering::Relaxed);
+            match added {
+                Ok(true) => return Ok(group),
+                // Postgres: another replica holds the realm's lock.
+                Ok(false) => group.leave(false),
+                Err(e) => {
+                    group.leave(false);
+                    return Err(e);
+                }
             }
         }
         // A transaction that already holds locks must not wait for another
@@ -280,6 +289,11 @@ impl Locks {
         Ok(group)
     }
 
+    /// The replica's open group, joined, if there is one.
+    fn current(&self) -> Option<Arc<Group>> {
+        locked(&self.current).as_ref().filter(|g| g.join()).cloned()
+    }
+
     /// The replica's open group, joined; else a new one, published at once
     /// (so writers arriving while it is begun join it) with the slot its
     /// transaction goes in.
@@ -288,6 +302,8 @@ impl Locks {
         if let Some(group) = current.as_ref().filter(|g| g.join()) {
             return Ok((group.clone(), None));
         }
+        // (Not `current()`: checking and publishing under one lock, so two
+        // writers finding no open group do not each begin one.)
         let (group, slot) = Group::pending(self.coalescing, self.shared.clone())?;
         *current = Some(group.clone());
         Ok((group, Some(slot)))
