@@ -22,6 +22,11 @@ use super::sql;
 use super::txn::{Limits, Waiters, WriteTxn, PREFETCH_HINTS};
 use crate::store::Database;
 
+/// Times a writer whose realm another replica holds tries the replica's
+/// next shared group (once the one it tried is over) before it waits for
+/// the lock in a group of its own.
+const SHARED_RETRIES: usize = 3;
+
 /// Bytes of realms' files a replica keeps between batches unless told.
 pub const DEFAULT_KNOWN_BYTES: usize = 64 << 20;
 
@@ -250,8 +255,10 @@ impl Locks {
     }
 
     async fn find_group(&self, db: &Database, queue: &RealmQueue, realm: &str, paths: Vec<String>, deadline: Instant, known: &mut Option<KnownFiles>) -> Result<Arc<Group>, WriteError> {
-        let shared = if queue.held_elsewhere.load(Ordering::Relaxed) { self.current().map(|g| (g, None)) } else { Some(self.current_or_pending()?) };
-        if let Some((group, slot)) = shared {
+        let mut retries = 0;
+        loop {
+            let shared = if queue.held_elsewhere.load(Ordering::Relaxed) && retries == 0 { self.current().map(|g| (g, None)) } else { Some(self.current_or_pending()?) };
+            let Some((group, slot)) = shared else { break };
             if let Some(slot) = slot {
                 let begun = self.begin(db, deadline, realm).await;
                 let failed = begun.as_ref().err().cloned();
@@ -265,8 +272,20 @@ impl Locks {
             queue.held_elsewhere.store(matches!(added, Ok(false)), Ordering::Relaxed);
             match added {
                 Ok(true) => return Ok(group),
-                // Postgres: another replica holds the realm's lock.
-                Ok(false) => group.leave(false),
+                // Postgres: another replica holds the realm's lock. Its
+                // groups last about as long as ours: once ours is over, the
+                // realm is likely free for the next one, and a writer in a
+                // shared group costs less than a group of its own.
+                Ok(false) => {
+                    group.leave(false);
+                    if retries == SHARED_RETRIES {
+                        break;
+                    }
+                    retries += 1;
+                    if tokio::time::timeout_at(deadline, group.finished()).await.is_err() {
+                        return Err(WriteError::LockTimeout(realm.to_string()));
+                    }
+                }
                 Err(e) => {
                     group.leave(false);
                     return Err(e);
