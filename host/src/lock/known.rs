@@ -28,7 +28,7 @@ impl KnownFiles {
 }
 
 fn state_bytes(state: &FileState) -> usize {
-    let row = state.row.content.len() + state.row.content_hash.len() + 64;
+    let row = state.row.content.len() + state.row.content_hash.len() + 64 + state.derived_bytes();
     row + state.card.as_ref().map_or(0, |c| c.card_id.len() + c.card_type.len() + c.search_doc.len() + 32)
 }
 
@@ -114,7 +114,7 @@ mod tests {
 
     fn known(seq: i64, content: &str) -> KnownFiles {
         let row = FileRow { content: content.into(), content_hash: "h".into(), created: 1, last_modified: 1, binary: false };
-        KnownFiles { seq, files: HashMap::from([("a.txt".to_string(), Some(FileState { row, card: None })), ("gone".to_string(), None)]) }
+        KnownFiles { seq, files: HashMap::from([("a.txt".to_string(), Some(FileState::new(row, None))), ("gone".to_string(), None)]) }
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! what the flush writes: each changed path once, in its final state, and
 //! the search rows that differ from what the database holds. No SQL here.
 
+use std::cmp::Ordering;
 use std::collections::HashMap;
 
 use super::outbox::Changes;
@@ -32,9 +33,36 @@ pub struct CardRow {
 pub struct FileState {
     pub row: FileRow,
     pub card: Option<CardRow>,
+    /// Its search rows, derived once (a flush derives them for the file it
+    /// writes; the next batch diffs against the same state, kept with the
+    /// realm's files). Shared by clones: build a new state, never change
+    /// `row` or `card` of one whose rows were derived.
+    fields: std::sync::Arc<std::sync::OnceLock<Vec<FieldRow>>>,
 }
 
 impl FileState {
+    pub fn new(row: FileRow, card: Option<CardRow>) -> FileState {
+        FileState { row, card, fields: Default::default() }
+    }
+
+    /// Bytes its search rows take, if they were derived.
+    pub fn derived_bytes(&self) -> usize {
+        self.fields.get().map_or(0, |rows| rows.iter().map(|r| 96 + r.field.len() + r.text.len() + r.key.len() + r.folded.as_ref().map_or(0, String::len)).sum())
+    }
+
+    /// The search rows of a card file as this build derives them, sorted
+    /// by [`key`].
+    fn fields(&self) -> &[FieldRow] {
+        self.fields.get_or_init(|| {
+            let mut rows = match &self.card {
+                Some(card) if !self.row.binary => fields_of(&self.row.content, &card.card_id),
+                _ => Vec::new(),
+            };
+            rows.sort_by(|a, b| key(a).cmp(&key(b)));
+            rows
+        })
+    }
+
     /// Same bytes, same times, same kind: writing one over the other changes nothing.
     fn same_file(&self, other: &FileState) -> bool {
         let (a, b) = (&self.row, &other.row);
@@ -249,14 +277,6 @@ impl RealmChanges {
     }
 }
 
-/// The field rows of a card file as this build derives them.
-fn fields_of_state(state: &FileState) -> Vec<FieldRow> {
-    match &state.card {
-        Some(card) if !state.row.binary => fields_of(&state.row.content, &card.card_id),
-        _ => Vec::new(),
-    }
-}
-
 fn entry_changes(path: &str, entry: &Entry, out: &mut RealmChanges) {
     match (&entry.base, &entry.current) {
         (None, None) => {}
@@ -283,24 +303,45 @@ fn entry_changes(path: &str, entry: &Entry, out: &mut RealmChanges) {
     }
 }
 
+/// A search row's key in `card_fields` (with the realm and path).
+fn key(row: &FieldRow) -> (&str, i64) {
+    (row.field.as_str(), row.position)
+}
+
 /// The field rows that turn what is stored into `current`'s: against the
 /// base's rows when they are known (`known_base`), else a reset when the
 /// path had rows of an older version (`had_rows`), else plain inserts.
 fn field_changes(path: &str, known_base: Option<&FileState>, had_rows: bool, current: &FileState, out: &mut RealmChanges) {
-    let new = fields_of_state(current);
+    let new = current.fields();
     match known_base {
         Some(base) => {
-            let old = fields_of_state(base);
-            let old_by_key: HashMap<(&str, i64), &FieldRow> = old.iter().map(|r| ((r.field.as_str(), r.position), r)).collect();
-            let new_keys: std::collections::HashSet<(&str, i64)> = new.iter().map(|r| (r.field.as_str(), r.position)).collect();
-            for row in &new {
-                if old_by_key.get(&(row.field.as_str(), row.position)) != Some(&row) {
-                    out.field_upserts.push((path.to_string(), row.clone()));
-                }
-            }
-            for row in &old {
-                if !new_keys.contains(&(row.field.as_str(), row.position)) {
-                    out.field_deletes.push((path.to_string(), row.field.clone(), row.position));
+            // Both sorted by key: one walk, no hashing.
+            let (mut old, mut new) = (base.fields().iter().peekable(), new.iter().peekable());
+            loop {
+                let order = match (old.peek(), new.peek()) {
+                    (None, None) => break,
+                    (Some(_), None) => Ordering::Less,
+                    (None, Some(_)) => Ordering::Greater,
+                    (Some(o), Some(n)) => key(o).cmp(&key(n)),
+                };
+                match order {
+                    Ordering::Less => {
+                        if let Some(row) = old.next() {
+                            out.field_deletes.push((path.to_string(), row.field.clone(), row.position));
+                        }
+                    }
+                    Ordering::Greater => {
+                        if let Some(row) = new.next() {
+                            out.field_upserts.push((path.to_string(), row.clone()));
+                        }
+                    }
+                    Ordering::Equal => {
+                        if let (Some(was), Some(row)) = (old.next(), new.next()) {
+                            if was != row {
+                                out.field_upserts.push((path.to_string(), row.clone()));
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -308,7 +349,7 @@ fn field_changes(path: &str, known_base: Option<&FileState>, had_rows: bool, cur
             if had_rows {
                 out.field_resets.push(path.to_string());
             }
-            out.field_upserts.extend(new.into_iter().map(|row| (path.to_string(), row)));
+            out.field_upserts.extend(new.iter().map(|row| (path.to_string(), row.clone())));
         }
     }
 }
@@ -318,16 +359,15 @@ mod tests {
     use super::*;
 
     fn file(content: &str, modified: i64) -> FileState {
-        FileState {
-            row: FileRow { content: content.into(), content_hash: format!("h:{content}"), created: 1, last_modified: modified, binary: false },
-            card: None,
-        }
+        FileState::new(
+            FileRow { content: content.into(), content_hash: format!("h:{content}"), created: 1, last_modified: modified, binary: false },
+            None,
+        )
     }
 
     fn card(content: &str, modified: i64, version: i64) -> FileState {
-        let mut state = file(content, modified);
-        state.card = Some(CardRow { card_id: "http://h/r/Person/1".into(), card_type: "t".into(), search_doc: "{}".into(), version });
-        state
+        let row = file(content, modified).row;
+        FileState::new(row, Some(CardRow { card_id: "http://h/r/Person/1".into(), card_type: "t".into(), search_doc: "{}".into(), version }))
     }
 
     fn person(attributes: &str) -> String {
@@ -460,7 +500,8 @@ mod tests {
         let changes = batch.changes();
         assert_eq!(changes.field_resets, ["Person/1.json"]);
         let fields: Vec<(&str, &str)> = changes.field_upserts.iter().map(|(p, r)| (p.as_str(), r.field.as_str())).collect();
-        assert_eq!(fields, [("Person/1.json", "id"), ("Person/1.json", "name"), ("Person/1.json", "age"), ("Person/2.json", "id"), ("Person/2.json", "name")]);
+        // A card's rows in key order.
+        assert_eq!(fields, [("Person/1.json", "age"), ("Person/1.json", "id"), ("Person/1.json", "name"), ("Person/2.json", "id"), ("Person/2.json", "name")]);
         assert!(changes.card_upserts.iter().all(|(_, c)| c.version == SEARCH_VERSION));
     }
 
@@ -486,7 +527,9 @@ mod tests {
         assert!(changes.field_resets.is_empty() && changes.field_deletes.is_empty());
         let (seq, files) = batch.into_known(Some(6)).expect("its one event brought the realm from 5 to 6");
         assert_eq!(seq, 6);
-        assert!(files["Person/1.json"].as_ref().unwrap().row.content.contains(r#""age":4"#), "kept in its final state");
+        let kept = files["Person/1.json"].as_ref().unwrap();
+        assert!(kept.row.content.contains(r#""age":4"#), "kept in its final state");
+        assert!(kept.derived_bytes() > 0, "with the search rows the flush derived: the next batch diffs against them without parsing");
         assert!(files["absent.txt"].is_none());
         assert_eq!(files["new.txt"].as_ref().unwrap().row.content, "read", "what the batch read is kept too");
     }

@@ -355,7 +355,7 @@ pub(super) async fn read(tx: &mut Tx, realm: &str, paths: &[String]) -> Result<H
         Tx::Memory(store) => {
             for path in paths {
                 if let Some(row) = store.read(realm, path) {
-                    found.insert(path.clone(), FileState { row, card: None });
+                    found.insert(path.clone(), FileState::new(row, None));
                 }
             }
         }
@@ -390,7 +390,7 @@ where
         }),
         None => None,
     };
-    Ok(FileState { row: file, card })
+    Ok(FileState::new(file, card))
 }
 
 /// What a flush keeps of the realms' events.

@@ -293,7 +293,7 @@ impl WriteTxn {
         let is_card = index.is_some();
         let card = index.map(|i| CardRow { card_id: i.card_id, card_type: i.card_type, search_doc: i.search_doc, version: SEARCH_VERSION });
         let row = FileRow { content, content_hash: content_hash.clone(), created, last_modified: now, binary };
-        self.member.put(path, Some(FileState { row, card }));
+        self.member.put(path, Some(FileState::new(row, card)));
         self.member.changes.note(&self.realm, path, is_card);
         Ok(Written { content_hash, created, last_modified: now, existed: existing.is_some() })
     }
