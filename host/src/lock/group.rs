@@ -5,7 +5,7 @@
 //! then tells every member how that went. No member is answered before.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -54,11 +54,18 @@ impl BatchStats {
     }
 }
 
-/// Commits a replica runs at once. A group whose writers are all done
-/// while that many commits are under way stays open and commits when one
-/// of them ends (group commit): under load, writers that arrive during a
-/// commit share the next one instead of each opening their own.
-const COMMITS_IN_FLIGHT: usize = 1;
+/// Commits a replica runs at once (see [`Shared::commits_in_flight`]). A
+/// group whose writers are all done while that many commits are under way
+/// stays open and commits when one of them ends (group commit): under
+/// load, writers that arrive during a commit share the next one instead of
+/// each opening their own.
+const COMMITS_IN_FLIGHT: usize = 2;
+/// The same while another replica writes this replica's realms.
+const COMMITS_IN_FLIGHT_CONTENDED: usize = 1;
+
+/// How long after another replica was last found holding a realm's lock
+/// this replica counts as sharing its realms with it.
+const CONTENTION_WINDOW: Duration = Duration::from_secs(2);
 
 /// The replica's commits under way, and the groups ready to commit next.
 #[derive(Default)]
@@ -78,6 +85,73 @@ pub(super) struct Shared {
     pub(super) retain_events: i64,
     /// What the replica knows of realms' files between their batches.
     pub(super) known: Arc<KnownRealms>,
+    /// Writers between asking for a lock and learning how their group
+    /// ended (see [`InPath`]).
+    pub(super) writers: AtomicUsize,
+    /// When another replica was last found holding a realm's lock (as
+    /// time since `born`, in ms; 0: never).
+    pub(super) contended_at: AtomicU64,
+    pub(super) born: Instant,
+}
+
+impl Shared {
+    pub(super) fn new(stats: Arc<BatchStats>, committed: tokio::sync::broadcast::Sender<(String, i64)>, retain_events: i64, known: Arc<KnownRealms>) -> Shared {
+        Shared { pacing: Default::default(), stats, committed, retain_events, known, writers: Default::default(), contended_at: Default::default(), born: Instant::now() }
+    }
+
+    /// Another replica holds a realm's lock this replica asked for.
+    fn note_contention(&self) {
+        let at = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX).max(1);
+        self.contended_at.store(at, Ordering::Relaxed);
+    }
+
+    /// Whether another replica has written this replica's realms lately.
+    fn contended(&self) -> bool {
+        let at = self.contended_at.load(Ordering::Relaxed);
+        at != 0 && self.born.elapsed().as_millis() < u128::from(at) + CONTENTION_WINDOW.as_millis()
+    }
+
+    /// Members a group may have and still take a realm it does not hold.
+    /// Alone on its realms, a replica splits its writers into two groups:
+    /// with every writer in one, its commit would run while no one else
+    /// can; with half in each, one group gathers (guest calls, reads) while
+    /// the other commits, and the two may commit at once. While another
+    /// replica writes the same realms its groups already fill our commits'
+    /// gaps, and splitting would only halve ours: no cap. (Writers of a
+    /// realm the group holds join it up to `max_batch` either way: they
+    /// could not go sooner.)
+    fn realm_add_cap(&self) -> usize {
+        if self.contended() {
+            return usize::MAX;
+        }
+        self.writers.load(Ordering::Relaxed).div_ceil(2).max(1)
+    }
+
+    /// Commits this replica runs at once: two while it is alone on its
+    /// realms (its split groups, above), else one.
+    fn commits_in_flight(&self) -> usize {
+        if self.contended() {
+            COMMITS_IN_FLIGHT_CONTENDED
+        } else {
+            COMMITS_IN_FLIGHT
+        }
+    }
+}
+
+/// Counts a writer in [`Shared::writers`] while it lives.
+pub(super) struct InPath(Arc<Shared>);
+
+impl InPath {
+    pub(super) fn count(shared: &Arc<Shared>) -> InPath {
+        shared.writers.fetch_add(1, Ordering::Relaxed);
+        InPath(shared.clone())
+    }
+}
+
+impl Drop for InPath {
+    fn drop(&mut self) {
+        self.0.writers.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// What a member learns once its group is over.
@@ -198,9 +272,21 @@ impl Group {
     /// Admits one more member if the group is open and under its limits;
     /// the member must [`leave`](Group::leave) once done.
     pub(super) fn join(&self) -> bool {
+        self.join_under(usize::MAX)
+    }
+
+    /// [`join`](Group::join) for a writer that will add a realm the group
+    /// does not hold; with `split`, only while it has fewer members than
+    /// [`Shared::realm_add_cap`]. (Postgres only: SQLite's one writer
+    /// commits one group at a time, so a split would only add commits.)
+    pub(super) fn join_to_add(&self, split: bool) -> bool {
+        self.join_under(if split { self.shared.realm_add_cap() } else { usize::MAX })
+    }
+
+    fn join_under(&self, cap: usize) -> bool {
         let mut state = self.state();
         let c = self.coalescing;
-        let admit = state.open && !state.closing && state.admitted < c.max_batch.max(1) && state.opened.elapsed() < c.max_wait;
+        let admit = state.open && !state.closing && state.admitted < c.max_batch.max(1).min(cap) && state.opened.elapsed() < c.max_wait;
         if admit {
             state.active += 1;
             state.admitted += 1;
@@ -270,6 +356,7 @@ impl Group {
                 for (add, read) in asked.into_iter().zip(read) {
                     let Add { realm, paths, known, reply } = add;
                     let Some(locked) = read else {
+                        self.shared.note_contention();
                         let _ = reply.send(Ok(Added::HeldElsewhere(known)));
                         continue;
                     };
@@ -347,7 +434,7 @@ impl Group {
         // Without coalescing a group never grows, so waiting only delays it;
         // a group that holds no realm (its writers all left, e.g. their
         // realms were held elsewhere) has nothing to commit.
-        let limit = if self.coalescing.max_batch <= 1 || state.realms.is_empty() { usize::MAX } else { COMMITS_IN_FLIGHT };
+        let limit = if self.coalescing.max_batch <= 1 || state.realms.is_empty() { usize::MAX } else { self.shared.commits_in_flight() };
         let started = {
             let mut pacing = locked(&self.shared.pacing);
             if pacing.in_flight < limit {
@@ -536,4 +623,49 @@ fn finished() -> WriteError {
 
 fn lost() -> WriteError {
     WriteError::Unavailable("the shared transaction was lost before it committed; nothing was written, retry".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> Shared {
+        Shared::new(Arc::new(BatchStats::default()), tokio::sync::broadcast::channel(4).0, 10, Arc::new(KnownRealms::new(0)))
+    }
+
+    const COALESCING: Coalescing = Coalescing { max_batch: 64, max_wait: Duration::from_secs(10) };
+
+    #[test]
+    fn alone_a_replica_splits_its_writers_in_two_groups_that_may_commit_at_once() {
+        let shared = shared();
+        shared.writers.store(32, Ordering::Relaxed);
+        assert_eq!((shared.realm_add_cap(), shared.commits_in_flight()), (16, 2));
+        shared.writers.store(3, Ordering::Relaxed);
+        assert_eq!(shared.realm_add_cap(), 2);
+        shared.writers.store(0, Ordering::Relaxed);
+        assert_eq!(shared.realm_add_cap(), 1, "the opener always gets in");
+    }
+
+    #[test]
+    fn while_another_replica_writes_its_realms_a_replica_keeps_one_group_and_one_commit() {
+        let shared = shared();
+        shared.writers.store(32, Ordering::Relaxed);
+        shared.note_contention();
+        assert_eq!((shared.realm_add_cap(), shared.commits_in_flight()), (usize::MAX, 1));
+        // Contention long past (the window is over): split again.
+        let past = Shared { born: Instant::now() - CONTENTION_WINDOW * 3, ..shared };
+        past.contended_at.store(1, Ordering::Relaxed);
+        assert_eq!((past.realm_add_cap(), past.commits_in_flight()), (16, 2));
+    }
+
+    #[test]
+    fn a_full_half_takes_no_new_realm_but_still_admits_writers_of_its_own() {
+        let shared = Arc::new(shared());
+        shared.writers.store(4, Ordering::Relaxed);
+        let (group, _slot) = Group::pending(COALESCING, shared.clone()).expect("pending group");
+        assert!(group.join_to_add(true), "second of four writers: within half");
+        assert!(!group.join_to_add(true), "third: the next group takes it");
+        assert!(group.join_to_add(false), "no split (SQLite): one group takes every realm");
+        assert!(group.join(), "a writer of a realm the group holds joins it anyway");
+    }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::error::WriteError;
-use super::group::{split_known, BatchStats, Coalescing, Group, Read, Shared, TxSlot};
+use super::group::{split_known, BatchStats, Coalescing, Group, InPath, Read, Shared, TxSlot};
 use super::known::{KnownFiles, KnownRealms};
 use super::sql;
 use super::txn::{Limits, Waiters, WriteTxn, PREFETCH_HINTS};
@@ -85,13 +85,7 @@ impl Locks {
 
     pub fn with_coalescing(timeout: Duration, limits: Limits, coalescing: Coalescing) -> Locks {
         let stats = Arc::new(BatchStats::default());
-        let shared = Shared {
-            pacing: Default::default(),
-            stats: stats.clone(),
-            committed: tokio::sync::broadcast::channel(4096).0,
-            retain_events: 10_000,
-            known: Arc::new(KnownRealms::new(DEFAULT_KNOWN_BYTES)),
-        };
+        let shared = Shared::new(stats.clone(), tokio::sync::broadcast::channel(4096).0, 10_000, Arc::new(KnownRealms::new(DEFAULT_KNOWN_BYTES)));
         Locks {
             queues: Mutex::new(HashMap::new()),
             current: Mutex::new(None),
@@ -124,7 +118,7 @@ impl Locks {
     /// Before any group exists (the builders above).
     fn with_shared(mut self, change: impl FnOnce(Shared) -> Shared) -> Locks {
         let s = &self.shared;
-        let copy = Shared { pacing: Default::default(), stats: s.stats.clone(), committed: s.committed.clone(), retain_events: s.retain_events, known: s.known.clone() };
+        let copy = Shared::new(s.stats.clone(), s.committed.clone(), s.retain_events, s.known.clone());
         self.shared = Arc::new(change(copy));
         self
     }
@@ -165,6 +159,7 @@ impl Locks {
     /// in the same query.
     pub async fn acquire_for(&self, db: &Database, realm: &str, hints: Vec<String>) -> Result<WriteTxn, WriteError> {
         let deadline = Instant::now() + self.timeout;
+        let counted = InPath::count(&self.shared);
         let queue = self.queue(realm);
         // Counted as admitted before joining (and uncounted if the group
         // refuses): a turn holder that sees no admitted writer behind it may
@@ -238,7 +233,7 @@ impl Locks {
                 take_turn(&queue, ticket, &mut admitted, deadline, realm).await?
             }
         };
-        Ok(WriteTxn::new(realm, group, queue.waiters.clone(), turn, batch, self.limits))
+        Ok(WriteTxn::new(realm, group, queue.waiters.clone(), turn, batch, self.limits, counted))
     }
 
     /// A group that holds `realm`'s lock (having read `paths` of it), with
@@ -257,7 +252,8 @@ impl Locks {
     async fn find_group(&self, db: &Database, queue: &RealmQueue, realm: &str, paths: Vec<String>, deadline: Instant, known: &mut Option<KnownFiles>) -> Result<Arc<Group>, WriteError> {
         let mut retries = 0;
         loop {
-            let shared = if queue.held_elsewhere.load(Ordering::Relaxed) && retries == 0 { self.current().map(|g| (g, None)) } else { Some(self.current_or_pending()?) };
+            let split = matches!(db, Database::Postgres(_));
+            let shared = if queue.held_elsewhere.load(Ordering::Relaxed) && retries == 0 { self.current(split).map(|g| (g, None)) } else { Some(self.current_or_pending(split)?) };
             let Some((group, slot)) = shared else { break };
             if let Some(slot) = slot {
                 let begun = self.begin(db, deadline, realm).await;
@@ -308,17 +304,18 @@ impl Locks {
         Ok(group)
     }
 
-    /// The replica's open group, joined, if there is one.
-    fn current(&self) -> Option<Arc<Group>> {
-        locked(&self.current).as_ref().filter(|g| g.join()).cloned()
+    /// The replica's open group, joined to add a realm (see
+    /// [`Group::join_to_add`]), if there is one.
+    fn current(&self, split: bool) -> Option<Arc<Group>> {
+        locked(&self.current).as_ref().filter(|g| g.join_to_add(split)).cloned()
     }
 
-    /// The replica's open group, joined; else a new one, published at once
+    /// The replica's open group, joined to add a realm; else a new one, published at once
     /// (so writers arriving while it is begun join it) with the slot its
     /// transaction goes in.
-    fn current_or_pending(&self) -> Result<(Arc<Group>, Option<TxSlot>), WriteError> {
+    fn current_or_pending(&self, split: bool) -> Result<(Arc<Group>, Option<TxSlot>), WriteError> {
         let mut current = locked(&self.current);
-        if let Some(group) = current.as_ref().filter(|g| g.join()) {
+        if let Some(group) = current.as_ref().filter(|g| g.join_to_add(split)) {
             return Ok((group.clone(), None));
         }
         // (Not `current()`: checking and publishing under one lock, so two

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::OwnedMutexGuard;
 
 use super::error::WriteError;
-use super::group::Group;
+use super::group::{Group, InPath};
 use super::overlay::{CardRow, FileState, Member, RealmBatch};
 use crate::search::index::SEARCH_VERSION;
 use crate::store::{self, FileRow};
@@ -184,10 +184,13 @@ pub struct WriteTxn {
     limits: Limits,
     /// The request's `X-Boxel-Client-Request-Id`, for its event.
     client_request_id: Option<String>,
+    /// Counted among the replica's writers until the outcome is known
+    /// (dropped last, after `commit`'s wait).
+    _counted: InPath,
 }
 
 impl WriteTxn {
-    pub(super) fn new(realm: &str, group: Arc<Group>, waiters: Arc<Waiters>, turn: OwnedMutexGuard<()>, batch: RealmBatch, limits: Limits) -> WriteTxn {
+    pub(super) fn new(realm: &str, group: Arc<Group>, waiters: Arc<Waiters>, turn: OwnedMutexGuard<()>, batch: RealmBatch, limits: Limits, counted: InPath) -> WriteTxn {
         WriteTxn {
             realm: realm.to_string(),
             group,
@@ -198,6 +201,7 @@ impl WriteTxn {
             member: Member::default(),
             limits,
             client_request_id: None,
+            _counted: counted,
         }
     }
 

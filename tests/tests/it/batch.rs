@@ -225,44 +225,48 @@ async fn postgres_replica_killed_mid_batch_of_30_leaves_nothing_of_it_and_keeps_
     assert_eq!(http_b.read(&format!("{realm_b}doc-0.txt")).await, "after");
 }
 
-/// Postgres: batches of different realms share one commit. A commit of
-/// realm `c` is held in its flush (the test holds a row lock it needs);
+/// Postgres: batches of different realms share one commit. A replica runs
+/// two commits at once (alone on its realms); the commits of realms `c`
+/// and `d` are held in their flush (the test holds row locks they need);
 /// meanwhile writers of `a` and `b` form the next group, which commits
-/// once, with both realms, when the first commit ends.
+/// once, with both realms, when a commit slot frees.
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_batches_of_two_realms_share_the_next_commit() {
-    let realms = ["a", "b", "c"].map(|r| RealmSpec::new(r, Public::Write)).to_vec();
+    let realms = ["a", "b", "c", "d"].map(|r| RealmSpec::new(r, Public::Write)).to_vec();
     // A group admits writers for --coalesce-max-wait after it opens; the
     // test's polling must not outlast that.
     let serve_args = vec!["--coalesce-max-wait".to_string(), "60s".to_string()];
     let srv = Backend::Postgres.start_with(ServerOptions { realms, serve_args, ..ServerOptions::default() }).await;
     let http = srv.client();
-    for r in ["a", "b", "c"] {
+    for r in ["a", "b", "c", "d"] {
         http.seed(&format!("{}doc.txt", srv.realm(r)), "old").await;
     }
     let (commits, realm_batches) = (srv.metric("realm_write_commits_total").await, srv.metric("realm_write_realm_batches_total").await);
     let mut rows = Session::open(srv.db_url()).await;
     rows.execute("BEGIN").await;
-    sqlx::query("SELECT 1 FROM files WHERE realm_url = $1 AND path = 'doc.txt' FOR UPDATE").bind(srv.realm("c")).execute(&mut rows.conn).await.expect("lock the row");
-    let first = tokio::spawn(http.write_source(&format!("{}doc.txt", srv.realm("c")), "new").try_fetch());
     let mut inspector = Session::open(srv.db_url()).await;
-    let key_c = crate::pg::realm_lock_key(&srv.realm("c"));
-    let deadline = std::time::Instant::now() + LINE_UP_WAIT;
-    'flushing: loop {
-        for pid in inspector.advisory_holders(key_c).await {
-            let waits: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE pid = $1 AND locktype = 'transactionid' AND NOT granted")
-                .bind(pid)
-                .fetch_one(&mut inspector.conn)
-                .await
-                .expect("pg_locks");
-            if waits > 0 {
-                break 'flushing;
+    let mut held = Vec::new();
+    for r in ["c", "d"] {
+        sqlx::query("SELECT 1 FROM files WHERE realm_url = $1 AND path = 'doc.txt' FOR UPDATE").bind(srv.realm(r)).execute(&mut rows.conn).await.expect("lock the row");
+        held.push((r, tokio::spawn(http.write_source(&format!("{}doc.txt", srv.realm(r)), "new").try_fetch())));
+        let key = crate::pg::realm_lock_key(&srv.realm(r));
+        let deadline = std::time::Instant::now() + LINE_UP_WAIT;
+        'flushing: loop {
+            for pid in inspector.advisory_holders(key).await {
+                let waits: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE pid = $1 AND locktype = 'transactionid' AND NOT granted")
+                    .bind(pid)
+                    .fetch_one(&mut inspector.conn)
+                    .await
+                    .expect("pg_locks");
+                if waits > 0 {
+                    break 'flushing;
+                }
             }
+            assert!(std::time::Instant::now() < deadline, "{r}'s commit never reached its flush");
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(std::time::Instant::now() < deadline, "c's commit never reached its flush");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Written while c's commit is under way: done, but not answered.
+    // Written while both commits are under way: done, but not answered.
     let a = tokio::spawn(http.write_source(&format!("{}doc.txt", srv.realm("a")), "new").try_fetch());
     let key_a = crate::pg::realm_lock_key(&srv.realm("a"));
     let deadline = std::time::Instant::now() + LINE_UP_WAIT;
@@ -280,13 +284,14 @@ async fn postgres_batches_of_two_realms_share_the_next_commit() {
     assert_eq!(inspector.advisory_holders(key_a).await, inspector.advisory_holders(key_b).await, "one transaction holds both realms' locks");
     assert!(!a.is_finished() && !b.is_finished(), "answered before their commit");
     rows.execute("ROLLBACK").await;
-    for (name, write) in [("c", first), ("a", a), ("b", b)] {
+    held.extend([("a", a), ("b", b)]);
+    for (name, write) in held {
         let answer = write.await.expect("task").unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(answer.status, 204, "{name}: {answer}");
     }
-    assert_eq!(srv.metric("realm_write_commits_total").await - commits, 2.0, "c's commit, then a and b in one");
-    assert_eq!(srv.metric("realm_write_realm_batches_total").await - realm_batches, 3.0);
-    for r in ["a", "b", "c"] {
+    assert_eq!(srv.metric("realm_write_commits_total").await - commits, 3.0, "c's and d's commits, then a and b in one");
+    assert_eq!(srv.metric("realm_write_realm_batches_total").await - realm_batches, 4.0);
+    for r in ["a", "b", "c", "d"] {
         assert_eq!(http.read(&format!("{}doc.txt", srv.realm(r))).await, "new");
     }
 }
