@@ -431,7 +431,8 @@ pub(super) async fn flush(tx: &mut Tx, realms: &[(String, RealmChanges)], now: i
 /// other one touches (a path is upserted or deleted, a field row upserted,
 /// deleted or reset, never two of these), so their order does not matter;
 /// the foreign keys are checked at the end of the statement. Event seqs
-/// continue each realm's newest; each appended event retires the one
+/// continue each realm's newest (looked up once per realm: inlined, the
+/// lookup would run once per event); each appended event retires the one
 /// `keep` before it (a primary-key lookup; pruning by age, and whatever
 /// a smaller `keep` leaves, is the events hub's periodic job); the NOTIFY
 /// (realm and newest seq) is delivered only on COMMIT.
@@ -466,7 +467,7 @@ const FLUSH_POSTGRES: &str = "WITH
           AND NOT EXISTS (SELECT 1 FROM UNNEST($17::text[], $18::text[], $19::text[], $20::int8[]) AS n(realm_url, path, field, position)
                           WHERE n.realm_url = f.realm_url AND n.path = f.path AND n.field = f.field AND n.position = f.position)),
     new_events AS (SELECT * FROM UNNEST($32::text[], $33::int8[], $34::text[]) AS e(realm_url, ord, payload)),
-    last_seq AS (
+    last_seq AS MATERIALIZED (
         SELECT r.realm_url, COALESCE((SELECT MAX(m.seq) FROM realm_events m WHERE m.realm_url = r.realm_url), 0) AS seq
         FROM (SELECT DISTINCT realm_url FROM new_events) r),
     appended AS (
