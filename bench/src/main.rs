@@ -17,6 +17,11 @@ mod stats;
 
 use clap::{Parser, Subcommand};
 
+// The server's allocator (host/src/main.rs), so the guest figures (native
+// and through wasmtime) are measured as the server would run them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "realm-bench", about = "Benchmarks of realm-host (run them all with bench/run)")]
 struct Cli {
