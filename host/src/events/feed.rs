@@ -195,3 +195,54 @@ impl EventHub {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Permissions;
+
+    const REALM: &str = "http://example.test/realm/";
+
+    /// A realm with events 1..=n, the first `old` of them a day old.
+    async fn realm_with_events(n: i64, old: i64) -> (tempfile::TempDir, Database) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = Database::connect(&format!("sqlite://{}", dir.path().join("t.db").display())).await.expect("connect");
+        db.create_realm(REALM, Permissions::default()).await.expect("realm");
+        let Database::Sqlite(pool) = &db else { unreachable!("a sqlite url") };
+        let now = crate::store::now_unix();
+        sqlx::query(
+            "WITH RECURSIVE s(seq) AS (SELECT 1 UNION ALL SELECT seq + 1 FROM s WHERE seq < $2)
+             INSERT INTO realm_events (realm_url, seq, payload, created_at)
+             SELECT $1, seq, '{}', CASE WHEN seq <= $3 THEN $4 - 86400 ELSE $4 END FROM s",
+        )
+        .bind(REALM)
+        .bind(n)
+        .bind(old)
+        .bind(now)
+        .execute(pool)
+        .await
+        .expect("events");
+        (dir, db)
+    }
+
+    #[tokio::test]
+    async fn pruning_by_age_removes_every_expired_event_batch_after_batch() {
+        let expired = AGE_PRUNE_BATCH * 2 + 500;
+        let (_dir, db) = realm_with_events(expired + 3, expired).await;
+        let hub = EventHub::new(db, 16);
+        let cutoff = crate::store::now_unix() - 3600;
+        assert_eq!(hub.prune(cutoff, 1_000_000).await.expect("prune"), expired as u64);
+        assert_eq!(hub.window(REALM).await.expect("window"), (Some(expired + 1), expired + 3));
+    }
+
+    #[tokio::test]
+    async fn pruning_keeps_the_newest_event_even_when_it_expired_and_the_newest_by_count() {
+        let (_dir, db) = realm_with_events(30, 30).await;
+        let hub = EventHub::new(db, 16);
+        assert_eq!(hub.prune(0, 5).await.expect("prune by count"), 25);
+        assert_eq!(hub.window(REALM).await.expect("window"), (Some(26), 30));
+        let cutoff = crate::store::now_unix();
+        assert_eq!(hub.prune(cutoff, 5).await.expect("prune by age"), 4);
+        assert_eq!(hub.window(REALM).await.expect("window"), (Some(30), 30), "the newest stays: the next seq counts from it");
+    }
+}
