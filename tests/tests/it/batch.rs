@@ -179,19 +179,7 @@ async fn postgres_replica_killed_mid_batch_of_30_leaves_nothing_of_it_and_keeps_
     let key = crate::pg::realm_lock_key(&realm_a);
     let mut inspector = Session::open(a.db_url()).await;
     let deadline = std::time::Instant::now() + LINE_UP_WAIT;
-    loop {
-        let mut blocked = false;
-        for pid in inspector.advisory_holders(key).await {
-            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE pid = $1 AND locktype = 'transactionid' AND NOT granted")
-                .bind(pid)
-                .fetch_one(&mut inspector.conn)
-                .await
-                .expect("pg_locks");
-            blocked |= n > 0;
-        }
-        if blocked {
-            break;
-        }
+    while inspector.holder_waiting_for_a_transaction(key).await.is_none() {
         assert!(std::time::Instant::now() < deadline, "the batch never reached its flush");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -251,17 +239,7 @@ async fn postgres_batches_of_two_realms_share_the_next_commit() {
         held.push((r, tokio::spawn(http.write_source(&format!("{}doc.txt", srv.realm(r)), "new").try_fetch())));
         let key = crate::pg::realm_lock_key(&srv.realm(r));
         let deadline = std::time::Instant::now() + LINE_UP_WAIT;
-        'flushing: loop {
-            for pid in inspector.advisory_holders(key).await {
-                let waits: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE pid = $1 AND locktype = 'transactionid' AND NOT granted")
-                    .bind(pid)
-                    .fetch_one(&mut inspector.conn)
-                    .await
-                    .expect("pg_locks");
-                if waits > 0 {
-                    break 'flushing;
-                }
-            }
+        while inspector.holder_waiting_for_a_transaction(key).await.is_none() {
             assert!(std::time::Instant::now() < deadline, "{r}'s commit never reached its flush");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

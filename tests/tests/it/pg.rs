@@ -492,6 +492,22 @@ impl Session {
         self.advisory_locks(key).await.into_iter().filter(|l| l.granted).map(|l| l.pid).collect()
     }
 
+    /// The backend holding advisory lock `key` that waits for another
+    /// transaction (e.g. a flush waiting for a row the test locked).
+    pub async fn holder_waiting_for_a_transaction(&mut self, key: i64) -> Option<i32> {
+        for pid in self.advisory_holders(key).await {
+            let waits: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE pid = $1 AND locktype = 'transactionid' AND NOT granted")
+                .bind(pid)
+                .fetch_one(&mut self.conn)
+                .await
+                .expect("pg_locks");
+            if waits > 0 {
+                return Some(pid);
+            }
+        }
+        None
+    }
+
     /// Pids of other backends waiting for a lock on table `table`.
     pub async fn table_lock_waiters(&mut self, table: &str) -> Vec<i32> {
         let sql = "SELECT pid FROM pg_locks

@@ -551,21 +551,7 @@ async fn postgres_connection_killed_mid_batch_answers_503_to_every_member_and_wr
     wait_until!("member 2 queues behind member 1", LOCK_WAIT, (srv.metric("realm_write_waiting").await >= 1.0).then_some(()));
     holder.advisory_unlock(key).await;
 
-    let batch_pid = wait_until!("the batch holds the realm's lock and waits for a row lock", LOCK_WAIT, {
-        let holders = inspector.advisory_holders(key).await;
-        let mut blocked = None;
-        for pid in holders {
-            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE pid = $1 AND locktype = 'transactionid' AND NOT granted")
-                .bind(pid)
-                .fetch_one(&mut inspector.conn)
-                .await
-                .expect("pg_locks");
-            if n > 0 {
-                blocked = Some(pid);
-            }
-        }
-        blocked
-    });
+    let batch_pid = wait_until!("the batch holds the realm's lock and waits for a row lock", LOCK_WAIT, inspector.holder_waiting_for_a_transaction(key).await);
     assert_eq!(inspector.file_content(&realm, first).await.as_deref(), Some("old"), "member 1 is not answered before the shared commit");
 
     // One transaction holds both members' writes and waits for the row.
