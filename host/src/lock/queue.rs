@@ -251,8 +251,8 @@ impl Locks {
 
     async fn find_group(&self, db: &Database, queue: &RealmQueue, realm: &str, paths: Vec<String>, deadline: Instant, known: &mut Option<KnownFiles>) -> Result<Arc<Group>, WriteError> {
         let mut retries = 0;
+        let split = matches!(db, Database::Postgres(_));
         loop {
-            let split = matches!(db, Database::Postgres(_));
             let shared = if queue.held_elsewhere.load(Ordering::Relaxed) && retries == 0 { self.current(split).map(|g| (g, None)) } else { Some(self.current_or_pending(split)?) };
             let Some((group, slot)) = shared else { break };
             if let Some(slot) = slot {
