@@ -338,12 +338,9 @@ impl Group {
 
     /// Adds every realm `asked` for in one go, and answers each asker.
     async fn add_all(&self, tx: &mut Tx, asked: Vec<Add>) {
-        let splits: Vec<(Vec<String>, Vec<String>)> = asked.iter().map(|a| split_known(&a.paths, a.known.as_ref())).collect();
-        let wanted: Vec<(&str, Wanted<'_>)> = asked
-            .iter()
-            .zip(&splits)
-            .map(|(a, (unknown, knew))| (a.realm.as_str(), Wanted { paths: unknown, known_seq: a.known.as_ref().map(|k| k.seq), known: knew }))
-            .collect();
+        let mut splits: Vec<(Vec<String>, Vec<String>)> = asked.iter().map(|a| split_known(&a.paths, a.known.as_ref())).collect();
+        let wanted: Vec<(&str, Wanted<'_>)> =
+            asked.iter().zip(&splits).map(|(a, (unknown, checked))| (a.realm.as_str(), wanted(unknown, checked, a.known.as_ref()))).collect();
         let result = sql::try_add_realms(tx, &wanted).await;
         drop(wanted);
         match result {
@@ -353,14 +350,14 @@ impl Group {
                 }
             }
             Ok(read) => {
-                for (add, read) in asked.into_iter().zip(read) {
+                for ((add, read), (_, checked)) in asked.into_iter().zip(read).zip(splits.drain(..)) {
                     let Add { realm, paths, known, reply } = add;
                     let Some(locked) = read else {
                         self.shared.note_contention();
                         let _ = reply.send(Ok(Added::HeldElsewhere(known)));
                         continue;
                     };
-                    let batch = Read { paths, known, locked }.into_batch();
+                    let batch = Read { paths, checked, known, locked }.into_batch();
                     self.state().realms.entry(realm).or_insert(Some(batch));
                     let _ = reply.send(Ok(Added::Yes));
                 }
@@ -576,29 +573,64 @@ impl Group {
 }
 
 /// What was read of a realm as its lock was taken, which paths were asked
-/// for, and what the replica knew of it before.
+/// for, which known files were checked, and what the replica knew of it
+/// before.
 pub(super) struct Read {
     pub(super) paths: Vec<String>,
+    pub(super) checked: Vec<String>,
     pub(super) known: Option<KnownFiles>,
     pub(super) locked: sql::Locked,
 }
 
-/// `paths` split by whether `known` has them: (not known, known).
+/// Most known files of a realm checked as its lock is taken (when another
+/// replica moved its seq), counting the asked ones: beyond them, files
+/// the batch's later writers may need without a read of their own.
+const KNOWN_CHECKED: usize = 64;
+
+/// What to read of a realm whose `paths` are asked for: (not known, known
+/// files to check). Every asked known path is checked, and other known
+/// ones up to [`KNOWN_CHECKED`] in all.
 pub(super) fn split_known(paths: &[String], known: Option<&KnownFiles>) -> (Vec<String>, Vec<String>) {
-    match known {
-        Some(known) => paths.iter().cloned().partition(|p| !known.files.contains_key(p)),
-        None => (paths.to_vec(), Vec::new()),
-    }
+    let Some(known) = known else { return (paths.to_vec(), Vec::new()) };
+    let (unknown, mut checked): (Vec<String>, Vec<String>) = paths.iter().cloned().partition(|p| !known.files.contains_key(p));
+    let room = KNOWN_CHECKED.saturating_sub(checked.len());
+    let others: Vec<String> = known.files.keys().filter(|p| !checked.contains(p)).take(room).cloned().collect();
+    checked.extend(others);
+    (unknown, checked)
+}
+
+/// The [`Wanted`] of a realm: `unknown` paths to read, `checked` known
+/// files (of `known`) to check if the realm's seq moved.
+pub(super) fn wanted<'a>(unknown: &'a [String], checked: &'a [String], known: Option<&'a KnownFiles>) -> Wanted<'a> {
+    let Some(known) = known else { return Wanted { paths: unknown, ..Wanted::default() } };
+    let states = checked.iter().filter_map(|p| known.files.get(p).map(|state| (p.as_str(), state.as_ref()))).collect();
+    Wanted { paths: unknown, known_seq: Some(known.seq), known: states }
 }
 
 impl Read {
     /// A realm batch that knows who may write, the files known as of the
-    /// realm's seq if it has not moved, and these paths (a path not found
+    /// realm's seq — all of them if it has not moved, else the checked
+    /// ones as the read found them — and these paths (a path not found
     /// is known absent).
     fn into_batch(self) -> RealmBatch {
-        let sql::Locked { access, seq, mut found } = self.locked;
+        let sql::Locked { access, seq, mut found, gone } = self.locked;
         let known = match (seq, self.known) {
             (Some(seq), Some(known)) if known.seq == seq => known.files,
+            (Some(_), Some(mut known)) => {
+                let mut files = HashMap::with_capacity(self.checked.len());
+                for path in self.checked {
+                    let state = match found.remove(&path) {
+                        Some(read) => Some(read),
+                        None if gone.contains(&path) => None,
+                        None => match known.files.remove(&path) {
+                            Some(unchanged) => unchanged,
+                            None => continue,
+                        },
+                    };
+                    files.insert(path, state);
+                }
+                files
+            }
             _ => HashMap::new(),
         };
         let mut batch = RealmBatch::with_access(access).at_seq(seq, known);
@@ -656,6 +688,67 @@ mod tests {
         let past = Shared { born: Instant::now() - CONTENTION_WINDOW * 3, ..shared };
         past.contended_at.store(1, Ordering::Relaxed);
         assert_eq!((past.realm_add_cap(), past.commits_in_flight()), (16, 2));
+    }
+
+    fn state(content: &str) -> FileState {
+        let row = crate::store::FileRow { content: content.into(), content_hash: format!("h-{content}"), created: 1, last_modified: 1, binary: false };
+        FileState::new(row, None)
+    }
+
+    fn content(batch: &RealmBatch, path: &str) -> Option<Option<String>> {
+        batch.seen(path).map(|seen| seen.state.map(|s| s.row.content.clone()))
+    }
+
+    #[test]
+    fn after_another_replicas_writes_only_the_checked_known_files_stay_known_as_the_check_found_them() {
+        let known = KnownFiles {
+            seq: 5,
+            files: HashMap::from([
+                ("same.txt".to_string(), Some(state("same"))),
+                ("changed.txt".to_string(), Some(state("old"))),
+                ("deleted.txt".to_string(), Some(state("was"))),
+                ("absent.txt".to_string(), None),
+                ("unchecked.txt".to_string(), Some(state("stale?"))),
+            ]),
+        };
+        let asked = vec!["same.txt".to_string(), "new.txt".to_string(), "missing.txt".to_string()];
+        // What split_known would have checked, less the one left out.
+        let checked: Vec<String> = ["same.txt", "changed.txt", "deleted.txt", "absent.txt"].map(String::from).into();
+        let locked = sql::Locked {
+            access: Some(Vec::new()),
+            seq: Some(7),
+            found: HashMap::from([("changed.txt".to_string(), state("new")), ("new.txt".to_string(), state("fresh"))]),
+            gone: vec!["deleted.txt".to_string()],
+        };
+        let batch = Read { paths: asked, checked, known: Some(known), locked }.into_batch();
+        assert_eq!(content(&batch, "same.txt"), Some(Some("same".into())), "unchanged since: still known");
+        assert_eq!(content(&batch, "changed.txt"), Some(Some("new".into())), "stored anew: as read");
+        assert_eq!(content(&batch, "deleted.txt"), Some(None), "gone since");
+        assert_eq!(content(&batch, "absent.txt"), Some(None), "still absent");
+        assert_eq!(content(&batch, "unchecked.txt"), None, "not checked: not trusted, read when needed");
+        assert_eq!(content(&batch, "new.txt"), Some(Some("fresh".into())));
+        assert_eq!(content(&batch, "missing.txt"), Some(None), "asked and not found: absent");
+    }
+
+    #[test]
+    fn with_the_seq_unmoved_every_known_file_stays_known() {
+        let known = KnownFiles { seq: 5, files: HashMap::from([("a.txt".to_string(), Some(state("a"))), ("b.txt".to_string(), None)]) };
+        let locked = sql::Locked { access: Some(Vec::new()), seq: Some(5), found: HashMap::new(), gone: Vec::new() };
+        let batch = Read { paths: vec!["a.txt".into()], checked: Vec::new(), known: Some(known), locked }.into_batch();
+        assert_eq!(content(&batch, "a.txt"), Some(Some("a".into())));
+        assert_eq!(content(&batch, "b.txt"), Some(None));
+    }
+
+    #[test]
+    fn asked_known_paths_are_always_checked_and_others_up_to_the_cap() {
+        let files = (0..100).map(|i| (format!("k{i}.txt"), None)).collect();
+        let known = KnownFiles { seq: 1, files };
+        let asked: Vec<String> = vec!["k99.txt".into(), "u.txt".into()];
+        let (unknown, checked) = split_known(&asked, Some(&known));
+        assert_eq!(unknown, ["u.txt"]);
+        assert_eq!(checked.len(), KNOWN_CHECKED);
+        assert_eq!(checked[0], "k99.txt", "the asked one first");
+        assert_eq!(checked.iter().filter(|p| *p == "k99.txt").count(), 1);
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! newest event seq when they committed. Every change to a realm's files
 //! appends a realm event (and so moves the seq), so a batch that finds the
 //! seq unchanged once it holds the realm's lock may trust these files
-//! without reading them again; on any other seq they are dropped. A batch
+//! without reading them again. On any other seq (another replica wrote
+//! the realm) the lock's read checks each file's stored version and
+//! returns only those stored anew or gone; the rest stay trusted. A batch
 //! takes its realm's entry for its whole run (its realm's turn makes it
 //! the only user) and gives it back, brought up to date, when it commits.
 //! Bounded by a byte budget; the realms used longest ago go first.

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::error::WriteError;
-use super::group::{split_known, BatchStats, Coalescing, Group, InPath, Read, Shared, TxSlot};
+use super::group::{split_known, wanted, BatchStats, Coalescing, Group, InPath, Read, Shared, TxSlot};
 use super::known::{KnownFiles, KnownRealms};
 use super::sql;
 use super::txn::{Limits, Waiters, WriteTxn, PREFETCH_HINTS};
@@ -295,10 +295,9 @@ impl Locks {
             return Err(WriteError::Storage(format!("{realm} could not join the database's one write transaction")));
         }
         let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-        let (unknown, knew) = split_known(&paths, known.as_ref());
-        let wanted = sql::Wanted { paths: &unknown, known_seq: known.as_ref().map(|k| k.seq), known: &knew };
-        let (tx, held) = self.open(db, realm, wanted, remaining).await?;
-        let read = Read { paths, known: known.take(), locked: held };
+        let (unknown, checked) = split_known(&paths, known.as_ref());
+        let (tx, held) = self.open(db, realm, wanted(&unknown, &checked, known.as_ref()), remaining).await?;
+        let read = Read { paths, checked, known: known.take(), locked: held };
         let group = Group::new(tx, realm, read, self.coalescing, self.shared.clone(), None);
         *locked(&self.current) = Some(group.clone());
         Ok(group)

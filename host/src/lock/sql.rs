@@ -76,20 +76,25 @@ const STATEMENT_SLACK: Duration = Duration::from_secs(30);
 /// previous holder committed (a read in the locking statement itself would
 /// not). Paths come flattened, each with its realm's number (from 1) and
 /// whether the replica knows it already as of the realm's seq in
-/// `p_known_seqs`: a known path is read only if that seq moved. Per realm,
-/// a first row says whether the lock was taken and carries the
-/// permissions (JSON) and seq (`path` NULL); file rows follow. (Earlier
-/// builds' functions of other arguments are left for replicas still on them.)
-const LOCK_AND_READ_FUNCTION: &str = "DROP FUNCTION IF EXISTS realm_core_lock_and_read(boolean, bigint[], text[], bigint[], int[], text[], boolean[]);
+/// `p_known_seqs` (with the version it knows: hash, times, card row
+/// version; NULL hash for known absent). A path not known is read; a
+/// known one only if the seq moved, and then only if its stored version
+/// is another (a row with NULL content: gone since). Per realm, a first
+/// row says whether the lock was taken and carries the permissions (JSON)
+/// and seq (`path` NULL); file rows follow. (Earlier builds' functions of
+/// other arguments are left for replicas still on them.)
+const LOCK_AND_READ_FUNCTION: &str = "DROP FUNCTION IF EXISTS realm_core_lock_and_read(boolean, bigint[], text[], bigint[], int[], text[], boolean[],
+                                                    text[], bigint[], bigint[], bigint[]);
 CREATE FUNCTION realm_core_lock_and_read(p_wait boolean, p_keys bigint[], p_realms text[], p_known_seqs bigint[],
-                                         p_path_realm int[], p_paths text[], p_path_known boolean[])
+                                         p_path_realm int[], p_paths text[], p_path_known boolean[],
+                                         p_known_hashes text[], p_known_created bigint[], p_known_modified bigint[], p_known_card_versions bigint[])
     RETURNS TABLE (realm_no int, locked boolean, permissions text, seq bigint, path text, content text, content_hash text, created_at bigint,
                    last_modified bigint, content_encoding text, card_id text, card_type text, search_doc text, search_version bigint)
     LANGUAGE plpgsql VOLATILE AS $fn$
 DECLARE
     v_i int;
     v_seq bigint;
-    v_paths text[];
+    v_moved boolean;
 BEGIN
     FOR v_i IN 1 .. COALESCE(array_length(p_keys, 1), 0) LOOP
         IF p_wait THEN
@@ -100,16 +105,24 @@ BEGIN
             CONTINUE;
         END IF;
         SELECT COALESCE(MAX(e.seq), 0) INTO v_seq FROM realm_events e WHERE e.realm_url = p_realms[v_i];
+        v_moved := v_seq IS DISTINCT FROM p_known_seqs[v_i];
         RETURN QUERY SELECT v_i, true,
                 (SELECT COALESCE(json_agg(json_build_array(p.username, p.can_read, p.can_write, p.realm_owner)), '[]'::json)::text
                  FROM realm_permissions p WHERE p.realm_url = p_realms[v_i]),
                 v_seq, NULL::text, NULL::text, NULL::text, NULL::bigint, NULL::bigint, NULL::text, NULL::text, NULL::text, NULL::text, NULL::bigint;
-        v_paths := ARRAY(SELECT q.p FROM unnest(p_path_realm, p_paths, p_path_known) AS q(r, p, k)
-                         WHERE q.r = v_i AND (NOT q.k OR v_seq IS DISTINCT FROM p_known_seqs[v_i]));
-        RETURN QUERY SELECT v_i, true, NULL::text, NULL::bigint, f.path, f.content, f.content_hash, f.created_at, f.last_modified,
+        RETURN QUERY SELECT v_i, true, NULL::text, NULL::bigint, q.p, f.content, f.content_hash, f.created_at, f.last_modified,
                 f.content_encoding, c.card_id, c.card_type, c.search_doc, c.search_version
-            FROM files f LEFT JOIN card_index c ON c.realm_url = f.realm_url AND c.path = f.path
-            WHERE f.realm_url = p_realms[v_i] AND f.path = ANY(v_paths);
+            FROM unnest(p_path_realm, p_paths, p_path_known, p_known_hashes, p_known_created, p_known_modified, p_known_card_versions)
+                AS q(r, p, k, h, cr, m, cv)
+            LEFT JOIN files f ON f.realm_url = p_realms[v_i] AND f.path = q.p
+            LEFT JOIN card_index c ON c.realm_url = f.realm_url AND c.path = f.path
+            WHERE q.r = v_i AND CASE
+                WHEN NOT q.k THEN f.path IS NOT NULL
+                WHEN NOT v_moved THEN false
+                WHEN f.path IS NULL THEN q.h IS NOT NULL
+                ELSE (f.content_hash, f.created_at, f.last_modified) IS DISTINCT FROM (q.h, q.cr, q.m)
+                    OR (CASE WHEN c.card_id IS NULL THEN NULL ELSE COALESCE(c.search_version, 0) END) IS DISTINCT FROM q.cv
+            END;
     END LOOP;
 END
 $fn$";
@@ -127,22 +140,29 @@ pub async fn prepare(db: &Database) -> Result<(), WriteError> {
     Ok(())
 }
 
-/// What to read of a realm as its lock is taken: `paths` always, and
-/// `known` (paths the replica knows as of the realm's event seq
-/// `known_seq`) only if the realm's seq is no longer that.
-#[derive(Clone, Copy, Default)]
+/// What to read of a realm as its lock is taken: `paths` always, and the
+/// `known` files (what the replica knows of them as of the realm's event
+/// seq `known_seq`) only if the realm's seq is no longer that, and then
+/// only those stored in another version since.
+#[derive(Default)]
 pub(super) struct Wanted<'a> {
     pub(super) paths: &'a [String],
     pub(super) known_seq: Option<i64>,
-    pub(super) known: &'a [String],
+    pub(super) known: Vec<(&'a str, Option<&'a FileState>)>,
 }
 
 impl Wanted<'_> {
+    /// Whether the known files must be checked: the realm's newest event
+    /// seq is `seq`, not the one they are known as of.
+    fn moved(&self, seq: Option<i64>) -> bool {
+        seq.is_none() || seq != self.known_seq
+    }
+
     /// The paths to read when the realm's newest event seq is `seq`.
     fn at(&self, seq: Option<i64>) -> Vec<String> {
         let mut paths = self.paths.to_vec();
-        if seq.is_none() || seq != self.known_seq {
-            paths.extend_from_slice(self.known);
+        if self.moved(seq) {
+            paths.extend(self.known.iter().map(|(path, _)| path.to_string()));
         }
         paths
     }
@@ -151,11 +171,15 @@ impl Wanted<'_> {
 /// What a transaction read of a realm as it took the realm's lock: who may
 /// do what there (`None`: the in-memory store, which keeps no
 /// permissions), the realm's newest event seq (`None`: the in-memory
-/// store, which keeps no events), and the files asked for that exist.
+/// store, which keeps no events), the files asked for that exist and, if
+/// the seq moved, the known files stored in another version since (a
+/// known file in neither `found` nor `gone` is as known).
 pub(super) struct Locked {
     pub(super) access: Option<Vec<(String, Permissions)>>,
     pub(super) seq: Option<i64>,
     pub(super) found: HashMap<String, FileState>,
+    /// Known files stored no more (checked because the seq moved).
+    pub(super) gone: Vec<String>,
 }
 
 /// Begins a transaction that holds no realm's lock yet (SQLite: the
@@ -197,12 +221,12 @@ pub(super) async fn open(db: &Database, realm: &str, wanted: Wanted<'_>, remaini
     match db {
         Database::Memory(store) => {
             let mut tx = Tx::Memory(store.clone());
-            let locked = read_locked(&mut tx, realm, wanted).await?;
+            let locked = read_locked(&mut tx, realm, &wanted).await?;
             Ok((tx, locked))
         }
         Database::Sqlite(pool) => {
             let mut tx = Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?);
-            let locked = read_locked(&mut tx, realm, wanted).await?;
+            let locked = read_locked(&mut tx, realm, &wanted).await?;
             Ok((tx, locked))
         }
         Database::Postgres(pool) => {
@@ -230,7 +254,7 @@ pub(super) async fn try_add_realms(tx: &mut Tx, realms: &[(&str, Wanted<'_>)]) -
         Tx::Sqlite(_) | Tx::Memory(_) => {
             let mut out = Vec::with_capacity(realms.len());
             for (realm, wanted) in realms {
-                out.push(Some(read_locked(tx, realm, *wanted).await?));
+                out.push(Some(read_locked(tx, realm, wanted).await?));
             }
             Ok(out)
         }
@@ -243,18 +267,18 @@ async fn lock_and_read(t: &mut PgTx, wait: bool, realms: &[(&str, Wanted<'_>)]) 
     let keys: Vec<i64> = realms.iter().map(|(realm, _)| advisory_lock_key(realm)).collect();
     let names: Vec<&str> = realms.iter().map(|(realm, _)| *realm).collect();
     let known_seqs: Vec<Option<i64>> = realms.iter().map(|(_, w)| w.known_seq).collect();
-    let (mut path_realm, mut paths, mut path_known) = (Vec::<i32>::new(), Vec::<&str>::new(), Vec::<bool>::new());
+    let mut flat = FlatPaths::default();
     for (i, (_, wanted)) in realms.iter().enumerate() {
         let no = i32::try_from(i + 1).map_err(|_| WriteError::Storage("too many realms in one transaction".into()))?;
-        for (list, known) in [(wanted.paths, false), (wanted.known, true)] {
-            for path in list {
-                path_realm.push(no);
-                paths.push(path);
-                path_known.push(known);
-            }
+        for path in wanted.paths {
+            flat.push(no, path, None);
+        }
+        for (path, state) in &wanted.known {
+            flat.push(no, path, Some(*state));
         }
     }
-    let rows = sqlx::query("SELECT * FROM realm_core_lock_and_read($1, $2, $3, $4, $5, $6, $7)")
+    let FlatPaths { realm: path_realm, path: paths, known: path_known, hash, created, modified, card_version } = flat;
+    let rows = sqlx::query("SELECT * FROM realm_core_lock_and_read($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")
         .bind(wait)
         .bind(keys)
         .bind(names)
@@ -262,6 +286,10 @@ async fn lock_and_read(t: &mut PgTx, wait: bool, realms: &[(&str, Wanted<'_>)]) 
         .bind(path_realm)
         .bind(paths)
         .bind(path_known)
+        .bind(hash)
+        .bind(created)
+        .bind(modified)
+        .bind(card_version)
         .fetch_all(t.conn())
         .await?;
     let mut out: Vec<Option<Locked>> = realms.iter().map(|_| None).collect();
@@ -273,16 +301,46 @@ async fn lock_and_read(t: &mut PgTx, wait: bool, realms: &[(&str, Wanted<'_>)]) 
             continue;
         }
         if let Some(json) = row.try_get::<Option<String>, _>(2)? {
-            *slot = Some(Locked { access: Some(permissions_of_json(&json)?), seq: Some(row.try_get::<i64, _>(3)?), found: HashMap::new() });
+            let seq = Some(row.try_get::<i64, _>(3)?);
+            *slot = Some(Locked { access: Some(permissions_of_json(&json)?), seq, found: HashMap::new(), gone: Vec::new() });
         } else if let Some(path) = row.try_get::<Option<String>, _>(4)? {
-            let state = state_at(row, 4)?;
-            match slot {
-                Some(locked) => drop(locked.found.insert(path, state)),
-                None => return Err(WriteError::Storage(format!("the lock function read {path} of a realm it did not lock"))),
+            let Some(locked) = slot else { return Err(WriteError::Storage(format!("the lock function read {path} of a realm it did not lock"))) };
+            if row.try_get::<Option<&str>, _>(5)?.is_none() {
+                locked.gone.push(path);
+            } else {
+                locked.found.insert(path, state_at(row, 4)?);
             }
         }
     }
     Ok(out)
+}
+
+/// The paths of a `realm_core_lock_and_read` call, flattened into its
+/// array arguments: each with its realm's number and, for a known file,
+/// the version the replica knows (all NULL for a known absent one).
+#[derive(Default)]
+struct FlatPaths<'a> {
+    realm: Vec<i32>,
+    path: Vec<&'a str>,
+    known: Vec<bool>,
+    hash: Vec<Option<&'a str>>,
+    created: Vec<Option<i64>>,
+    modified: Vec<Option<i64>>,
+    card_version: Vec<Option<i64>>,
+}
+
+impl<'a> FlatPaths<'a> {
+    /// `known`: None for a path to read, else what the replica knows of it.
+    fn push(&mut self, realm: i32, path: &'a str, known: Option<Option<&'a FileState>>) {
+        self.realm.push(realm);
+        self.path.push(path);
+        self.known.push(known.is_some());
+        let state = known.flatten();
+        self.hash.push(state.map(|s| s.row.content_hash.as_str()));
+        self.created.push(state.map(|s| s.row.created));
+        self.modified.push(state.map(|s| s.row.last_modified));
+        self.card_version.push(state.and_then(|s| s.card.as_ref()).map(|c| c.version));
+    }
 }
 
 /// `[[user, read, write, owner], …]` as the function aggregates it.
@@ -294,7 +352,7 @@ fn permissions_of_json(json: &str) -> Result<Vec<(String, Permissions)>, WriteEr
 
 /// The permissions, event seq and files of a realm whose lock the
 /// transaction holds (SQLite, memory).
-async fn read_locked(tx: &mut Tx, realm: &str, wanted: Wanted<'_>) -> Result<Locked, WriteError> {
+async fn read_locked(tx: &mut Tx, realm: &str, wanted: &Wanted<'_>) -> Result<Locked, WriteError> {
     let (access, seq) = match tx {
         Tx::Sqlite(t) => {
             let rows = sqlx::query("SELECT username, can_read, can_write, realm_owner FROM realm_permissions WHERE realm_url = $1")
@@ -311,7 +369,13 @@ async fn read_locked(tx: &mut Tx, realm: &str, wanted: Wanted<'_>) -> Result<Loc
         Tx::Postgres(_) | Tx::Memory(_) => (None, None),
     };
     let found = read(tx, realm, &wanted.at(seq)).await?;
-    Ok(Locked { access, seq, found })
+    // Checked known files are read whole here: those not found are gone.
+    let gone = if wanted.moved(seq) {
+        wanted.known.iter().filter(|(path, _)| !found.contains_key(*path)).map(|(path, _)| path.to_string()).collect()
+    } else {
+        Vec::new()
+    };
+    Ok(Locked { access, seq, found, gone })
 }
 
 const READ_POSTGRES: &str = "SELECT f.path, f.content, f.content_hash, f.created_at, f.last_modified, f.content_encoding,

@@ -333,6 +333,46 @@ fn seen_in(realm: usize, clients: usize, patches: usize, realms: usize) -> usize
     (0..clients).map(|c| (0..patches).filter(|i| (c + i) % realms == realm).count()).sum()
 }
 
+on_both_backends!(a_replica_keeps_what_another_replica_left_unchanged_and_rereads_the_rest);
+
+/// Another replica's write moves the realm's event seq, but only the files
+/// it changed are read again: a file it left alone is still built on as
+/// kept (its search rows diffed against the kept ones), and the one it
+/// changed, deleted or created is built on as it now is.
+async fn a_replica_keeps_what_another_replica_left_unchanged_and_rereads_the_rest(backend: Backend) {
+    let a = backend.start().await;
+    let b = a.replica().await;
+    let (ca, cb) = (a.client(), b.client());
+    let on = |srv: &Server, path: &str| format!("{}{path}", srv.base);
+    let person = |attributes: Value| card_doc("./person", "Person", Some(attributes), None);
+    for (path, name) in [("test/kept", "Kept"), ("test/changed", "Changed"), ("test/deleted", "Deleted")] {
+        ca.seed(&format!("{}.json", on(&a, path)), &file_text(&person(json!({ "firstName": name })))).await;
+        // Written (and so kept) by a.
+        ca.patch_card(&on(&a, path), &person(json!({ "lastName": "A" }))).fetch().await.expect_status(200);
+    }
+    // b moves the realm's seq: it changes one card, deletes one, creates one.
+    cb.patch_card(&on(&b, "test/changed"), &person(json!({ "lastName": "B" }))).fetch().await.expect_status(200);
+    cb.delete_card(&on(&b, "test/deleted")).fetch().await.expect_status(204);
+    cb.seed(&format!("{}.json", on(&b, "test/created")), &file_text(&person(json!({ "firstName": "Created" })))).await;
+
+    let kept = ca.patch_card(&on(&a, "test/kept"), &person(json!({ "firstName": "Renamed" }))).fetch().await.expect_status(200);
+    assert_eq!(kept.json()["data"]["attributes"]["lastName"], json!("A"), "built on the kept card:\n{kept}");
+    let changed = ca.patch_card(&on(&a, "test/changed"), &person(json!({ "firstName": "Again" }))).fetch().await.expect_status(200);
+    assert_eq!(changed.json()["data"]["attributes"]["lastName"], json!("B"), "built on b's write:\n{changed}");
+    let deleted = ca.patch_card(&on(&a, "test/deleted"), &person(json!({ "late": true }))).fetch().await;
+    assert_eq!(deleted.status, 404, "deleted on b, gone on a:\n{deleted}");
+    let created = ca.patch_card(&on(&a, "test/created"), &person(json!({ "lastName": "A" }))).fetch().await.expect_status(200);
+    assert_eq!(created.json()["data"]["attributes"]["firstName"], json!("Created"), "created on b, found on a:\n{created}");
+
+    // The search rows followed every write, the kept card's included.
+    let search = |name: &str| format!("{}_search?filter[eq][firstName]={name}", on(&a, "test/"));
+    for (name, hits) in [("Kept", 0), ("Renamed", 1), ("Changed", 0), ("Again", 1), ("Deleted", 0), ("Created", 1)] {
+        let resp = ca.request(reqwest::Method::GET, &search(name), CARD_JSON).fetch().await.expect_status(200);
+        let found = resp.json()["data"].as_array().map_or(0, Vec::len);
+        assert_eq!(found, hits, "cards named {name}:\n{resp}");
+    }
+}
+
 on_both_backends!(a_replica_builds_on_what_another_replica_wrote_since_its_last_batch);
 
 /// A replica keeps what its batches saw of a realm's files for the realm's
