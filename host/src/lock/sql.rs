@@ -116,7 +116,8 @@ BEGIN
                 AS q(r, p, k, h, cr, m, cv)
             LEFT JOIN files f ON f.realm_url = p_realms[v_i] AND f.path = q.p
             LEFT JOIN card_index c ON c.realm_url = f.realm_url AND c.path = f.path
-            WHERE q.r = v_i AND CASE
+            -- (the second condition filters before the joins: no lookup of a known path while the seq holds)
+            WHERE q.r = v_i AND (NOT q.k OR v_moved) AND CASE
                 WHEN NOT q.k THEN f.path IS NOT NULL
                 WHEN NOT v_moved THEN false
                 WHEN f.path IS NULL THEN q.h IS NOT NULL
