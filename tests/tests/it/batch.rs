@@ -333,6 +333,17 @@ fn seen_in(realm: usize, clients: usize, patches: usize, realms: usize) -> usize
     (0..clients).map(|c| (0..patches).filter(|i| (c + i) % realms == realm).count()).sum()
 }
 
+/// `path` (below the server root) on replica `srv`.
+fn on(srv: &Server, path: &str) -> String {
+    format!("{}{path}", srv.base)
+}
+
+/// A Person card document with `attributes` whose module is named
+/// relative to the card (replicas answer from different origins).
+fn person_here(attributes: Value) -> Value {
+    card_doc("./person", "Person", Some(attributes), None)
+}
+
 on_both_backends!(a_replica_keeps_what_another_replica_left_unchanged_and_rereads_the_rest);
 
 /// Another replica's write moves the realm's event seq, but only the files
@@ -343,25 +354,23 @@ async fn a_replica_keeps_what_another_replica_left_unchanged_and_rereads_the_res
     let a = backend.start().await;
     let b = a.replica().await;
     let (ca, cb) = (a.client(), b.client());
-    let on = |srv: &Server, path: &str| format!("{}{path}", srv.base);
-    let person = |attributes: Value| card_doc("./person", "Person", Some(attributes), None);
     for (path, name) in [("test/kept", "Kept"), ("test/changed", "Changed"), ("test/deleted", "Deleted")] {
-        ca.seed(&format!("{}.json", on(&a, path)), &file_text(&person(json!({ "firstName": name })))).await;
+        ca.seed(&format!("{}.json", on(&a, path)), &file_text(&person_here(json!({ "firstName": name })))).await;
         // Written (and so kept) by a.
-        ca.patch_card(&on(&a, path), &person(json!({ "lastName": "A" }))).fetch().await.expect_status(200);
+        ca.patch_card(&on(&a, path), &person_here(json!({ "lastName": "A" }))).fetch().await.expect_status(200);
     }
     // b moves the realm's seq: it changes one card, deletes one, creates one.
-    cb.patch_card(&on(&b, "test/changed"), &person(json!({ "lastName": "B" }))).fetch().await.expect_status(200);
+    cb.patch_card(&on(&b, "test/changed"), &person_here(json!({ "lastName": "B" }))).fetch().await.expect_status(200);
     cb.delete_card(&on(&b, "test/deleted")).fetch().await.expect_status(204);
-    cb.seed(&format!("{}.json", on(&b, "test/created")), &file_text(&person(json!({ "firstName": "Created" })))).await;
+    cb.seed(&format!("{}.json", on(&b, "test/created")), &file_text(&person_here(json!({ "firstName": "Created" })))).await;
 
-    let kept = ca.patch_card(&on(&a, "test/kept"), &person(json!({ "firstName": "Renamed" }))).fetch().await.expect_status(200);
+    let kept = ca.patch_card(&on(&a, "test/kept"), &person_here(json!({ "firstName": "Renamed" }))).fetch().await.expect_status(200);
     assert_eq!(kept.json()["data"]["attributes"]["lastName"], json!("A"), "built on the kept card:\n{kept}");
-    let changed = ca.patch_card(&on(&a, "test/changed"), &person(json!({ "firstName": "Again" }))).fetch().await.expect_status(200);
+    let changed = ca.patch_card(&on(&a, "test/changed"), &person_here(json!({ "firstName": "Again" }))).fetch().await.expect_status(200);
     assert_eq!(changed.json()["data"]["attributes"]["lastName"], json!("B"), "built on b's write:\n{changed}");
-    let deleted = ca.patch_card(&on(&a, "test/deleted"), &person(json!({ "late": true }))).fetch().await;
+    let deleted = ca.patch_card(&on(&a, "test/deleted"), &person_here(json!({ "late": true }))).fetch().await;
     assert_eq!(deleted.status, 404, "deleted on b, gone on a:\n{deleted}");
-    let created = ca.patch_card(&on(&a, "test/created"), &person(json!({ "lastName": "A" }))).fetch().await.expect_status(200);
+    let created = ca.patch_card(&on(&a, "test/created"), &person_here(json!({ "lastName": "A" }))).fetch().await.expect_status(200);
     assert_eq!(created.json()["data"]["attributes"]["firstName"], json!("Created"), "created on b, found on a:\n{created}");
 
     // The search rows followed every write, the kept card's included.
@@ -383,16 +392,14 @@ async fn a_replica_builds_on_what_another_replica_wrote_since_its_last_batch(bac
     let a = backend.start().await;
     let b = a.replica().await;
     let (ca, cb) = (a.client(), b.client());
-    let on = |srv: &Server, path: &str| format!("{}{path}", srv.base);
-    let person = |attributes: Value| card_doc("./person", "Person", Some(attributes), None);
     let path = "test/counter";
-    ca.seed(&format!("{}.json", on(&a, path)), &file_text(&person(json!({ "firstName": "A" })))).await;
+    ca.seed(&format!("{}.json", on(&a, path)), &file_text(&person_here(json!({ "firstName": "A" })))).await;
 
     // Updates, alternating: each answer carries every earlier attribute.
     let mut expected = serde_json::Map::from_iter([("firstName".to_string(), json!("A"))]);
     for i in 0..6 {
         let (srv, http) = if i % 2 == 0 { (&b, &cb) } else { (&a, &ca) };
-        let resp = http.patch_card(&on(srv, path), &person(json!({ format!("n{i}"): i }))).fetch().await.expect_status(200);
+        let resp = http.patch_card(&on(srv, path), &person_here(json!({ format!("n{i}"): i }))).fetch().await.expect_status(200);
         expected.insert(format!("n{i}"), json!(i));
         let got = resp.json()["data"]["attributes"].clone();
         for (k, v) in &expected {
@@ -402,17 +409,17 @@ async fn a_replica_builds_on_what_another_replica_wrote_since_its_last_batch(bac
 
     // A deletes the card that B's last batch saw: B's PATCH is a 404.
     ca.delete_card(&on(&a, path)).fetch().await.expect_status(204);
-    let gone = cb.patch_card(&on(&b, path), &person(json!({ "late": true }))).fetch().await;
+    let gone = cb.patch_card(&on(&b, path), &person_here(json!({ "late": true }))).fetch().await;
     assert_eq!(gone.status, 404, "the card deleted on the other replica is gone here too:\n{gone}");
 
     // B saw it absent; A creates it again: B's PATCH finds it.
     let source = format!("{}.json", on(&a, path));
-    ca.seed(&source, &file_text(&person(json!({ "firstName": "Again" })))).await;
-    let back = cb.patch_card(&on(&b, path), &person(json!({ "late": true }))).fetch().await.expect_status(200);
+    ca.seed(&source, &file_text(&person_here(json!({ "firstName": "Again" })))).await;
+    let back = cb.patch_card(&on(&b, path), &person_here(json!({ "late": true }))).fetch().await.expect_status(200);
     assert_eq!(back.json()["data"]["attributes"]["firstName"], json!("Again"), "built on the re-created card:\n{back}");
     assert_eq!(back.json()["data"]["attributes"]["n0"], Value::Null, "nothing of the deleted card comes back:\n{back}");
 
     // And A, which wrote the card last before B did, sees B's write.
-    let last = ca.patch_card(&on(&a, path), &person(json!({ "last": 1 }))).fetch().await.expect_status(200);
+    let last = ca.patch_card(&on(&a, path), &person_here(json!({ "last": 1 }))).fetch().await.expect_status(200);
     assert_eq!(last.json()["data"]["attributes"]["late"], json!(true), "a builds on b's write:\n{last}");
 }
