@@ -119,7 +119,6 @@ BEGIN
             -- (the second condition filters before the joins: no lookup of a known path while the seq holds)
             WHERE q.r = v_i AND (NOT q.k OR v_moved) AND CASE
                 WHEN NOT q.k THEN f.path IS NOT NULL
-                WHEN NOT v_moved THEN false
                 WHEN f.path IS NULL THEN q.h IS NOT NULL
                 ELSE (f.content_hash, f.created_at, f.last_modified) IS DISTINCT FROM (q.h, q.cr, q.m)
                     OR (CASE WHEN c.card_id IS NULL THEN NULL ELSE COALESCE(c.search_version, 0) END) IS DISTINCT FROM q.cv
