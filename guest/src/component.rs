@@ -105,6 +105,7 @@ impl exports::boxel::realm::handlers::Guest for Component {
     }
 }
 
+/// Each export is the text form the native tests and `realm-bench guest` call.
 impl exports::boxel::realm::logic::Guest for Component {
     fn merge(original: String, patch: String, card_url: String) -> Result<String, wit::Error> {
         #[cfg(feature = "fault-broken-merge")]
@@ -113,26 +114,16 @@ impl exports::boxel::realm::logic::Guest for Component {
             return Ok(original);
         }
         #[allow(unreachable_code)]
-        let original = parse_json(&original)?;
-        let patch = parse_json(&patch)?;
-        merge::merge_patch(&original, &patch, &card_url)
-            .map(|merged| merged.to_string())
-            .map_err(to_wit)
+        merge::merge_patch_text(&original, &patch, &card_url).map_err(to_wit)
     }
 
     fn serialize(card_resource: String, file_url: String, realm: String) -> Result<String, wit::Error> {
-        let resource = parse_json(&card_resource)?;
-        serialize::serialize_card_file(&resource, &file_url, &realm).map_err(to_wit)
+        serialize::serialize_card_text(&card_resource, &file_url, &realm).map_err(to_wit)
     }
 
     fn validate_atomic(realm: String, body: String) -> Result<String, wit::Error> {
-        let plan = atomic::validate(&realm, &body).map_err(to_wit)?;
-        serde_json::to_string(&plan).map_err(|e| wit::Error::Storage(e.to_string()))
+        atomic::validate_atomic_json(&realm, &body).map_err(to_wit)
     }
-}
-
-fn parse_json(text: &str) -> Result<serde_json::Value, wit::Error> {
-    serde_json::from_str(text).map_err(|e| wit::Error::BadRequest(format!("invalid JSON: {e}")))
 }
 
 fn stored_from_wit(f: wit::StoredFile) -> StoredFile {
