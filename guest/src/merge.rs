@@ -36,16 +36,30 @@ pub fn deep_merge(a: &Value, b: &Value) -> Value {
     }
 }
 
-fn merge_into(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
+/// Merges `patch` into `target`; answers whether `target` now differs
+/// from what it was (as `Value` equality sees it).
+fn merge_into(target: &mut Map<String, Value>, patch: &Map<String, Value>) -> bool {
+    let mut changed = false;
     for (k, pv) in patch {
-        match target.get_mut(k) {
-            Some(tv) => match (tv, pv) {
-                (Value::Object(to), Value::Object(po)) => merge_into(to, po),
-                (tv, pv) => *tv = pv.clone(),
-            },
-            None => {
-                target.insert(k.clone(), pv.clone());
+        changed |= merge_entry(target, k, pv);
+    }
+    changed
+}
+
+/// [`merge_into`] of one key of the patch.
+fn merge_entry(target: &mut Map<String, Value>, k: &str, pv: &Value) -> bool {
+    match target.get_mut(k) {
+        Some(tv) => match (tv, pv) {
+            (Value::Object(to), Value::Object(po)) => merge_into(to, po),
+            (tv, pv) => {
+                let changed = *tv != *pv;
+                *tv = pv.clone();
+                changed
             }
+        },
+        None => {
+            target.insert(k.to_string(), pv.clone());
+            true
         }
     }
 }
@@ -62,9 +76,16 @@ fn merge_into(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
 ///    singular relationships deep-merge, a singular key overwrites a group of
 ///    the same name; groups are re-emitted as `field.0…field.n`.
 pub fn merge_patch(original: &Value, patch: &Value, card_url: &str) -> Result<Value> {
-    let orig = original
-        .as_object()
-        .ok_or_else(|| Error::BadRequest("The stored card resource is not a JSON object".into()))?;
+    merge_patch_owned(original.clone(), patch, card_url).map(|(merged, _)| merged)
+}
+
+/// [`merge_patch`] onto an `original` it may take apart (no copy of the
+/// card); also answers whether the result differs from the original, as
+/// `merged != original` would.
+pub fn merge_patch_owned(original: Value, patch: &Value, card_url: &str) -> Result<(Value, bool)> {
+    let Value::Object(mut merged) = original else {
+        return Err(Error::BadRequest("The stored card resource is not a JSON object".into()));
+    };
     let mut patch = patch
         .as_object()
         .ok_or_else(|| Error::BadRequest("The patch is not a JSON object".into()))?
@@ -74,11 +95,17 @@ pub fn merge_patch(original: &Value, patch: &Value, card_url: &str) -> Result<Va
     strip_patch(&mut patch);
 
     // Step 2.
-    type_guard(orig, &patch, card_url)?;
+    type_guard(&merged, &patch, card_url)?;
 
-    // Step 3.
-    let mut merged = orig.clone();
-    merge_into(&mut merged, &patch);
+    // Step 3. Relationships step 4 regroups (whenever the patch has an
+    // object of them) count as changed only if they end up different.
+    let regrouped = matches!(patch.get("relationships"), Some(Value::Object(_)));
+    let rels_before = if regrouped { merged.get("relationships").cloned() } else { None };
+    let mut changed = false;
+    for (k, pv) in &patch {
+        let this = merge_entry(&mut merged, k, pv);
+        changed |= this && !(regrouped && k == "relationships");
+    }
 
     // Step 4.
     if let Some(Value::Object(patch_rels)) = patch.get("relationships") {
@@ -88,7 +115,10 @@ pub fn merge_patch(original: &Value, patch: &Value, card_url: &str) -> Result<Va
             *merged_rels = revert_merge_format(combined);
         }
     }
-    Ok(Value::Object(merged))
+    if regrouped {
+        changed |= merged.get("relationships") != rels_before.as_ref();
+    }
+    Ok((Value::Object(merged), changed))
 }
 
 /// Text form of [`merge_patch`] for the `logic.merge` export: both inputs
@@ -98,7 +128,7 @@ pub fn merge_patch_text(original: &str, patch: &str, card_url: &str) -> Result<S
         .map_err(|e| Error::BadRequest(format!("original is not valid JSON: {e}")))?;
     let patch: Value = serde_json::from_str(patch)
         .map_err(|e| Error::BadRequest(format!("patch is not valid JSON: {e}")))?;
-    let merged = merge_patch(&original, &patch, card_url)?;
+    let (merged, _) = merge_patch_owned(original, &patch, card_url)?;
     serde_json::to_string(&merged).map_err(|e| Error::Storage(e.to_string()))
 }
 
@@ -608,6 +638,17 @@ mod tests {
         fn empty_patch_is_identity(c in card()) {
             let got = merge_patch(&c, &json!({}), CARD).unwrap();
             prop_assert_eq!(serde_json::to_string(&got).unwrap(), serde_json::to_string(&c).unwrap());
+        }
+
+        #[test]
+        fn the_change_flag_is_whether_the_merge_changed_the_card(c in card(), p in patch()) {
+            // A random patch, and the card itself (which mostly changes nothing).
+            for p in [p, c.clone()] {
+                let merged = merge_patch(&c, &p, CARD).unwrap();
+                let (owned, changed) = merge_patch_owned(c.clone(), &p, CARD).unwrap();
+                prop_assert_eq!(changed, merged != c);
+                prop_assert_eq!(serde_json::to_string(&owned).unwrap(), serde_json::to_string(&merged).unwrap());
+            }
         }
 
         #[test]

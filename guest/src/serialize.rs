@@ -18,9 +18,11 @@ use crate::store::CardIndex;
 /// and whose `relationships` (if present) is an object. Lenient on purpose:
 /// it recognises stored files; requests get [`check_card_shape`].
 pub fn is_card_resource(v: &Value) -> bool {
-    let Some(obj) = v.as_object() else {
-        return false;
-    };
+    v.as_object().is_some_and(is_card_resource_map)
+}
+
+/// [`is_card_resource`] of an object.
+fn is_card_resource_map(obj: &Map<String, Value>) -> bool {
     let adopts = obj.get("meta").and_then(|m| m.get("adoptsFrom"));
     let code_ref_ok = adopts.is_some_and(|a| {
         a.get("module").is_some_and(Value::is_string) && a.get("name").is_some_and(Value::is_string)
@@ -184,36 +186,62 @@ pub fn serialize_card_text(resource: &str, file_url: &str, realm: &str) -> Resul
 /// [`serialize_card_file`] before printing: the `{"data": …}` value.
 pub fn serialize_card_value(resource: &Value, file_url: &str, realm: &str) -> Result<Value> {
     let resource = resource_of(resource);
+    check_serializable(resource)?;
+    let attributes = resource.get("attributes").cloned();
+    let meta = resource.get("meta").and_then(Value::as_object).cloned();
+    serialized(attributes, resource.get("relationships"), meta, file_url, realm)
+}
+
+/// [`serialize_card_value`] of a resource it may take apart (its
+/// attributes and meta move into the result instead of being copied).
+pub fn serialize_card_value_owned(resource: Value, file_url: &str, realm: &str) -> Result<Value> {
+    let resource = match resource {
+        Value::Object(mut o) if o.contains_key("data") && !o.contains_key("meta") => o.remove("data").unwrap_or_default(),
+        other => other,
+    };
+    check_serializable(&resource)?;
+    let Value::Object(mut resource) = resource else {
+        return Err(Error::BadRequest("The resource is not a JSON object".into()));
+    };
+    let attributes = resource.remove("attributes");
+    let meta = match resource.remove("meta") {
+        Some(Value::Object(meta)) => Some(meta),
+        _ => None,
+    };
+    serialized(attributes, resource.get("relationships"), meta, file_url, realm)
+}
+
+fn check_serializable(resource: &Value) -> Result<()> {
     if !is_card_resource(resource) {
         return Err(Error::BadRequest(
             "The resource is not a card resource (meta.adoptsFrom with module and name is required)".into(),
         ));
     }
-    check_card_shape(resource).map_err(Error::BadRequest)?;
+    check_card_shape(resource).map_err(Error::BadRequest)
+}
+
+/// The stored `{"data": …}` value of a card resource's parts.
+fn serialized(
+    attributes: Option<Value>,
+    relationships: Option<&Value>,
+    meta: Option<Map<String, Value>>,
+    file_url: &str,
+    realm: &str,
+) -> Result<Value> {
     let ctx = Ctx {
         file: paths::parse_url(file_url)?,
         realm: paths::parse_realm(realm)?,
     };
     let mut out = Map::new();
     out.insert("type".into(), json!("card"));
-    out.insert(
-        "attributes".into(),
-        resource
-            .get("attributes")
-            .cloned()
-            .unwrap_or_else(|| json!({})),
-    );
-    if let Some(Value::Object(rels)) = resource.get("relationships") {
+    out.insert("attributes".into(), attributes.unwrap_or_else(|| json!({})));
+    if let Some(Value::Object(rels)) = relationships {
         out.insert(
             "relationships".into(),
             Value::Object(ctx.relationships(rels)?),
         );
     }
-    let mut meta = resource
-        .get("meta")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
+    let mut meta = meta.unwrap_or_default();
     for key in SERVER_META_KEYS {
         meta.shift_remove(key);
     }
@@ -446,12 +474,10 @@ pub fn absolutize_refs(resource: &mut Value, base: &str) -> Result<()> {
 /// The stored card resource (`data`) of a stored file's text, if the text
 /// is a `{"data": <card resource>}` document.
 pub fn parse_stored_card(stored: &str) -> Option<Map<String, Value>> {
-    let doc: Value = serde_json::from_str(stored).ok()?;
-    let data = doc.get("data")?;
-    if is_card_resource(data) {
-        data.as_object().cloned()
-    } else {
-        None
+    let Value::Object(mut doc) = serde_json::from_str(stored).ok()? else { return None };
+    match doc.remove("data")? {
+        Value::Object(data) if is_card_resource_map(&data) => Some(data),
+        _ => None,
     }
 }
 
@@ -1239,6 +1265,15 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn serialising_a_resource_taken_apart_gives_the_same_value(r in resource()) {
+            for v in [r.clone(), json!({"data": r})] {
+                let borrowed = serialize_card_value(&v, FILE, REALM).map(|v| v.to_string());
+                let owned = serialize_card_value_owned(v, FILE, REALM).map(|v| v.to_string());
+                prop_assert_eq!(owned, borrowed);
+            }
+        }
+
         #[test]
         fn serialising_is_idempotent(r in resource()) {
             let once = serialize_card_file(&r, FILE, REALM).unwrap();

@@ -9,7 +9,7 @@ use super::{
     serialize_card, CardResponse, SerializedCard,
 };
 use crate::error::{Error, Result};
-use crate::merge::merge_patch;
+use crate::merge::merge_patch_owned;
 use crate::paths;
 use crate::serialize::{absolutize_refs, parse_stored_card};
 use crate::store::{Store, WriteLock};
@@ -62,7 +62,7 @@ pub fn create_card<S: Store>(
     let base = paths::file_url(realm, dir);
     absolutize_refs(&mut data, &base)?;
     let side = side_loads(realm, dir, &base, &included, &mut data, &path)?;
-    let card = serialize_card(&data, realm, &path)?;
+    let card = serialize_card(data, realm, &path)?;
 
     let mut lock = store.with_write_lock(realm)?;
     if lock.exists(&path)? {
@@ -99,13 +99,12 @@ pub fn patch_card<S: Store>(
         return Err(missing_card(lock.exists(&path)?, &id));
     };
     check_if_match(if_match, Some(&stored), &id)?;
-    let original =
-        Value::Object(parse_stored_card(&stored.content).ok_or_else(|| not_a_card(&id))?);
-    let merged = merge_patch(&original, &patch, &id)?;
-    if side.is_empty() && merged == original {
+    let original = parse_stored_card(&stored.content).ok_or_else(|| not_a_card(&id))?;
+    let (merged, changed) = merge_patch_owned(Value::Object(original), &patch, &id)?;
+    if side.is_empty() && !changed {
         return respond_stored(&stored, &id, realm);
     }
-    let card = serialize_card(&merged, realm, &file_path)?;
+    let card = serialize_card(merged, realm, &file_path)?;
     if side.is_empty() && card.content == stored.content {
         return respond_stored(&stored, &id, realm);
     }

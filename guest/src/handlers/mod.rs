@@ -28,7 +28,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::paths;
-use crate::serialize::{card_document, card_document_of, card_index, serialize_card_value};
+use crate::serialize::{card_document, card_document_of, card_index, serialize_card_value_owned};
 use crate::store::{CardIndex, StoredFile};
 
 /// A card document answered to the client (the WIT `card-response`).
@@ -188,8 +188,8 @@ struct SerializedCard {
 }
 
 /// Serialise a card for the realm-local file `path` with its index row.
-fn serialize_card(resource: &Value, realm: &str, path: &str) -> Result<SerializedCard> {
-    let value = serialize_card_value(resource, &paths::file_url(realm, path), realm)?;
+fn serialize_card(resource: Value, realm: &str, path: &str) -> Result<SerializedCard> {
+    let value = serialize_card_value_owned(resource, &paths::file_url(realm, path), realm)?;
     let content = serde_json::to_string_pretty(&value).map_err(|e| Error::Storage(e.to_string()))?;
     let id = paths::card_id(realm, path);
     let index = card_index(&value, &id, &id);
@@ -198,7 +198,7 @@ fn serialize_card(resource: &Value, realm: &str, path: &str) -> Result<Serialize
 
 /// [`serialize_card`]'s text and index row.
 fn serialize_with_index(resource: &Value, realm: &str, path: &str) -> Result<(String, CardIndex)> {
-    serialize_card(resource, realm, path).map(|card| (card.content, card.index))
+    serialize_card(resource.clone(), realm, path).map(|card| (card.content, card.index))
 }
 
 /// Fixtures shared by the handlers' tests.
