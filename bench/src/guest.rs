@@ -5,13 +5,19 @@
 //! `Store` and an instantiation from the pooling allocator per call, then
 //! the export). The instantiate cost per request is estimated as the time
 //! of a trivial call through the harness minus the same call natively.
+//! The `patch` case is a whole PATCH request's guest work instead: the
+//! `handlers::patch_card` handler on a stored card, natively against the
+//! guest crate's in-memory store, through wasmtime against the host's
+//! write path on its in-memory store (lock, overlay and commit included).
 
 use std::hint::black_box;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use realm_guest::{atomic, merge, serialize};
+use realm_guest::memory::MemoryStore;
+use realm_guest::{atomic, handlers, merge, serialize};
 use realm_host::guest::runtime::BUILTIN_GUEST;
 use realm_host::testing::GuestHarness;
 use serde_json::json;
@@ -59,14 +65,34 @@ fn cases() -> Vec<Case> {
         out.push(Case { op: "serialize", size, a: absolute.to_string(), b: file_url.clone(), c: REALM.into() });
         let body = json!({"atomic:operations": [{"op": "add", "href": "./Person/1.json", "data": stored}]});
         out.push(Case { op: "validate", size, a: REALM.into(), b: body.to_string(), c: String::new() });
+        let create = json!({"data": cards::person_resource(bytes, "./person")});
+        out.push(Case { op: "patch", size, a: create.to_string(), b: format!("p{size}"), c: format!("Person/p{size}") });
     }
     out
 }
 
-fn native(case: &Case) -> Result<String, String> {
+/// Patches so far: each PATCH sets a new counter, so each one writes.
+static PATCHES: AtomicU64 = AtomicU64::new(0);
+
+/// The body of the next PATCH (a two-attribute change, as `realm-bench load` sends).
+fn next_patch() -> String {
+    json!({"data": cards::patch_data(0, PATCHES.fetch_add(1, Ordering::Relaxed), "../person")}).to_string()
+}
+
+/// Stores the card each `patch` case patches, on both sides.
+async fn seed(store: &MemoryStore, h: &GuestHarness, cases: &[Case]) -> Result<(), String> {
+    for case in cases.iter().filter(|c| c.op == "patch") {
+        handlers::create_card(store, REALM, "", &case.b, &case.a).map_err(|e| format!("native create {}: {e:?}", case.c))?;
+        h.create_card(REALM, "", &case.b, &case.a).await.map_err(|e| format!("wasm create {}: {e}", case.c))?;
+    }
+    Ok(())
+}
+
+fn native(store: &MemoryStore, case: &Case) -> Result<String, String> {
     let r = match case.op {
         "trivial" | "merge" => merge::merge_patch_text(&case.a, &case.b, &case.c),
         "serialize" => serialize::serialize_card_text(&case.a, &case.b, &case.c),
+        "patch" => handlers::patch_card(store, REALM, &case.c, &next_patch(), None).map(|card| card.id),
         _ => atomic::validate_atomic_json(&case.a, &case.b),
     };
     r.map_err(|e| format!("{e:?}"))
@@ -76,6 +102,7 @@ async fn wasm(h: &GuestHarness, case: &Case) -> Result<String, String> {
     let r = match case.op {
         "trivial" | "merge" => h.merge(&case.a, &case.b, &case.c).await,
         "serialize" => h.serialize(&case.a, &case.b, &case.c).await,
+        "patch" => h.patch_card(REALM, &case.c, &next_patch()).await.map(|card| card.id),
         _ => h.validate_atomic(&case.a, &case.b).await,
     };
     r.map_err(|e| e.to_string())
@@ -99,9 +126,11 @@ pub async fn run(args: GuestArgs) -> Result<(), String> {
     if let Some(only) = &args.only {
         cases.retain(|c| format!("{} {}", c.op, c.size) == *only);
     }
-    // Both sides must compute the same thing.
+    let store = MemoryStore::new();
+    seed(&store, &harness, &cases).await?;
+    // Both sides must compute the same thing (a PATCH: answer the same card).
     for case in &cases {
-        let n = native(case).map_err(|e| format!("native {} {}: {e}", case.op, case.size))?;
+        let n = native(&store, case).map_err(|e| format!("native {} {}: {e}", case.op, case.size))?;
         let w = wasm(&harness, case).await.map_err(|e| format!("wasm {} {}: {e}", case.op, case.size))?;
         if n != w {
             return Err(format!("{} {}: native and wasm answers differ", case.op, case.size));
@@ -114,7 +143,7 @@ pub async fn run(args: GuestArgs) -> Result<(), String> {
                 (1, Duration::ZERO)
             } else {
                 timed(budget, || async {
-                    black_box(native(black_box(case)).ok());
+                    black_box(native(&store, black_box(case)).ok());
                 })
                 .await
             };
@@ -173,11 +202,22 @@ where
 mod tests {
     use super::*;
 
-    #[test]
-    fn every_case_runs_natively() {
-        for case in cases() {
-            let out = native(&case).unwrap_or_else(|e| panic!("{} {}: {e}", case.op, case.size));
+    #[tokio::test]
+    async fn every_case_runs_on_both_sides_and_a_patch_writes() {
+        let harness = GuestHarness::from_bytes(BUILTIN_GUEST).unwrap();
+        let store = MemoryStore::new();
+        let cases = cases();
+        seed(&store, &harness, &cases).await.unwrap();
+        for case in &cases {
+            let out = native(&store, case).unwrap_or_else(|e| panic!("{} {}: {e}", case.op, case.size));
             assert!(!out.is_empty());
+            assert_eq!(wasm(&harness, case).await.as_deref(), Ok(out.as_str()), "{} {}", case.op, case.size);
+        }
+        for case in cases.iter().filter(|c| c.op == "patch") {
+            let path = format!("{}.json", case.c);
+            let before = harness.file(REALM, &path).await.unwrap();
+            wasm(&harness, case).await.unwrap();
+            assert_ne!(harness.file(REALM, &path).await.unwrap(), before, "each PATCH writes");
         }
     }
 }
