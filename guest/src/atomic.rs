@@ -219,11 +219,6 @@ impl<'de> Visitor<'de> for OpsSeed<'_, '_> {
     }
 }
 
-/// The name the `logic.validate-atomic` adapter uses for [`plan_atomic`].
-pub fn validate(realm: &str, body: &str) -> Result<Vec<PlannedOp>> {
-    plan_atomic(realm, body)
-}
-
 /// [`plan_atomic`] answered as JSON text (the `logic.validate-atomic` export).
 pub fn validate_atomic_json(realm: &str, body: &str) -> Result<String> {
     let plan = plan_atomic(realm, body)?;

@@ -148,9 +148,14 @@ fn check_identifier(
 /// with `data` and no `meta` is taken as a document).
 fn resource_of(v: &Value) -> &Value {
     match v.as_object() {
-        Some(o) if o.contains_key("data") && !o.contains_key("meta") => &o["data"],
+        Some(o) if is_document(o) => &o["data"],
         _ => v,
     }
+}
+
+/// Whether an object is a `{"data": resource}` document rather than a resource.
+fn is_document(o: &Map<String, Value>) -> bool {
+    o.contains_key("data") && !o.contains_key("meta")
 }
 
 /// The stored text of the card `resource` at `file_url` in `realm`:
@@ -196,7 +201,7 @@ pub fn serialize_card_value(resource: &Value, file_url: &str, realm: &str) -> Re
 /// attributes and meta move into the result instead of being copied).
 pub fn serialize_card_value_owned(resource: Value, file_url: &str, realm: &str) -> Result<Value> {
     let resource = match resource {
-        Value::Object(mut o) if o.contains_key("data") && !o.contains_key("meta") => o.remove("data").unwrap_or_default(),
+        Value::Object(mut o) if is_document(&o) => o.remove("data").unwrap_or_default(),
         other => other,
     };
     check_serializable(&resource)?;
