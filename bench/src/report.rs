@@ -208,7 +208,9 @@ pub fn run(args: ReportArgs) -> Result<(), String> {
     let _ = writeln!(
         w,
         "\nEvery figure is the **median of the runs** of that configuration (each metric medianed on its own); every \
-         ratio divides two medians measured in this same invocation. Latencies are per request (client side, \
+         ratio divides two medians measured in this same invocation, and the PATCH baselines (pgbench) and \
+         realm-host's Postgres figures are measured in interleaved rounds (one run of each per round), so a drift \
+         of the machine's speed during the invocation falls on both sides of a ratio. Latencies are per request (client side, \
          closed loop). CPU columns come from /proc: µs of CPU per successful request spent in realm-host, in \
          Postgres (postmaster and all its children) and in the load generator (pgbench or `realm-bench load`); \
          \"busy\" is the share of all {} cores busy during the run. The load generator runs on the same machine.\n",
