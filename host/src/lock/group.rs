@@ -338,7 +338,7 @@ impl Group {
 
     /// Adds every realm `asked` for in one go, and answers each asker.
     async fn add_all(&self, tx: &mut Tx, asked: Vec<Add>) {
-        let mut splits: Vec<(Vec<String>, Vec<String>)> = asked.iter().map(|a| split_known(&a.paths, a.known.as_ref())).collect();
+        let splits: Vec<(Vec<String>, Vec<String>)> = asked.iter().map(|a| split_known(&a.paths, a.known.as_ref())).collect();
         let wanted: Vec<(&str, Wanted<'_>)> =
             asked.iter().zip(&splits).map(|(a, (unknown, checked))| (a.realm.as_str(), wanted(unknown, checked, a.known.as_ref()))).collect();
         let result = sql::try_add_realms(tx, &wanted).await;
@@ -350,7 +350,7 @@ impl Group {
                 }
             }
             Ok(read) => {
-                for ((add, read), (_, checked)) in asked.into_iter().zip(read).zip(splits.drain(..)) {
+                for ((add, read), (_, checked)) in asked.into_iter().zip(read).zip(splits) {
                     let Add { realm, paths, known, reply } = add;
                     let Some(locked) = read else {
                         self.shared.note_contention();

@@ -83,11 +83,13 @@ pub fn fields_of(content: &str, card_url: &str) -> Vec<FieldRow> {
             rows.attribute(name, value, 0);
         }
     }
-    // Links need the card's URL parsed; a card without relationships skips that.
-    if let Some((relationships, base)) = resource.get("relationships").and_then(Value::as_object).and_then(|r| Url::parse(card_url).ok().map(|base| (r, base))) {
-        for (name, relationship) in relationships {
-            if let Some(target) = relationship.pointer("/links/self").and_then(Value::as_str).and_then(|link| card_url_of(link, &base)) {
-                rows.push(relationship_field(name), Kind::Link, storable(&target), None);
+    if let Some(Value::Object(relationships)) = resource.get("relationships") {
+        // Parsed only here: most cards have no relationships.
+        if let Ok(base) = Url::parse(card_url) {
+            for (name, relationship) in relationships {
+                if let Some(target) = relationship.pointer("/links/self").and_then(Value::as_str).and_then(|link| card_url_of(link, &base)) {
+                    rows.push(relationship_field(name), Kind::Link, storable(&target), None);
+                }
             }
         }
     }
