@@ -11,9 +11,10 @@
 
 use std::collections::HashMap;
 
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 use url::Url;
+
+use super::json::Json;
 
 /// The kind of a stored value; `Link` rows are relationships.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,26 +70,31 @@ pub fn text_key(text: &str) -> String {
 /// document or a bare resource) whose URL is `card_url` (no `.json`).
 /// Content that is not a JSON object yields nothing.
 pub fn fields_of(content: &str, card_url: &str) -> Vec<FieldRow> {
-    let Ok(doc) = serde_json::from_str::<Value>(content) else { return Vec::new() };
-    let resource = doc.get("data").unwrap_or(&doc);
-    if !resource.is_object() {
+    Json::parse(content).map_or_else(Vec::new, |doc| rows_of(&doc, card_url))
+}
+
+/// [`fields_of`] a parsed document.
+fn rows_of(doc: &Json, card_url: &str) -> Vec<FieldRow> {
+    let resource = doc.get("data").unwrap_or(doc);
+    if !matches!(resource, Json::Object(_)) {
         return Vec::new();
     }
     let mut rows = Rows::default();
     // A card's `id` is a field too (Boxel's CardDef has one): `eq` on it,
     // or on `friend.id` through a link, finds cards by URL.
-    rows.push("id".to_string(), Kind::Text, storable(card_url), None);
-    if let Some(Value::Object(attributes)) = resource.get("attributes") {
+    rows.push("id", Kind::Text, storable(card_url), None);
+    if let Some(Json::Object(attributes)) = resource.get("attributes") {
         for (name, value) in attributes {
             rows.attribute(name, value, 0);
         }
     }
-    if let Some(Value::Object(relationships)) = resource.get("relationships") {
+    if let Some(Json::Object(relationships)) = resource.get("relationships") {
         // Parsed only here: most cards have no relationships.
         if let Ok(base) = Url::parse(card_url) {
             for (name, relationship) in relationships {
-                if let Some(target) = relationship.pointer("/links/self").and_then(Value::as_str).and_then(|link| card_url_of(link, &base)) {
-                    rows.push(relationship_field(name), Kind::Link, storable(&target), None);
+                let link = relationship.get("links").and_then(|links| links.get("self")).and_then(Json::as_str);
+                if let Some(target) = link.and_then(|link| card_url_of(link, &base)) {
+                    rows.push(&relationship_field(name), Kind::Link, storable(&target), None);
                 }
             }
         }
@@ -118,35 +124,55 @@ struct Rows {
 }
 
 impl Rows {
-    fn attribute(&mut self, field: &str, value: &Value, depth: usize) {
+    fn attribute(&mut self, field: &str, value: &Json, depth: usize) {
         if depth > MAX_DEPTH {
             return;
         }
         match value {
-            Value::Null => {}
-            Value::Bool(b) => self.push(field.to_string(), Kind::Bool, b.to_string(), None),
-            Value::Number(n) => self.push(field.to_string(), Kind::Number, n.to_string(), n.as_f64().filter(|f| f.is_finite())),
-            Value::String(s) => self.push(field.to_string(), Kind::Text, storable(s), None),
-            Value::Array(items) => items.iter().for_each(|item| self.attribute(field, item, depth + 1)),
-            Value::Object(fields) => {
+            Json::Null => {}
+            Json::Bool(b) => self.push(field, Kind::Bool, b.to_string(), None),
+            Json::Number(n) => self.push(field, Kind::Number, n.to_string(), n.as_f64().filter(|f| f.is_finite())),
+            Json::String(s) => self.push(field, Kind::Text, storable(s), None),
+            Json::Array(items) => items.iter().for_each(|item| self.attribute(field, item, depth + 1)),
+            Json::Object(fields) => {
                 for (name, value) in fields {
-                    self.attribute(&format!("{field}.{name}"), value, depth + 1);
+                    self.attribute(&[field, name].join("."), value, depth + 1);
                 }
             }
         }
     }
 
-    fn push(&mut self, field: String, kind: Kind, text: String, number: Option<f64>) {
-        let field = storable(&field);
-        let position = self.positions.entry(field.clone()).or_insert(0);
-        let folded = (kind == Kind::Text).then(|| text.to_lowercase());
-        self.rows.push(FieldRow { key: text_key(&text), field, position: *position, kind, text, folded, number });
-        *position += 1;
+    fn push(&mut self, field: &str, kind: Kind, text: String, number: Option<f64>) {
+        let field = storable(field);
+        // (Looked up before inserting: most repeated fields are list items.)
+        let position = match self.positions.get_mut(&field) {
+            Some(next) => {
+                *next += 1;
+                *next
+            }
+            None => {
+                self.positions.insert(field.clone(), 0);
+                0
+            }
+        };
+        let folded = (kind == Kind::Text).then(|| fold(&text));
+        self.rows.push(FieldRow { key: text_key(&text), field, position, kind, text, folded, number });
+    }
+}
+
+/// Lowercased for `contains`; ASCII (most text) without Unicode's tables.
+fn fold(text: &str) -> String {
+    if text.is_ascii() {
+        text.to_ascii_lowercase()
+    } else {
+        text.to_lowercase()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn summary(rows: &[FieldRow]) -> Vec<(String, i64, Kind, String)> {
@@ -190,5 +216,65 @@ mod tests {
         assert!(fields_of("[1,2]", "http://h/r/x").is_empty());
         let rows = fields_of(r#"{"attributes":{"a\u0000":"x\u0000y"}}"#, "http://h/r/x");
         assert_eq!((rows[1].field.as_str(), rows[1].text.as_str()), ("a\u{FFFD}", "x\u{FFFD}y"));
+    }
+
+    #[test]
+    fn a_repeated_key_keeps_its_first_place_and_its_last_value() {
+        let many: String = (0..40).map(|i| format!(r#""k{i}":{i},"#)).collect();
+        let card = format!(r#"{{"attributes":{{"a":1,"b":2,"a":3,{many}"k3":"last","k39":null}}}}"#);
+        let rows = fields_of(&card, "http://h/r/x");
+        let t = |f: &str, v: &str| (f.to_string(), v.to_string());
+        let got: Vec<_> = rows.iter().map(|r| t(&r.field, &r.text)).collect();
+        assert_eq!(got[..5], [t("id", "http://h/r/x"), t("a", "3"), t("b", "2"), t("k0", "0"), t("k1", "1")]);
+        assert_eq!(got[6], t("k3", "last"));
+        assert_eq!(got.len(), 3 + 39, "k39 became null: no row");
+    }
+
+    /// JSON text with repeated keys, escapes and numbers of every kind,
+    /// shaped like a card (keys from a small set, so they repeat).
+    fn json_text() -> impl Strategy<Value = String> {
+        let key = prop::sample::select(vec!["data", "attributes", "relationships", "links", "self", "a", "a.b", "b", "x\\u0000", "\\u00e9t\\u00e9"]);
+        let leaf = prop_oneof![
+            Just("null".to_string()),
+            any::<bool>().prop_map(|b| b.to_string()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<u64>().prop_map(|n| n.to_string()),
+            (-1e300f64..1e300).prop_map(|f| format!("{f:e}")),
+            prop::sample::select(vec!["\"Mango\"", "\"Caf\\u00e9 \\\"quoted\\\"\\n\"", "\"a\\u0000b\"", "\"../Person/Van\"", "\"ÅÉ\""]).prop_map(str::to_string),
+        ];
+        leaf.prop_recursive(5, 64, 6, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(|items| format!("[{}]", items.join(","))),
+                prop::collection::vec((key.clone(), inner), 0..6)
+                    .prop_map(|pairs| format!("{{{}}}", pairs.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect::<Vec<_>>().join(","))),
+            ]
+        })
+    }
+
+    /// The document as `serde_json::Value` read it.
+    fn from_value(value: &serde_json::Value) -> Json<'_> {
+        use serde_json::Value;
+        match value {
+            Value::Null => Json::Null,
+            Value::Bool(b) => Json::Bool(*b),
+            Value::Number(n) => Json::Number(n.clone()),
+            Value::String(s) => Json::String(s.as_str().into()),
+            Value::Array(items) => Json::Array(items.iter().map(from_value).collect()),
+            Value::Object(map) => Json::Object(map.iter().map(|(k, v)| (k.as_str().into(), from_value(v))).collect()),
+        }
+    }
+
+    proptest! {
+        /// The rows are those of the document as `serde_json::Value` reads
+        /// it: the one-walk parser changes nothing (repeated keys, escapes,
+        /// numbers), and text it refuses, `Value` refuses too.
+        #[test]
+        fn rows_are_those_of_the_document_as_serde_json_reads_it(text in json_text()) {
+            let url = "http://h/r/Person/x";
+            match serde_json::from_str::<serde_json::Value>(&text) {
+                Ok(value) => prop_assert_eq!(fields_of(&text, url), rows_of(&from_value(&value), url)),
+                Err(_) => prop_assert!(fields_of(&text, url).is_empty()),
+            }
+        }
     }
 }

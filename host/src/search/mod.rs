@@ -4,6 +4,8 @@
 //! one SQL statement over that table, alike on SQLite and Postgres.
 
 // Lowest first; each file uses only the ones above it.
+// A borrowed JSON tree for one walk over a card's document.
+mod json;
 // The rows a card's document yields: fields, kinds, index keys.
 pub mod fields;
 // Keeping `card_fields` in step with writes; rebuilding stale rows.
