@@ -47,7 +47,7 @@ impl FileState {
 
     /// Bytes its search rows take, if they were derived.
     pub fn derived_bytes(&self) -> usize {
-        self.fields.get().map_or(0, |rows| rows.iter().map(|r| 96 + r.field.len() + r.text.len() + r.key.len() + r.folded.as_ref().map_or(0, String::len)).sum())
+        self.fields.get().map_or(0, |rows| rows.iter().map(|r| 80 + r.field.len() + r.text.len()).sum())
     }
 
     /// The search rows of a card file as this build derives them, sorted

@@ -654,9 +654,9 @@ impl Columns {
                 f.field.push(row.field.clone());
                 f.position.push(row.position);
                 f.kind.push(row.kind as i64);
-                f.key.push(row.key.clone());
+                f.key.push(row.key());
                 f.text.push(row.text.clone());
-                f.folded.push(row.folded.clone());
+                f.folded.push(row.folded());
                 f.number.push(row.number);
             }
             for (path, field, position) in &changes.field_deletes {
@@ -783,7 +783,7 @@ async fn flush_sqlite(t: &mut Transaction<'static, Sqlite>, realms: &[(String, R
             for (path, row) in chunk {
                 query = query
                     .bind(realm).bind(path).bind(&row.field).bind(row.position).bind(row.kind as i64)
-                    .bind(&row.key).bind(&row.text).bind(row.folded.as_deref()).bind(row.number);
+                    .bind(row.key()).bind(&row.text).bind(row.folded()).bind(row.number);
             }
             query.execute(&mut *conn).await?;
         }

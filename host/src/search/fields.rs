@@ -34,11 +34,20 @@ pub struct FieldRow {
     pub kind: Kind,
     /// The string; a number's JSON text; `true`/`false`; a link's card URL.
     pub text: String,
-    /// [`text_key`] of `text`: what the equality index holds.
-    pub key: String,
-    /// Lowercased text, for `contains` (strings only).
-    pub folded: Option<String>,
     pub number: Option<f64>,
+}
+
+impl FieldRow {
+    /// [`text_key`] of `text`: what the equality index holds. (Computed
+    /// when a row is written: most derived rows are only compared.)
+    pub fn key(&self) -> String {
+        text_key(&self.text)
+    }
+
+    /// Lowercased text, for `contains` (strings only).
+    pub fn folded(&self) -> Option<String> {
+        (self.kind == Kind::Text).then(|| fold(&self.text))
+    }
 }
 
 /// Values longer than this are indexed by a prefix and their hash (a
@@ -155,8 +164,7 @@ impl Rows {
                 0
             }
         };
-        let folded = (kind == Kind::Text).then(|| fold(&text));
-        self.rows.push(FieldRow { key: text_key(&text), field, position, kind, text, folded, number });
+        self.rows.push(FieldRow { field, position, kind, text, number });
     }
 }
 
@@ -203,7 +211,8 @@ mod tests {
             t("friends", 0, Kind::Link, "http://h/r/Person/My Pal"),
         ]);
         assert_eq!(rows[2].number, Some(3.0));
-        assert_eq!(rows[1].folded.as_deref(), Some("mango"));
+        assert_eq!(rows[1].folded().as_deref(), Some("mango"));
+        assert_eq!((rows[2].folded(), rows[2].key()), (None, "3".to_string()));
     }
 
     #[test]

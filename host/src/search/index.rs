@@ -47,9 +47,9 @@ macro_rules! bind_field_rows {
                 .bind(row.field.as_str())
                 .bind(row.position)
                 .bind(row.kind as i64)
-                .bind(row.key.as_str())
+                .bind(row.key())
                 .bind(row.text.as_str())
-                .bind(row.folded.as_deref())
+                .bind(row.folded())
                 .bind(row.number);
         }
         query
