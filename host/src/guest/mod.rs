@@ -9,6 +9,8 @@ pub mod registry;
 mod clock;
 // Compiled guests on disk, so a start need not run cranelift again.
 mod compile_cache;
+// The world's exports, found once per compiled guest; a call checks only its own.
+mod exports;
 // wasmtime: the engine and its instance pool, a fresh `Store` per call, the `store` imports.
 pub mod runtime;
 // The self-test every guest must pass before activation.

@@ -6,10 +6,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmtime::component::{HasSelf, Linker, Resource, ResourceTable};
+use wasmtime::component::{HasSelf, InstancePre, Linker, Resource, ResourceTable};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
 
 use super::clock::{Charged, GuestClock, InHost};
+use super::exports::{call_export, Exports};
 use crate::auth::Denied;
 use crate::lock::{IndexRow, Locks, WriteError, WriteTxn};
 use crate::store::{etag_of, Database, FileRow};
@@ -89,7 +90,8 @@ pub struct CallState {
 /// A loaded guest, ready to be instantiated per call.
 pub struct Guest {
     wasm: Wasm,
-    pre: RealmCorePre<CallState>,
+    pre: InstancePre<CallState>,
+    exports: Exports,
     db: Database,
     locks: Arc<Locks>,
     sandbox: Sandbox,
@@ -227,7 +229,8 @@ pub fn engine(sandbox: Sandbox) -> wasmtime::Result<Wasm> {
 /// A compiled component that type-checks against the `realm-core` world.
 #[derive(Clone)]
 pub struct Compiled {
-    pre: RealmCorePre<CallState>,
+    pre: InstancePre<CallState>,
+    exports: Exports,
     /// Hex SHA-256 of the component bytes.
     pub hash: String,
 }
@@ -238,8 +241,9 @@ pub fn compile(wasm: &Wasm, bytes: &[u8]) -> wasmtime::Result<Compiled> {
     let component = super::compile_cache::component(wasm.compile_cache.as_deref(), &wasm.engine, bytes)?;
     let mut linker = Linker::<CallState>::new(&wasm.engine);
     RealmCore::add_to_linker::<_, HasSelf<CallState>>(&mut linker, |state| state)?;
-    let pre = RealmCorePre::new(linker.instantiate_pre(&component)?)?;
-    Ok(Compiled { pre, hash: super::registry::hash_of(bytes) })
+    let pre = linker.instantiate_pre(&component)?;
+    let exports = Exports::find(&pre)?;
+    Ok(Compiled { pre, exports, hash: super::registry::hash_of(bytes) })
 }
 
 impl Guest {
@@ -248,6 +252,7 @@ impl Guest {
         Guest {
             wasm: wasm.clone(),
             pre: compiled.pre.clone(),
+            exports: compiled.exports.clone(),
             db,
             locks,
             sandbox,
@@ -319,49 +324,74 @@ impl Guest {
     }
 
     async fn invoke(&self, store: &mut Store<CallState>, call: Call) -> wasmtime::Result<Result<Answer, GuestError>> {
-        let guest = self.pre.instantiate_async(&mut *store).await?;
+        let instance = self.pre.instantiate_async(&mut *store).await?;
         // Instantiating is the host's work, not the guest's.
         store.data().clock.reset();
-        let h = guest.boxel_realm_handlers();
+        let (e, i) = (&self.exports, &instance);
         // One arm per WIT export: alike in shape, each calls its own export.
         Ok(match call {
-            Call::GetCard { realm, path } => h.call_get_card(&mut *store, &realm, &path).await?.map(Answer::Card),
+            Call::GetCard { realm, path } => {
+                call_export::<_, _, Result<CardResponse, GuestError>>(store, i, &e.get_card, (realm.as_str(), path.as_str())).await?.map(Answer::Card)
+            }
             Call::GetCards { realm, paths, .. } => {
+                let func = i.get_typed_func::<(&str, &str), (Result<CardResponse, GuestError>,)>(&mut *store, &e.get_card)?;
                 let mut cards = Vec::with_capacity(paths.len());
                 for path in paths {
-                    cards.push(h.call_get_card(&mut *store, &realm, &path).await?);
+                    cards.push(func.call_async(&mut *store, (realm.as_str(), path.as_str())).await?.0);
                 }
                 Ok(Answer::Cards(cards))
             }
-            Call::CreateCard { realm, dir, new_name, body } => {
-                h.call_create_card(&mut *store, &realm, &dir, &new_name, &body).await?.map(Answer::Card)
-            }
-            Call::PatchCard { realm, path, body, if_match } => h
-                .call_patch_card(&mut *store, &realm, &path, &body, if_match.as_deref())
-                .await?
-                .map(Answer::Card),
+            Call::CreateCard { realm, dir, new_name, body } => call_export::<_, _, Result<CardResponse, GuestError>>(
+                store,
+                i,
+                &e.create_card,
+                (realm.as_str(), dir.as_str(), new_name.as_str(), body.as_str()),
+            )
+            .await?
+            .map(Answer::Card),
+            Call::PatchCard { realm, path, body, if_match } => call_export::<_, _, Result<CardResponse, GuestError>>(
+                store,
+                i,
+                &e.patch_card,
+                (realm.as_str(), path.as_str(), body.as_str(), if_match.as_deref()),
+            )
+            .await?
+            .map(Answer::Card),
             Call::DeleteCard { realm, path, if_match } => {
-                h.call_delete_card(&mut *store, &realm, &path, if_match.as_deref()).await?.map(|()| Answer::Done)
+                call_export::<_, _, Result<(), GuestError>>(store, i, &e.delete_card, (realm.as_str(), path.as_str(), if_match.as_deref()))
+                    .await?
+                    .map(|()| Answer::Done)
             }
-            Call::WriteSource { realm, path, content, if_match } => h
-                .call_write_source(&mut *store, &realm, &path, &content, if_match.as_deref())
-                .await?
-                .map(Answer::File),
+            Call::WriteSource { realm, path, content, if_match } => call_export::<_, _, Result<FileMeta, GuestError>>(
+                store,
+                i,
+                &e.write_source,
+                (realm.as_str(), path.as_str(), content.as_str(), if_match.as_deref()),
+            )
+            .await?
+            .map(Answer::File),
             Call::DeleteSource { realm, path, if_match } => {
-                h.call_delete_source(&mut *store, &realm, &path, if_match.as_deref()).await?.map(|()| Answer::Done)
+                call_export::<_, _, Result<(), GuestError>>(store, i, &e.delete_source, (realm.as_str(), path.as_str(), if_match.as_deref()))
+                    .await?
+                    .map(|()| Answer::Done)
             }
-            Call::Atomic { realm, body } => h.call_atomic(&mut *store, &realm, &body).await?.map(Answer::Text),
+            Call::Atomic { realm, body } => {
+                call_export::<_, _, Result<String, GuestError>>(store, i, &e.atomic, (realm.as_str(), body.as_str())).await?.map(Answer::Text)
+            }
             Call::Merge { original, patch, card_url } => {
-                let logic = guest.boxel_realm_logic();
-                logic.call_merge(&mut *store, &original, &patch, &card_url).await?.map(Answer::Text)
+                call_export::<_, _, Result<String, GuestError>>(store, i, &e.merge, (original.as_str(), patch.as_str(), card_url.as_str()))
+                    .await?
+                    .map(Answer::Text)
             }
             Call::Serialize { resource, file_url, realm } => {
-                let logic = guest.boxel_realm_logic();
-                logic.call_serialize(&mut *store, &resource, &file_url, &realm).await?.map(Answer::Text)
+                call_export::<_, _, Result<String, GuestError>>(store, i, &e.serialize, (resource.as_str(), file_url.as_str(), realm.as_str()))
+                    .await?
+                    .map(Answer::Text)
             }
             Call::ValidateAtomic { realm, body } => {
-                let logic = guest.boxel_realm_logic();
-                logic.call_validate_atomic(&mut *store, &realm, &body).await?.map(Answer::Text)
+                call_export::<_, _, Result<String, GuestError>>(store, i, &e.validate_atomic, (realm.as_str(), body.as_str()))
+                    .await?
+                    .map(Answer::Text)
             }
         })
     }
