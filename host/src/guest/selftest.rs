@@ -52,6 +52,7 @@ pub async fn run(engine: &Wasm, compiled: &Compiled, sandbox: Sandbox) -> Report
             results.push(($name, $body.await));
         };
     }
+    case!("exports: every export has the world's type", t.exports());
     case!("merge: arrays replace", t.merge_case(json!({"tags": ["a", "b"], "n": 1}), json!({"tags": ["c"]}), json!({"tags": ["c"], "n": 1})));
     case!("merge: null overwrites", t.merge_case(json!({"n": 1, "m": 2}), json!({"n": null}), json!({"n": null, "m": 2})));
     case!(
@@ -130,6 +131,16 @@ impl Tester {
     async fn merged(&self, original: &Value, patch: &Value) -> Result<Value, String> {
         match self.merge(original, patch).await? {
             Ok(Answer::Text(text)) => parse(&text),
+            Ok(_) => Err("unexpected answer shape".into()),
+            Err(e) => Err(format!("guest answered an error: {e:?}")),
+        }
+    }
+
+    /// A call type-checks only its own export, and the cases below do not
+    /// call every one: check them all here, before any is served.
+    async fn exports(&self) -> Outcome {
+        match self.call(Call::CheckExports).await? {
+            Ok(Answer::Done) => Ok(()),
             Ok(_) => Err("unexpected answer shape".into()),
             Err(e) => Err(format!("guest answered an error: {e:?}")),
         }
@@ -276,5 +287,44 @@ impl Tester {
         }
         let fresh = self.db.read_file(REALM, "fresh.txt").await.map_err(|e| e.to_string())?;
         check(fresh.is_none(), || "the first op of a refused /_atomic was written".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::guest::runtime::BUILTIN_GUEST;
+    use crate::testing::GuestHarness;
+
+    const EXPORTS_CASE: &str = "exports: every export has the world's type";
+
+    /// A component of the world whose `delete-card` (which no other case
+    /// calls) answers another type: every export is there by name, so it
+    /// compiles; only a type check can tell.
+    fn mistyped_component() -> Vec<u8> {
+        let declared = "delete-card: func(realm: string, path: string, if-match: option<string>) -> result<_, error>;";
+        let wit = include_str!("../../../wit/realm.wit");
+        assert!(wit.contains(declared), "wit/realm.wit no longer declares {declared}");
+        let wit = wit.replace(declared, &declared.replace("result<_, error>", "result<string, error>"));
+        let mut resolve = wit_parser::Resolve::default();
+        let package = resolve.push_str("realm.wit", &wit).expect("the edited WIT parses");
+        let world = resolve.select_world(&[package], Some("realm-core")).expect("the world");
+        let abi = wit_parser::ManglingAndAbi::Legacy(wit_parser::LiftLowerAbi::Sync);
+        let mut module = wit_component::dummy_module(&resolve, world, abi);
+        wit_component::embed_component_metadata(&mut module, &resolve, world, wit_component::StringEncoding::UTF8).expect("metadata");
+        wit_component::ComponentEncoder::default().module(&module).expect("module").validate(true).encode().expect("component")
+    }
+
+    #[tokio::test]
+    async fn a_guest_with_a_mistyped_export_fails_the_exports_case_and_the_builtin_passes_it() {
+        let mistyped = GuestHarness::from_bytes(&mistyped_component()).expect("every export is there by name, so it compiles");
+        let report = mistyped.self_test().await;
+        let (name, outcome) = &report.results[0];
+        assert_eq!(*name, EXPORTS_CASE);
+        assert!(outcome.is_err(), "a mistyped delete-card passed the exports case");
+
+        let builtin = GuestHarness::from_bytes(BUILTIN_GUEST).expect("the built-in guest compiles");
+        let report = builtin.self_test().await;
+        assert_eq!(report.results[0], (EXPORTS_CASE, Ok(())));
+        assert_eq!(report.failed(), 0, "{}", report.table());
     }
 }
