@@ -15,9 +15,8 @@ use serde_json::{json, Value};
 
 use crate::error::{AtomicError, AtomicErrorKind, Error, Result};
 use crate::paths;
-use crate::serialize::{
-    card_index, check_card_shape, index_for_file, is_card_resource, serialize_card_value,
-};
+use crate::print::PrintedCard;
+use crate::serialize::{check_card_shape, index_for_file, is_card_resource, serialize_card_parts};
 use crate::store::CardIndex;
 
 /// The title of every validation error, as Boxel words it.
@@ -405,18 +404,11 @@ fn card_content(
     let Some(path) = path else {
         return (None, None);
     };
-    let serialised =
-        serialize_card_value(data, &paths::file_url(realm, path), realm).and_then(|v| {
-            let text =
-                serde_json::to_string_pretty(&v).map_err(|e| Error::Storage(e.to_string()))?;
-            Ok((v, text))
-        });
-    match serialised {
-        Ok((value, mut text)) => {
-            let mut index = path.ends_with(".json").then(|| {
-                let id = paths::card_id(realm, path);
-                card_index(&value, &id, &id)
-            });
+    let printed = serialize_card_parts(data, &paths::file_url(realm, path), realm)
+        .and_then(|card| PrintedCard::new(card, &paths::card_id(realm, path)));
+    match printed {
+        Ok(PrintedCard { content: mut text, index, .. }) => {
+            let mut index = path.ends_with(".json").then_some(index);
             // Kept until every op is planned: drop the growth slack.
             text.shrink_to_fit();
             if let Some(i) = index.as_mut() {

@@ -11,6 +11,7 @@ pub mod handlers;
 pub mod memory;
 pub mod merge;
 pub mod paths;
+pub mod print;
 pub mod serialize;
 pub mod store;
 

@@ -190,6 +190,17 @@ pub fn serialize_card_text(resource: &str, file_url: &str, realm: &str) -> Resul
 
 /// [`serialize_card_file`] before printing: the `{"data": …}` value.
 pub fn serialize_card_value(resource: &Value, file_url: &str, realm: &str) -> Result<Value> {
+    serialize_card_parts(resource, file_url, realm).map(StoredCard::into_value)
+}
+
+/// [`serialize_card_value`] of a resource it may take apart (its
+/// attributes and meta move into the result instead of being copied).
+pub fn serialize_card_value_owned(resource: Value, file_url: &str, realm: &str) -> Result<Value> {
+    serialize_card_parts_owned(resource, file_url, realm).map(StoredCard::into_value)
+}
+
+/// [`serialize_card_value`] in parts.
+pub fn serialize_card_parts(resource: &Value, file_url: &str, realm: &str) -> Result<StoredCard> {
     let resource = resource_of(resource);
     check_serializable(resource)?;
     let attributes = resource.get("attributes").cloned();
@@ -197,9 +208,8 @@ pub fn serialize_card_value(resource: &Value, file_url: &str, realm: &str) -> Re
     serialized(attributes, resource.get("relationships"), meta, file_url, realm)
 }
 
-/// [`serialize_card_value`] of a resource it may take apart (its
-/// attributes and meta move into the result instead of being copied).
-pub fn serialize_card_value_owned(resource: Value, file_url: &str, realm: &str) -> Result<Value> {
+/// [`serialize_card_value_owned`] in parts.
+pub fn serialize_card_parts_owned(resource: Value, file_url: &str, realm: &str) -> Result<StoredCard> {
     let resource = match resource {
         Value::Object(mut o) if is_document(&o) => o.remove("data").unwrap_or_default(),
         other => other,
@@ -225,34 +235,51 @@ fn check_serializable(resource: &Value) -> Result<()> {
     check_card_shape(resource).map_err(Error::BadRequest)
 }
 
-/// The stored `{"data": …}` value of a card resource's parts.
+/// A card resource serialised for its file, in parts: the file is
+/// `{"data": {"type": "card", "attributes", "relationships"?, "meta"}}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredCard {
+    pub attributes: Value,
+    pub relationships: Option<Map<String, Value>>,
+    pub meta: Map<String, Value>,
+}
+
+impl StoredCard {
+    /// The file's `{"data": …}` value.
+    pub fn into_value(self) -> Value {
+        let mut out = Map::new();
+        out.insert("type".into(), json!("card"));
+        out.insert("attributes".into(), self.attributes);
+        if let Some(rels) = self.relationships {
+            out.insert("relationships".into(), Value::Object(rels));
+        }
+        out.insert("meta".into(), Value::Object(self.meta));
+        json!({ "data": Value::Object(out) })
+    }
+}
+
+/// The stored form of a card resource's parts.
 fn serialized(
     attributes: Option<Value>,
     relationships: Option<&Value>,
     meta: Option<Map<String, Value>>,
     file_url: &str,
     realm: &str,
-) -> Result<Value> {
+) -> Result<StoredCard> {
     let ctx = Ctx {
         file: paths::parse_url(file_url)?,
         realm: paths::parse_realm(realm)?,
     };
-    let mut out = Map::new();
-    out.insert("type".into(), json!("card"));
-    out.insert("attributes".into(), attributes.unwrap_or_else(|| json!({})));
-    if let Some(Value::Object(rels)) = relationships {
-        out.insert(
-            "relationships".into(),
-            Value::Object(ctx.relationships(rels)?),
-        );
-    }
+    let relationships = match relationships {
+        Some(Value::Object(rels)) => Some(ctx.relationships(rels)?),
+        _ => None,
+    };
     let mut meta = meta.unwrap_or_default();
     for key in SERVER_META_KEYS {
         meta.shift_remove(key);
     }
     ctx.field_meta(&mut meta)?;
-    out.insert("meta".into(), Value::Object(meta));
-    Ok(json!({ "data": Value::Object(out) }))
+    Ok(StoredCard { attributes: attributes.unwrap_or_else(|| json!({})), relationships, meta })
 }
 
 struct Ctx {
@@ -523,15 +550,23 @@ pub fn card_document_of(
     if let Some(rels) = data.remove("relationships") {
         out.insert("relationships".into(), rels);
     }
-    let mut stored_meta = match data.remove("meta") {
+    let stored_meta = match data.remove("meta") {
         Some(Value::Object(meta)) => meta,
         _ => Map::new(),
     };
+    out.insert("meta".into(), Value::Object(document_meta(stored_meta, realm, created, last_modified)));
+    out.insert("links".into(), json!({ "self": id }));
+    json!({ "data": Value::Object(out) })
+}
+
+/// The card document's `meta` of a stored card's: `adoptsFrom` first, the
+/// other stored keys but the server's, then the server's.
+pub fn document_meta(mut stored: Map<String, Value>, realm: &str, created: i64, last_modified: i64) -> Map<String, Value> {
     let mut meta = Map::new();
-    if let Some(adopts) = stored_meta.remove("adoptsFrom") {
+    if let Some(adopts) = stored.remove("adoptsFrom") {
         meta.insert("adoptsFrom".into(), adopts);
     }
-    for (k, v) in stored_meta {
+    for (k, v) in stored {
         if !SERVER_META_KEYS.contains(&k.as_str()) {
             meta.insert(k, v);
         }
@@ -542,9 +577,7 @@ pub fn card_document_of(
         "realmURL".into(),
         json!(paths::ensure_trailing_slash(realm)),
     );
-    out.insert("meta".into(), Value::Object(meta));
-    out.insert("links".into(), json!({ "self": id }));
-    json!({ "data": Value::Object(out) })
+    meta
 }
 
 /// The index row of a card: `card_type` is the module resolved against
@@ -553,7 +586,20 @@ pub fn card_document_of(
 /// compact JSON (`{}` when absent). `resource` may be a `{"data":…}` document.
 pub fn card_index(resource: &Value, id: &str, card_url: &str) -> CardIndex {
     let resource = resource_of(resource);
-    let adopts = resource.get("meta").and_then(|m| m.get("adoptsFrom"));
+    let search_doc = match resource.get("attributes") {
+        Some(a) => serde_json::to_string(a).unwrap_or_else(|_| "{}".into()),
+        None => "{}".into(),
+    };
+    CardIndex {
+        id: id.to_string(),
+        card_type: card_type(resource.get("meta").and_then(Value::as_object), card_url),
+        search_doc,
+    }
+}
+
+/// The index row's `card_type` of a card whose `meta` this is.
+pub fn card_type(meta: Option<&Map<String, Value>>, card_url: &str) -> String {
+    let adopts = meta.and_then(|m| m.get("adoptsFrom"));
     let module = adopts
         .and_then(|a| a.get("module"))
         .and_then(Value::as_str)
@@ -562,18 +608,9 @@ pub fn card_index(resource: &Value, id: &str, card_url: &str) -> CardIndex {
         .and_then(|a| a.get("name"))
         .and_then(Value::as_str)
         .unwrap_or("");
-    let card_type = paths::parse_url(card_url)
+    paths::parse_url(card_url)
         .and_then(|base| paths::type_key(module, name, &base))
-        .unwrap_or_else(|_| format!("{}#{name}", paths::trim_executable_extension(module)));
-    let search_doc = match resource.get("attributes") {
-        Some(a) => serde_json::to_string(a).unwrap_or_else(|_| "{}".into()),
-        None => "{}".into(),
-    };
-    CardIndex {
-        id: id.to_string(),
-        card_type,
-        search_doc,
-    }
+        .unwrap_or_else(|_| format!("{}#{name}", paths::trim_executable_extension(module)))
 }
 
 /// The index row for a file written verbatim at the realm-local `path`:

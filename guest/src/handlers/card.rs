@@ -6,11 +6,12 @@ use serde_json::Value;
 use super::card_body::{parse_card_body, side_loads, CardBody, SideLoad};
 use super::{
     card_dir_name, check_if_match, missing_card, not_a_card, respond_stored, respond_written,
-    serialize_card, CardResponse, SerializedCard,
+    serialize_card, CardResponse,
 };
 use crate::error::{Error, Result};
 use crate::merge::merge_patch_owned;
 use crate::paths;
+use crate::print::PrintedCard;
 use crate::serialize::{absolutize_refs, parse_stored_card};
 use crate::store::{Store, WriteLock};
 
@@ -134,17 +135,17 @@ fn write_and_commit<L: WriteLock>(
     mut lock: L,
     side: Vec<SideLoad>,
     path: &str,
-    card: SerializedCard,
+    card: PrintedCard,
     id: &str,
     realm: &str,
 ) -> Result<CardResponse> {
     for s in side {
         lock.write(&s.path, &s.content, Some(s.index))?;
     }
-    let SerializedCard { content, index, value } = card;
+    let PrintedCard { content, index, answer } = card;
     let meta = lock.write(path, &content, Some(index))?;
     lock.commit()?;
-    respond_written(value, id, realm, &meta.etag, meta.created, meta.last_modified)
+    respond_written(answer, id, realm, &meta.etag, meta.created, meta.last_modified)
 }
 
 /// DELETE the card file `<path>.json` (and its index row) under the lock:

@@ -28,7 +28,8 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::paths;
-use crate::serialize::{card_document, card_document_of, card_index, serialize_card_value_owned};
+use crate::print::{Answer, PrintedCard};
+use crate::serialize::{card_document, serialize_card_parts_owned};
 use crate::store::{CardIndex, StoredFile};
 
 /// A card document answered to the client (the WIT `card-response`).
@@ -129,25 +130,23 @@ fn respond(
     respond_document(&doc, id, etag, created, last_modified)
 }
 
-/// The answer to a create or PATCH: the card as just written (`value`,
-/// what its file's text prints), without reading that text back.
+/// The answer to a create or PATCH: the card as just written, from its
+/// file's printing (`answer`), without reading that text back.
 fn respond_written(
-    value: Value,
+    answer: Answer,
     id: &str,
     realm: &str,
     etag: &str,
     created: i64,
     last_modified: i64,
 ) -> Result<CardResponse> {
-    let data = match value {
-        Value::Object(mut doc) => match doc.remove("data") {
-            Some(Value::Object(data)) => data,
-            _ => return Err(not_a_card(id)),
-        },
-        _ => return Err(not_a_card(id)),
-    };
-    let doc = card_document_of(data, id, realm, created, last_modified);
-    respond_document(&doc, id, etag, created, last_modified)
+    Ok(CardResponse {
+        body: answer.body(id, realm, created, last_modified)?,
+        etag: etag.to_string(),
+        created,
+        last_modified,
+        id: id.to_string(),
+    })
 }
 
 fn respond_document(
@@ -179,21 +178,11 @@ fn respond_stored(file: &StoredFile, id: &str, realm: &str) -> Result<CardRespon
     )
 }
 
-/// A card serialised for its file: the text, its index row, and the
-/// `{"data": …}` value the text prints.
-struct SerializedCard {
-    content: String,
-    index: CardIndex,
-    value: Value,
-}
-
-/// Serialise a card for the realm-local file `path` with its index row.
-fn serialize_card(resource: Value, realm: &str, path: &str) -> Result<SerializedCard> {
-    let value = serialize_card_value_owned(resource, &paths::file_url(realm, path), realm)?;
-    let content = serde_json::to_string_pretty(&value).map_err(|e| Error::Storage(e.to_string()))?;
-    let id = paths::card_id(realm, path);
-    let index = card_index(&value, &id, &id);
-    Ok(SerializedCard { content, index, value })
+/// Serialise a card for the realm-local file `path` and print it (its
+/// text, index row and answer).
+fn serialize_card(resource: Value, realm: &str, path: &str) -> Result<PrintedCard> {
+    let card = serialize_card_parts_owned(resource, &paths::file_url(realm, path), realm)?;
+    PrintedCard::new(card, &paths::card_id(realm, path))
 }
 
 /// [`serialize_card`]'s text and index row.

@@ -1,0 +1,229 @@
+//! Printing a written card once for its file, its index row and its answer.
+//!
+//! A card's attributes are most of its text, and all three show them: the
+//! file and the answer indented, the index row compact. So they are printed
+//! once (indented, as at the top level) and spliced into each: indented
+//! further for their place in the file and the answer, or with the
+//! whitespace between tokens dropped for the index row. The bytes are the
+//! ones `serde_json` prints for the whole values (the tests hold them to it).
+
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+
+use crate::error::{Error, Result};
+use crate::serialize::{card_type, document_meta, StoredCard};
+use crate::store::CardIndex;
+
+/// A card serialised for its file and printed: the file's text, its index
+/// row, and the parts of it its answer reuses.
+pub struct PrintedCard {
+    pub content: String,
+    pub index: CardIndex,
+    pub answer: Answer,
+}
+
+/// What the card document answered for a card just written takes from
+/// its file's printing: attributes and relationships printed as members of
+/// `data` (in the file and the answer alike), and the stored meta.
+pub struct Answer {
+    attributes: String,
+    relationships: Option<String>,
+    meta: Map<String, Value>,
+}
+
+impl PrintedCard {
+    /// `card` printed as the file of the card `id` (its index row's id and
+    /// the base its type is resolved against).
+    pub fn new(card: StoredCard, id: &str) -> Result<PrintedCard> {
+        let attributes = in_data(&pretty(&card.attributes)?);
+        let relationships = card.relationships.as_ref().map(|rels| pretty(rels).map(|text| in_data(&text))).transpose()?;
+        let meta = in_data(&pretty(&card.meta)?);
+        let mut members = vec![("type", "\"card\""), ("attributes", attributes.as_str())];
+        if let Some(rels) = &relationships {
+            members.push(("relationships", rels));
+        }
+        members.push(("meta", &meta));
+        let content = data_document(&members);
+        let index = CardIndex {
+            id: id.to_string(),
+            card_type: card_type(Some(&card.meta), id),
+            search_doc: compact_of_pretty(&attributes)?,
+        };
+        Ok(PrintedCard { content, index, answer: Answer { attributes, relationships, meta: card.meta } })
+    }
+}
+
+impl Answer {
+    /// The card document's text: what `serialize::card_document_of` of the
+    /// file's `data` prints, indented.
+    pub fn body(self, id: &str, realm: &str, created: i64, last_modified: i64) -> Result<String> {
+        let id_text = compact(&id)?;
+        let meta = in_data(&pretty(&document_meta(self.meta, realm, created, last_modified))?);
+        let links = in_data(&pretty(&json!({ "self": id }))?);
+        let mut members = vec![("type", "\"card\""), ("id", id_text.as_str()), ("attributes", self.attributes.as_str())];
+        if let Some(rels) = &self.relationships {
+            members.push(("relationships", rels));
+        }
+        members.push(("meta", &meta));
+        members.push(("links", &links));
+        Ok(data_document(&members))
+    }
+}
+
+fn pretty<T: Serialize + ?Sized>(value: &T) -> Result<String> {
+    serde_json::to_string_pretty(value).map_err(|e| Error::Storage(e.to_string()))
+}
+
+fn compact<T: Serialize + ?Sized>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| Error::Storage(e.to_string()))
+}
+
+/// `{"data": {…}}` indented, of members whose values are printed as
+/// members of `data` ([`in_data`]). The keys are plain names (nothing to
+/// escape).
+fn data_document(members: &[(&str, &str)]) -> String {
+    let len: usize = members.iter().map(|(key, value)| key.len() + value.len() + 10).sum();
+    let mut out = String::with_capacity(len + 20);
+    out.push_str("{\n  \"data\": {");
+    for (i, (key, value)) in members.iter().enumerate() {
+        out.push_str(if i == 0 { "\n    \"" } else { ",\n    \"" });
+        out.push_str(key);
+        out.push_str("\": ");
+        out.push_str(value);
+    }
+    out.push_str("\n  }\n}");
+    out
+}
+
+/// Indented JSON `text` (as printed at the top level) as the value of a
+/// member of `data`: two levels deeper. Indented JSON has newlines only
+/// between tokens (one inside a string is escaped), each followed by its
+/// line's indentation.
+fn in_data(text: &str) -> String {
+    const DEEPER: &str = "    ";
+    // About one line in 20 bytes, each 4 bytes deeper.
+    let mut out = String::with_capacity(text.len() + text.len() / 5);
+    let mut rest = text;
+    while let Some(at) = rest.find('\n') {
+        let (line, next) = rest.split_at(at + 1);
+        out.push_str(line);
+        out.push_str(DEEPER);
+        rest = next;
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The compact form of indented JSON, as `serde_json::to_string` prints
+/// the value: outside strings, indented JSON's only whitespace is the
+/// newlines with their indentation and the space after each key's colon.
+fn compact_of_pretty(text: &str) -> Result<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while let Some(&byte) = bytes.get(at) {
+        match byte {
+            b'"' => {
+                // The string through its closing quote, escaped bytes skipped.
+                let start = at;
+                at += 1;
+                while let Some(&b) = bytes.get(at) {
+                    at += if b == b'\\' { 2 } else { 1 };
+                    if b == b'"' {
+                        break;
+                    }
+                }
+                out.extend_from_slice(bytes.get(start..at).unwrap_or(&bytes[start..]));
+            }
+            b' ' | b'\n' => at += 1,
+            _ => {
+                out.push(byte);
+                at += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|e| Error::Storage(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serialize::{card_document_of, card_index, serialize_card_parts};
+    use proptest::prelude::*;
+
+    const REALM: &str = "http://localhost:4201/test/";
+    const ID: &str = "http://localhost:4201/test/Person/1";
+
+    /// Any JSON value, strings with quotes, backslashes, spaces, newlines
+    /// and non-ASCII text among them.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+            "[ a\"\\\\:\n\t{}é,\u{1F600}]{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                prop::collection::vec(("[ a\":\\\\\n]{0,6}", inner), 0..5)
+                    .prop_map(|members| Value::Object(members.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn card(attributes: Value, relationships: Option<Value>) -> Value {
+        let mut card = json!({
+            "type": "card",
+            "attributes": attributes,
+            "meta": {"adoptsFrom": {"module": "../person", "name": "Person"}, "extra": {"k": [1, "two"]}}
+        });
+        if let Some(rels) = relationships {
+            card["relationships"] = rels;
+        }
+        card
+    }
+
+    #[test]
+    fn a_card_prints_as_serde_json_prints_it() {
+        let resource = card(
+            json!({"name": "Mango", "empty": {}, "list": [], "nested": {"a": [1, {"b": "x: \"y\"\n"}]}}),
+            Some(json!({"friend": {"links": {"self": "../Person/2"}}})),
+        );
+        let file_url = format!("{ID}.json");
+        let card = serialize_card_parts(&resource, &file_url, REALM).unwrap();
+        let value = card.clone().into_value();
+        let printed = PrintedCard::new(card, ID).unwrap();
+        assert_eq!(printed.content, serde_json::to_string_pretty(&value).unwrap());
+        assert_eq!(printed.index, card_index(&value, ID, ID));
+        let Value::Object(data) = value["data"].clone() else { panic!("data is an object") };
+        let document = card_document_of(data, ID, REALM, 7, 9);
+        assert_eq!(printed.answer.body(ID, REALM, 7, 9).unwrap(), serde_json::to_string_pretty(&document).unwrap());
+    }
+
+    proptest! {
+        #[test]
+        fn compact_of_pretty_is_compact(value in json_value()) {
+            let pretty = serde_json::to_string_pretty(&value).unwrap();
+            prop_assert_eq!(compact_of_pretty(&pretty).unwrap(), serde_json::to_string(&value).unwrap());
+        }
+
+        #[test]
+        fn any_card_prints_as_serde_json_prints_it(
+            attributes in prop::collection::vec(("[a-z ]{1,5}", json_value()), 0..6),
+            relationships in prop::option::of(Just(json!({"a": {"links": {"self": "./x"}}, "b": [{"links": {"self": null}}]}))),
+        ) {
+            let resource = card(Value::Object(attributes.into_iter().collect()), relationships);
+            let file_url = format!("{ID}.json");
+            let card = serialize_card_parts(&resource, &file_url, REALM).unwrap();
+            let value = card.clone().into_value();
+            let printed = PrintedCard::new(card, ID).unwrap();
+            prop_assert_eq!(&printed.content, &serde_json::to_string_pretty(&value).unwrap());
+            prop_assert_eq!(&printed.index, &card_index(&value, ID, ID));
+            let Value::Object(data) = value["data"].clone() else { panic!("data is an object") };
+            let document = card_document_of(data, ID, REALM, 1, 2);
+            prop_assert_eq!(printed.answer.body(ID, REALM, 1, 2).unwrap(), serde_json::to_string_pretty(&document).unwrap());
+        }
+    }
+}
