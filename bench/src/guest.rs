@@ -170,6 +170,32 @@ pub async fn run(args: GuestArgs) -> Result<(), String> {
             }
         }
     }
+    count_operators(&cases, &args.out).await
+}
+
+/// Records the wasm operators a call of each case executes, on a harness
+/// that counts them (its calls are slower, so they are not timed).
+async fn count_operators(cases: &[Case], out: &std::path::Path) -> Result<(), String> {
+    const CALLS: u64 = 8;
+    let counting = GuestHarness::counting(BUILTIN_GUEST)?;
+    seed(&MemoryStore::new(), &counting, cases).await?;
+    for case in cases {
+        let before = counting.operators().unwrap_or(0);
+        for _ in 0..CALLS {
+            wasm(&counting, case).await.map_err(|e| format!("wasm {} {}: {e}", case.op, case.size))?;
+        }
+        let per_call = counting.operators().unwrap_or(0).saturating_sub(before) as f64 / CALLS as f64;
+        let record = Record {
+            kind: "guest".into(),
+            key: format!("guest {} {} operators", case.op, case.size),
+            iterations: Some(CALLS),
+            operators_per_call: Some(per_call),
+            note: format!("input {} bytes", case.a.len() + case.b.len()),
+            ..Record::default()
+        };
+        eprintln!("{:<34} {per_call:>12.0} wasm operators/call", record.key);
+        record.append_to(out)?;
+    }
     Ok(())
 }
 
@@ -201,6 +227,22 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn every_case_records_its_operators_per_call() {
+        let out = std::env::temp_dir().join(format!("realm-bench-operators-{}.jsonl", std::process::id()));
+        let _ = std::fs::remove_file(&out);
+        let cases = cases();
+        count_operators(&cases, &out).await.unwrap();
+        let text = std::fs::read_to_string(&out).unwrap();
+        let _ = std::fs::remove_file(&out);
+        let records: Vec<Record> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(records.len(), cases.len());
+        let ops = |key: &str| records.iter().find(|r| r.key == key).and_then(|r| r.operators_per_call).unwrap();
+        assert!(ops("guest trivial - operators") > 0.0);
+        assert!(ops("guest merge 1KB operators") > ops("guest trivial - operators"));
+        assert!(ops("guest merge 100KB operators") > 10.0 * ops("guest merge 1KB operators"));
+    }
 
     #[tokio::test]
     async fn every_case_runs_on_both_sides_and_a_patch_writes() {

@@ -52,6 +52,10 @@ pub struct Record {
     /// Guest benchmark: mean time of one call.
     pub ns_per_call: Option<f64>,
     pub iterations: Option<u64>,
+    /// Guest benchmark: wasm operators one call executed (wasmtime's fuel,
+    /// on an engine that counts it): the guest's work, whatever the
+    /// machine's speed.
+    pub operators_per_call: Option<f64>,
     /// Free-form description (options, sizes).
     pub note: String,
 }

@@ -68,7 +68,24 @@ impl GuestHarness {
 
     /// Compiles component bytes; fails if they do not fit the world.
     pub fn from_bytes(bytes: &[u8]) -> Result<GuestHarness, String> {
-        let wasm = runtime::engine(SANDBOX).map_err(|e| format!("cannot start wasmtime: {e}"))?;
+        Self::on_engine(runtime::engine(SANDBOX), bytes)
+    }
+
+    /// [`GuestHarness::from_bytes`] on an engine that counts the wasm
+    /// operators its calls execute ([`GuestHarness::operators`]); its calls
+    /// run slower, so time them on another.
+    pub fn counting(bytes: &[u8]) -> Result<GuestHarness, String> {
+        Self::on_engine(runtime::counting_engine(SANDBOX), bytes)
+    }
+
+    /// The wasm operators this harness's calls have executed so far (a
+    /// [`GuestHarness::counting`] harness; `None` otherwise).
+    pub fn operators(&self) -> Option<u64> {
+        self.wasm.operators()
+    }
+
+    fn on_engine(wasm: wasmtime::Result<runtime::Wasm>, bytes: &[u8]) -> Result<GuestHarness, String> {
+        let wasm = wasm.map_err(|e| format!("cannot start wasmtime: {e}"))?;
         let compiled = runtime::compile(&wasm, bytes).map_err(|e| format!("not a component of the realm-core world: {e:#}"))?;
         let db = Database::Memory(Arc::new(MemoryStore::default()));
         let limits = Limits { card_bytes: 512 * 1024, file_bytes: 5 * 1024 * 1024 };
@@ -172,5 +189,22 @@ mod tests {
         guest.patch_card(REALM, "Card/one", patch).await.expect("patch");
         let stored = guest.file(REALM, "Card/one.json").await.expect("stored");
         assert!(stored.contains("\"x\": 1") && stored.contains("\"y\": 2"), "{stored}");
+        assert_eq!(guest.operators(), None, "only a counting harness counts");
+    }
+
+    #[tokio::test]
+    async fn a_counting_harness_counts_the_operators_of_each_call() {
+        let guest = GuestHarness::counting(BUILTIN_GUEST).expect("the built-in guest loads");
+        let card = format!("{REALM}Card/1");
+        let mut counts = Vec::new();
+        for attributes in [r#"{"a":1}"#, r#"{"a":1}"#, r#"{"a":1,"b":[1,2,3],"c":{"d":"some text"}}"#] {
+            let before = guest.operators().expect("counting");
+            let stored = format!(r#"{{"attributes":{attributes}}}"#);
+            guest.merge(&stored, r#"{"attributes":{"a":2}}"#, &card).await.expect("merge");
+            counts.push(guest.operators().expect("counting") - before);
+        }
+        assert!(counts[0] > 1000, "a call runs the guest: {counts:?}");
+        assert_eq!(counts[0], counts[1], "the same call, the same work");
+        assert!(counts[2] > counts[1], "a bigger card, more work: {counts:?}");
     }
 }

@@ -147,9 +147,17 @@ pub struct Wasm {
     slots: Arc<tokio::sync::Semaphore>,
     /// Where compiled guests are kept between starts, if anywhere.
     compile_cache: Option<std::path::PathBuf>,
+    /// With [`counting_engine`]: the wasm operators guests have executed.
+    operators: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl Wasm {
+    /// The wasm operators executed by calls so far, if this is a
+    /// [`counting_engine`].
+    pub fn operators(&self) -> Option<u64> {
+        self.operators.as_ref().map(|n| n.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// Keeps compiled guests in `dir` (see `compile_cache`).
     pub fn with_compile_cache(mut self, dir: Option<std::path::PathBuf>) -> Wasm {
         self.compile_cache = dir;
@@ -190,6 +198,18 @@ impl Call {
 /// The process's one engine: pooling allocator, epoch interruption (with a
 /// ticker thread), guest memories capped at `sandbox.memory_bytes`.
 pub fn engine(sandbox: Sandbox) -> wasmtime::Result<Wasm> {
+    engine_with(sandbox, false)
+}
+
+/// [`engine`] that also counts the wasm operators every call executes
+/// (wasmtime's fuel; see [`Wasm::operators`]): a measure of a guest's work
+/// that does not depend on the machine's speed, for benchmarks. The
+/// counting slows the calls down, so servers never use it.
+pub fn counting_engine(sandbox: Sandbox) -> wasmtime::Result<Wasm> {
+    engine_with(sandbox, true)
+}
+
+fn engine_with(sandbox: Sandbox, count_operators: bool) -> wasmtime::Result<Wasm> {
     let mut pooling = PoolingAllocationConfig::default();
     // A component instance holds a few core instances (the module and its
     // adapter shims) but one linear memory.
@@ -213,6 +233,7 @@ pub fn engine(sandbox: Sandbox) -> wasmtime::Result<Wasm> {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
+    config.consume_fuel(count_operators);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
     let engine = Engine::new(&config)?;
     let ticking = engine.weak();
@@ -226,7 +247,12 @@ pub fn engine(sandbox: Sandbox) -> wasmtime::Result<Wasm> {
             }
         })
         .map_err(|e| wasmtime::format_err!("cannot start the epoch ticker: {e}"))?;
-    Ok(Wasm { engine, slots: Arc::new(tokio::sync::Semaphore::new(slots as usize)), compile_cache: None })
+    Ok(Wasm {
+        engine,
+        slots: Arc::new(tokio::sync::Semaphore::new(slots as usize)),
+        compile_cache: None,
+        operators: count_operators.then(Arc::default),
+    })
 }
 
 /// A compiled component that type-checks against the `realm-core` world.
@@ -316,7 +342,15 @@ impl Guest {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
+        // Fuel is one unit per operator; this much never runs out.
+        const FUEL: u64 = u64::MAX / 2;
+        if self.wasm.operators.is_some() {
+            store.set_fuel(FUEL)?;
+        }
         let outcome = Charged { clock, call: Box::pin(self.invoke(&mut store, call)) }.await;
+        if let Some(operators) = &self.wasm.operators {
+            operators.fetch_add(FUEL - store.get_fuel()?, std::sync::atomic::Ordering::Relaxed);
+        }
         store.data_mut().release_all().await;
         if let Some(refused) = store.data_mut().refused.take() {
             return Err(wasmtime::Error::new(refused));
