@@ -341,6 +341,28 @@ mod tests {
     }
 
     #[test]
+    fn numbers_keep_their_digits_through_create_and_patches() {
+        // Numbers serde_json's default (fast) parser reads 1 ulp off: every
+        // PATCH re-reads the stored card, so an untouched attribute drifted.
+        let store = MemoryStore::new();
+        let numbers = "[-1.5143540779964615e146,2.2250738585072014e-308,0.30000000000000004,9007199254740993]";
+        let body = format!(
+            r#"{{"data":{{"type":"card","attributes":{{"numbers":{numbers},"n":0}},"meta":{{"adoptsFrom":{{"module":"./person","name":"Person"}}}}}}}}"#
+        );
+        let created = create_card(&store, REALM, "", "digits", &body).unwrap();
+        let printed = |data: &Value| serde_json::to_string(&data["attributes"]["numbers"]).unwrap();
+        let want = "[-1.5143540779964615e+146,2.2250738585072014e-308,0.30000000000000004,9007199254740993]";
+        assert_eq!(printed(&parse(&created.body)["data"]), want);
+        for n in 1..=3 {
+            let patch = doc(json!({"attributes": {"n": n}, "meta": {"adoptsFrom": {"module": "../person", "name": "Person"}}}));
+            let patched = patch_card(&store, REALM, "Person/digits", &patch, None).unwrap();
+            assert_eq!(printed(&parse(&patched.body)["data"]), want, "PATCH {n}");
+            assert_eq!(printed(&stored_data(&store, "Person/digits.json")), want, "stored after PATCH {n}");
+            assert_eq!(patched, get_card(&store, REALM, "Person/digits").unwrap());
+        }
+    }
+
+    #[test]
     fn patch_merges() {
         let store = seeded();
         let before = store.file(REALM, "person-1.json").unwrap();
