@@ -1,4 +1,5 @@
-//! Printing a written card once for its file, its index row and its answer.
+//! Printing cards: a written card once for its file, its index row and its
+//! answer, and the card document (spec §2 "Card document") of a stored one.
 //!
 //! A card's attributes are most of its text, and all three show them: the
 //! file and the answer indented, the index row compact. So they are printed
@@ -11,7 +12,9 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
-use crate::serialize::{card_type, document_meta, StoredCard};
+use crate::merge::SERVER_META_KEYS;
+use crate::paths;
+use crate::serialize::{card_type, parse_stored_card, StoredCard};
 use crate::store::CardIndex;
 
 /// A card serialised for its file and printed: the file's text, its index
@@ -54,8 +57,21 @@ impl PrintedCard {
 }
 
 impl Answer {
-    /// The card document's text: what `serialize::card_document_of` of the
-    /// file's `data` prints, indented.
+    /// The answer for a stored card resource (the `data` of its file).
+    fn of_stored(mut data: Map<String, Value>) -> Result<Answer> {
+        let attributes = in_data(&pretty(&data.remove("attributes").unwrap_or_else(|| json!({})))?);
+        let relationships = data.remove("relationships").map(|rels| pretty(&rels).map(|text| in_data(&text))).transpose()?;
+        let meta = match data.remove("meta") {
+            Some(Value::Object(meta)) => meta,
+            _ => Map::new(),
+        };
+        Ok(Answer { attributes, relationships, meta })
+    }
+
+    /// The card document, indented: `{"data":{"type":"card","id",
+    /// "attributes","relationships"?,"meta":{"adoptsFrom", …other stored
+    /// meta…,"lastModified","resourceCreatedAt","realmURL"},"links":{"self":
+    /// id}}}`, attributes, relationships and adoptsFrom as stored.
     pub fn body(self, id: &str, realm: &str, created: i64, last_modified: i64) -> Result<String> {
         let id_text = compact(&id)?;
         let meta = in_data(&pretty(&document_meta(self.meta, realm, created, last_modified))?);
@@ -68,6 +84,33 @@ impl Answer {
         members.push(("links", &links));
         Ok(data_document(&members))
     }
+}
+
+/// The card document answered by GET (and by a PATCH that changes nothing)
+/// for a stored file's text ([`Answer::body`]); `UnsupportedMediaType` when
+/// the text is not a card document.
+pub fn card_document_text(stored: &str, id: &str, realm: &str, created: i64, last_modified: i64) -> Result<String> {
+    let data = parse_stored_card(stored)
+        .ok_or_else(|| Error::UnsupportedMediaType(format!("{id} is not a card document")))?;
+    Answer::of_stored(data)?.body(id, realm, created, last_modified)
+}
+
+/// The card document's `meta` of a stored card's: `adoptsFrom` first, the
+/// other stored keys but the server's, then the server's.
+fn document_meta(mut stored: Map<String, Value>, realm: &str, created: i64, last_modified: i64) -> Map<String, Value> {
+    let mut meta = Map::new();
+    if let Some(adopts) = stored.remove("adoptsFrom") {
+        meta.insert("adoptsFrom".into(), adopts);
+    }
+    for (k, v) in stored {
+        if !SERVER_META_KEYS.contains(&k.as_str()) {
+            meta.insert(k, v);
+        }
+    }
+    meta.insert("lastModified".into(), json!(last_modified));
+    meta.insert("resourceCreatedAt".into(), json!(created));
+    meta.insert("realmURL".into(), json!(paths::ensure_trailing_slash(realm)));
+    meta
 }
 
 fn pretty<T: Serialize + ?Sized>(value: &T) -> Result<String> {
@@ -148,7 +191,7 @@ fn compact_of_pretty(text: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::serialize::{card_document_of, card_index, serialize_card_parts};
+    use crate::serialize::{card_index, serialize_card_parts};
     use proptest::prelude::*;
 
     const REALM: &str = "http://localhost:4201/test/";
@@ -197,9 +240,13 @@ mod tests {
         let printed = PrintedCard::new(card, ID).unwrap();
         assert_eq!(printed.content, serde_json::to_string_pretty(&value).unwrap());
         assert_eq!(printed.index, card_index(&value, ID, ID));
-        let Value::Object(data) = value["data"].clone() else { panic!("data is an object") };
-        let document = card_document_of(data, ID, REALM, 7, 9);
-        assert_eq!(printed.answer.body(ID, REALM, 7, 9).unwrap(), serde_json::to_string_pretty(&document).unwrap());
+        let stored = card_document_text(&printed.content, ID, REALM, 7, 9).unwrap();
+        let body = printed.answer.body(ID, REALM, 7, 9).unwrap();
+        assert_eq!(body, stored, "a card just written is answered as it is read back");
+        let document: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body, serde_json::to_string_pretty(&document).unwrap());
+        assert_eq!(document["data"]["attributes"], value["data"]["attributes"]);
+        assert_eq!(document["data"]["relationships"], value["data"]["relationships"]);
     }
 
     proptest! {
@@ -221,9 +268,12 @@ mod tests {
             let printed = PrintedCard::new(card, ID).unwrap();
             prop_assert_eq!(&printed.content, &serde_json::to_string_pretty(&value).unwrap());
             prop_assert_eq!(&printed.index, &card_index(&value, ID, ID));
-            let Value::Object(data) = value["data"].clone() else { panic!("data is an object") };
-            let document = card_document_of(data, ID, REALM, 1, 2);
-            prop_assert_eq!(printed.answer.body(ID, REALM, 1, 2).unwrap(), serde_json::to_string_pretty(&document).unwrap());
+            let stored = card_document_text(&printed.content, ID, REALM, 1, 2).unwrap();
+            let body = printed.answer.body(ID, REALM, 1, 2).unwrap();
+            prop_assert_eq!(&body, &stored);
+            let document: Value = serde_json::from_str(&body).unwrap();
+            prop_assert_eq!(&body, &serde_json::to_string_pretty(&document).unwrap());
+            prop_assert_eq!(&document["data"]["attributes"], &value["data"]["attributes"]);
         }
     }
 }

@@ -28,8 +28,8 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::paths;
-use crate::print::{Answer, PrintedCard};
-use crate::serialize::{card_document, serialize_card_parts_owned};
+use crate::print::{card_document_text, Answer, PrintedCard};
+use crate::serialize::serialize_card_parts_owned;
 use crate::store::{CardIndex, StoredFile};
 
 /// A card document answered to the client (the WIT `card-response`).
@@ -117,6 +117,8 @@ fn missing_card(other_file_exists: bool, id: &str) -> Error {
     }
 }
 
+/// The card document of a stored file's text (GET, or a PATCH that changes
+/// nothing); 415 when the text is not a card document.
 fn respond(
     content: &str,
     id: &str,
@@ -125,9 +127,8 @@ fn respond(
     created: i64,
     last_modified: i64,
 ) -> Result<CardResponse> {
-    let doc =
-        card_document(content, id, realm, created, last_modified).map_err(|_| not_a_card(id))?;
-    respond_document(&doc, id, etag, created, last_modified)
+    let body = card_document_text(content, id, realm, created, last_modified).map_err(|_| not_a_card(id))?;
+    Ok(card_response(body, id, etag, created, last_modified))
 }
 
 /// The answer to a create or PATCH: the card as just written, from its
@@ -140,30 +141,18 @@ fn respond_written(
     created: i64,
     last_modified: i64,
 ) -> Result<CardResponse> {
-    Ok(CardResponse {
-        body: answer.body(id, realm, created, last_modified)?,
-        etag: etag.to_string(),
-        created,
-        last_modified,
-        id: id.to_string(),
-    })
+    let body = answer.body(id, realm, created, last_modified)?;
+    Ok(card_response(body, id, etag, created, last_modified))
 }
 
-fn respond_document(
-    doc: &Value,
-    id: &str,
-    etag: &str,
-    created: i64,
-    last_modified: i64,
-) -> Result<CardResponse> {
-    let body = serde_json::to_string_pretty(doc).map_err(|e| Error::Storage(e.to_string()))?;
-    Ok(CardResponse {
+fn card_response(body: String, id: &str, etag: &str, created: i64, last_modified: i64) -> CardResponse {
+    CardResponse {
         body,
         etag: etag.to_string(),
         created,
         last_modified,
         id: id.to_string(),
-    })
+    }
 }
 
 /// [`respond`] with a stored file's content, ETag and times.
