@@ -99,7 +99,8 @@ pub fn card_document_text(stored: &str, id: &str, realm: &str, created: i64, las
 /// other stored keys but the server's, then the server's.
 fn document_meta(mut stored: Map<String, Value>, realm: &str, created: i64, last_modified: i64) -> Map<String, Value> {
     let mut meta = Map::new();
-    if let Some(adopts) = stored.remove("adoptsFrom") {
+    // `remove` would move the last key into its place.
+    if let Some(adopts) = stored.shift_remove("adoptsFrom") {
         meta.insert("adoptsFrom".into(), adopts);
     }
     for (k, v) in stored {
@@ -247,6 +248,16 @@ mod tests {
         assert_eq!(body, serde_json::to_string_pretty(&document).unwrap());
         assert_eq!(document["data"]["attributes"], value["data"]["attributes"]);
         assert_eq!(document["data"]["relationships"], value["data"]["relationships"]);
+    }
+
+    #[test]
+    fn the_document_keeps_the_stored_meta_in_its_order() {
+        let stored = r#"{"data": {"type": "card", "attributes": {},
+            "meta": {"lastModified": 5, "b": 1, "adoptsFrom": {"module": "../person", "name": "Person"}, "c": 2, "a": 3}}}"#;
+        let document: Value = serde_json::from_str(&card_document_text(stored, ID, REALM, 7, 9).unwrap()).unwrap();
+        let keys: Vec<&str> = document["data"]["meta"].as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, ["adoptsFrom", "b", "c", "a", "lastModified", "resourceCreatedAt", "realmURL"]);
+        assert_eq!(document["data"]["meta"]["lastModified"], 9, "the server's, not the stored one");
     }
 
     proptest! {
