@@ -38,9 +38,9 @@ impl PrintedCard {
     /// `card` printed as the file of the card `id` (its index row's id and
     /// the base its type is resolved against).
     pub fn new(card: StoredCard, id: &str) -> Result<PrintedCard> {
-        let attributes = in_data(&pretty(&card.attributes)?);
-        let relationships = card.relationships.as_ref().map(|rels| pretty(rels).map(|text| in_data(&text))).transpose()?;
-        let meta = in_data(&pretty(&card.meta)?);
+        let attributes = in_data(&card.attributes)?;
+        let relationships = card.relationships.as_ref().map(in_data).transpose()?;
+        let meta = in_data(&card.meta)?;
         let mut members = vec![("type", "\"card\""), ("attributes", attributes.as_str())];
         if let Some(rels) = &relationships {
             members.push(("relationships", rels));
@@ -59,8 +59,8 @@ impl PrintedCard {
 impl Answer {
     /// The answer for a stored card resource (the `data` of its file).
     fn of_stored(mut data: Map<String, Value>) -> Result<Answer> {
-        let attributes = in_data(&pretty(&data.remove("attributes").unwrap_or_else(|| json!({})))?);
-        let relationships = data.remove("relationships").map(|rels| pretty(&rels).map(|text| in_data(&text))).transpose()?;
+        let attributes = in_data(&data.remove("attributes").unwrap_or_else(|| json!({})))?;
+        let relationships = data.remove("relationships").as_ref().map(in_data).transpose()?;
         let meta = match data.remove("meta") {
             Some(Value::Object(meta)) => meta,
             _ => Map::new(),
@@ -74,8 +74,8 @@ impl Answer {
     /// id}}}`, attributes, relationships and adoptsFrom as stored.
     pub fn body(self, id: &str, realm: &str, created: i64, last_modified: i64) -> Result<String> {
         let id_text = compact(&id)?;
-        let meta = in_data(&pretty(&document_meta(self.meta, realm, created, last_modified))?);
-        let links = in_data(&pretty(&json!({ "self": id }))?);
+        let meta = in_data(&document_meta(self.meta, realm, created, last_modified))?;
+        let links = in_data(&json!({ "self": id }))?;
         let mut members = vec![("type", "\"card\""), ("id", id_text.as_str()), ("attributes", self.attributes.as_str())];
         if let Some(rels) = &self.relationships {
             members.push(("relationships", rels));
@@ -139,15 +139,16 @@ fn data_document(members: &[(&str, &str)]) -> String {
     out
 }
 
-/// Indented JSON `text` (as printed at the top level) as the value of a
-/// member of `data`: two levels deeper. Indented JSON has newlines only
-/// between tokens (one inside a string is escaped), each followed by its
-/// line's indentation.
-fn in_data(text: &str) -> String {
+/// `value` printed indented as the value of a member of `data`: printed as
+/// at the top level, then two levels deeper. Indented JSON has newlines
+/// only between tokens (one inside a string is escaped), each followed by
+/// its line's indentation.
+fn in_data<T: Serialize + ?Sized>(value: &T) -> Result<String> {
     const DEEPER: &str = "    ";
+    let text = pretty(value)?;
     // About one line in 20 bytes, each 4 bytes deeper.
     let mut out = String::with_capacity(text.len() + text.len() / 5);
-    let mut rest = text;
+    let mut rest = text.as_str();
     while let Some(at) = rest.find('\n') {
         let (line, next) = rest.split_at(at + 1);
         out.push_str(line);
@@ -155,7 +156,7 @@ fn in_data(text: &str) -> String {
         rest = next;
     }
     out.push_str(rest);
-    out
+    Ok(out)
 }
 
 /// The compact form of indented JSON, as `serde_json::to_string` prints
