@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value};
 use crate::error::{Error, Result};
 use crate::merge::SERVER_META_KEYS;
 use crate::paths;
-use crate::serialize::{card_type, parse_stored_card, StoredCard};
+use crate::serialize::{parse_stored_card, StoredCard};
 use crate::store::CardIndex;
 
 /// A card serialised for its file and printed: the file's text, its index
@@ -49,7 +49,7 @@ impl PrintedCard {
         let content = data_document(&members);
         let index = CardIndex {
             id: id.to_string(),
-            card_type: card_type(Some(&card.meta), id),
+            card_type: card.card_type,
             search_doc: compact_of_pretty(&attributes)?,
         };
         Ok(PrintedCard { content, index, answer: Answer { attributes, relationships, meta: card.meta } })

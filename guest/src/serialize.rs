@@ -237,6 +237,8 @@ pub struct StoredCard {
     pub attributes: Value,
     pub relationships: Option<Map<String, Value>>,
     pub meta: Map<String, Value>,
+    /// The index row's `card_type` ([`card_type`] of `meta` at the card's URL).
+    pub card_type: String,
 }
 
 impl StoredCard {
@@ -273,8 +275,14 @@ fn serialized(
     for key in SERVER_META_KEYS {
         meta.shift_remove(key);
     }
-    ctx.field_meta(&mut meta)?;
-    Ok(StoredCard { attributes: attributes.unwrap_or_else(|| json!({})), relationships, meta })
+    let card_type = match ctx.field_meta(&mut meta)? {
+        // The stored module is `module` made relative to the file, so
+        // resolving it again against the card (in the file's directory) gives
+        // `module` back, and trimming it again is what `card_type` would do.
+        Some(module) => format!("{}#{}", paths::trim_url_executable_extension(&module), adopts_from_name(Some(&meta))),
+        None => card_type(Some(&meta), paths::trim_json_extension(file_url)),
+    };
+    Ok(StoredCard { attributes: attributes.unwrap_or_else(|| json!({})), relationships, meta, card_type })
 }
 
 struct Ctx {
@@ -293,16 +301,15 @@ impl Ctx {
         ))
     }
 
-    fn module(&self, module: &str) -> Result<String> {
+    /// A module reference made relative to the file, and the URL it was
+    /// resolved to (`None` for a bare specifier, kept as written).
+    fn module(&self, module: &str) -> Result<(String, Option<Url>)> {
         if paths::is_bare_specifier(module) {
-            return Ok(module.to_string());
+            return Ok((module.to_string(), None));
         }
         let url = paths::resolve_module(module, &self.file)?;
-        Ok(paths::maybe_relative_url(
-            &url,
-            &self.file,
-            Some(&self.realm),
-        ))
+        let relative = paths::maybe_relative_url(&url, &self.file, Some(&self.realm));
+        Ok((relative, Some(url)))
     }
 
     /// `links.self` for one relationship object, or `None` for no links.
@@ -391,18 +398,23 @@ impl Ctx {
     }
 
     /// Relativise `adoptsFrom.module` of this meta object and recurse into
-    /// its `fields` (each an object or an array of objects).
-    fn field_meta(&self, meta: &mut Map<String, Value>) -> Result<()> {
+    /// its `fields` (each an object or an array of objects); answers the
+    /// URL this meta's own module resolved to, if it is not a bare specifier.
+    fn field_meta(&self, meta: &mut Map<String, Value>) -> Result<Option<Url>> {
+        let mut resolved = None;
         if let Some(Value::Object(adopts)) = meta.get_mut("adoptsFrom") {
             if let Some(Value::String(module)) = adopts.get("module") {
-                let rel = self.module(module)?;
+                let (rel, url) = self.module(module)?;
+                resolved = url;
                 adopts.insert("module".into(), Value::String(rel));
             }
         }
         if let Some(Value::Object(fields)) = meta.get_mut("fields") {
             for (_, field) in fields.iter_mut() {
                 match field {
-                    Value::Object(m) => self.field_meta(m)?,
+                    Value::Object(m) => {
+                        self.field_meta(m)?;
+                    }
                     Value::Array(items) => {
                         for item in items.iter_mut() {
                             if let Value::Object(m) = item {
@@ -414,7 +426,7 @@ impl Ctx {
                 }
             }
         }
-        Ok(())
+        Ok(resolved)
     }
 }
 
@@ -527,18 +539,23 @@ pub fn card_index(resource: &Value, id: &str, card_url: &str) -> CardIndex {
 
 /// The index row's `card_type` of a card whose `meta` this is.
 pub fn card_type(meta: Option<&Map<String, Value>>, card_url: &str) -> String {
-    let adopts = meta.and_then(|m| m.get("adoptsFrom"));
-    let module = adopts
+    let module = meta
+        .and_then(|m| m.get("adoptsFrom"))
         .and_then(|a| a.get("module"))
         .and_then(Value::as_str)
         .unwrap_or("");
-    let name = adopts
-        .and_then(|a| a.get("name"))
-        .and_then(Value::as_str)
-        .unwrap_or("");
+    let name = adopts_from_name(meta);
     paths::parse_url(card_url)
         .and_then(|base| paths::type_key(module, name, &base))
         .unwrap_or_else(|_| format!("{}#{name}", paths::trim_executable_extension(module)))
+}
+
+/// `meta.adoptsFrom.name`, or `""`.
+fn adopts_from_name(meta: Option<&Map<String, Value>>) -> &str {
+    meta.and_then(|m| m.get("adoptsFrom"))
+        .and_then(|a| a.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
 }
 
 /// The index row for a file written verbatim at the realm-local `path`:
@@ -1169,6 +1186,23 @@ mod tests {
         );
         assert_eq!(idx.card_type, "https://cardstack.com/base/card-api#CardDef");
         assert_eq!(idx.search_doc, "{}");
+    }
+
+    #[test]
+    fn a_serialised_card_has_the_type_its_stored_meta_gives() {
+        let modules = ["../person", "./person.gts", "./x.ts.gts", "person.gjs", "/test/person.js", "../../../../up", "./a%20b?q=1#f",
+            "http://localhost:4201/test/person.gts", "http://localhost:4201/other/x", "https://cardstack.com/base/card-api",
+            "@cardstack/base/card-api", "", "?q", "#f", "."];
+        for path in ["Person/1.json", "index.json", "a/b/c.json"] {
+            let file_url = format!("{REALM}{path}");
+            let id = file_url.trim_end_matches(".json");
+            for module in modules {
+                let resource = json!({"type": "card", "meta": {"adoptsFrom": {"module": module, "name": "Person"}, "fields": {"f": {"adoptsFrom": {"module": "./f.gts", "name": "F"}}}}});
+                let card = serialize_card_parts(&resource, &file_url, REALM).unwrap();
+                let stored = card.clone().into_value();
+                assert_eq!(card.card_type, card_index(&stored, id, id).card_type, "{module} in {path}");
+            }
+        }
     }
 
     // ---- properties ----
