@@ -8,7 +8,10 @@
 //! whitespace between tokens dropped for the index row. The bytes are the
 //! ones `serde_json` prints for the whole values (the tests hold them to it).
 
+use std::io;
+
 use serde::Serialize;
+use serde_json::ser::Formatter;
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
@@ -114,10 +117,6 @@ fn document_meta(mut stored: Map<String, Value>, realm: &str, created: i64, last
     meta
 }
 
-fn pretty<T: Serialize + ?Sized>(value: &T) -> Result<String> {
-    serde_json::to_string_pretty(value).map_err(|e| Error::Storage(e.to_string()))
-}
-
 fn compact<T: Serialize + ?Sized>(value: &T) -> Result<String> {
     serde_json::to_string(value).map_err(|e| Error::Storage(e.to_string()))
 }
@@ -139,24 +138,89 @@ fn data_document(members: &[(&str, &str)]) -> String {
     out
 }
 
-/// `value` printed indented as the value of a member of `data`: printed as
-/// at the top level, then two levels deeper. Indented JSON has newlines
-/// only between tokens (one inside a string is escaped), each followed by
-/// its line's indentation.
+/// `value` printed indented as the value of a member of `data`: as
+/// `serde_json::to_string_pretty` prints it, with every line after the
+/// first two levels deeper.
 fn in_data<T: Serialize + ?Sized>(value: &T) -> Result<String> {
-    const DEEPER: &str = "    ";
-    let text = pretty(value)?;
-    // About one line in 20 bytes, each 4 bytes deeper.
-    let mut out = String::with_capacity(text.len() + text.len() / 5);
-    let mut rest = text.as_str();
-    while let Some(at) = rest.find('\n') {
-        let (line, next) = rest.split_at(at + 1);
-        out.push_str(line);
-        out.push_str(DEEPER);
-        rest = next;
+    let mut out = Vec::with_capacity(256);
+    let mut printer = serde_json::Serializer::with_formatter(&mut out, Indented { level: 2, has_value: false });
+    value.serialize(&mut printer).map_err(|e| Error::Storage(e.to_string()))?;
+    String::from_utf8(out).map_err(|e| Error::Storage(e.to_string()))
+}
+
+/// `serde_json`'s `PrettyFormatter` (two spaces a level) starting at
+/// `level` instead of 0, so a value is printed once, in its place.
+struct Indented {
+    level: usize,
+    has_value: bool,
+}
+
+impl Indented {
+    fn newline<W: ?Sized + io::Write>(&self, out: &mut W, comma: bool) -> io::Result<()> {
+        const SPACES: &[u8; 64] = &[b' '; 64];
+        out.write_all(if comma { b",\n" } else { b"\n" })?;
+        let mut width = self.level * 2;
+        while width > 0 {
+            let n = width.min(SPACES.len());
+            out.write_all(&SPACES[..n])?;
+            width -= n;
+        }
+        Ok(())
     }
-    out.push_str(rest);
-    Ok(out)
+
+    fn open<W: ?Sized + io::Write>(&mut self, out: &mut W, bracket: &[u8]) -> io::Result<()> {
+        self.level += 1;
+        self.has_value = false;
+        out.write_all(bracket)
+    }
+
+    fn close<W: ?Sized + io::Write>(&mut self, out: &mut W, bracket: &[u8]) -> io::Result<()> {
+        self.level -= 1;
+        if self.has_value {
+            self.newline(out, false)?;
+        }
+        out.write_all(bracket)
+    }
+}
+
+impl Formatter for Indented {
+    fn begin_array<W: ?Sized + io::Write>(&mut self, out: &mut W) -> io::Result<()> {
+        self.open(out, b"[")
+    }
+
+    fn end_array<W: ?Sized + io::Write>(&mut self, out: &mut W) -> io::Result<()> {
+        self.close(out, b"]")
+    }
+
+    fn begin_array_value<W: ?Sized + io::Write>(&mut self, out: &mut W, first: bool) -> io::Result<()> {
+        self.newline(out, !first)
+    }
+
+    fn end_array_value<W: ?Sized + io::Write>(&mut self, _out: &mut W) -> io::Result<()> {
+        self.has_value = true;
+        Ok(())
+    }
+
+    fn begin_object<W: ?Sized + io::Write>(&mut self, out: &mut W) -> io::Result<()> {
+        self.open(out, b"{")
+    }
+
+    fn end_object<W: ?Sized + io::Write>(&mut self, out: &mut W) -> io::Result<()> {
+        self.close(out, b"}")
+    }
+
+    fn begin_object_key<W: ?Sized + io::Write>(&mut self, out: &mut W, first: bool) -> io::Result<()> {
+        self.newline(out, !first)
+    }
+
+    fn begin_object_value<W: ?Sized + io::Write>(&mut self, out: &mut W) -> io::Result<()> {
+        out.write_all(b": ")
+    }
+
+    fn end_object_value<W: ?Sized + io::Write>(&mut self, _out: &mut W) -> io::Result<()> {
+        self.has_value = true;
+        Ok(())
+    }
 }
 
 /// The compact form of indented JSON, as `serde_json::to_string` prints
@@ -249,6 +313,21 @@ mod tests {
         assert_eq!(body, serde_json::to_string_pretty(&document).unwrap());
         assert_eq!(document["data"]["attributes"], value["data"]["attributes"]);
         assert_eq!(document["data"]["relationships"], value["data"]["relationships"]);
+    }
+
+    #[test]
+    fn deep_values_print_as_serde_json_prints_them() {
+        let mut deep = json!([1, {}, []]);
+        for i in 0..40 {
+            deep = if i % 2 == 0 { json!({"k": deep, "n": i}) } else { json!([deep, i]) };
+        }
+        let resource = card(json!({"deep": deep}), None);
+        let file_url = format!("{ID}.json");
+        let card = serialize_card_parts(&resource, &file_url, REALM).unwrap();
+        let value = card.clone().into_value();
+        let printed = PrintedCard::new(card, ID).unwrap();
+        assert_eq!(printed.content, serde_json::to_string_pretty(&value).unwrap());
+        assert_eq!(printed.index.search_doc, value["data"]["attributes"].to_string());
     }
 
     #[test]
