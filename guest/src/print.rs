@@ -11,7 +11,7 @@
 use std::io;
 
 use serde::Serialize;
-use serde_json::ser::Formatter;
+use serde_json::ser::{CharEscape, CompactFormatter, Formatter};
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
@@ -41,7 +41,7 @@ impl PrintedCard {
     /// `card` printed as the file of the card `id` (its index row's id and
     /// the base its type is resolved against).
     pub fn new(card: StoredCard, id: &str) -> Result<PrintedCard> {
-        let attributes = in_data(&card.attributes)?;
+        let (attributes, search_doc) = in_data_and_compact(&card.attributes)?;
         let relationships = card.relationships.as_ref().map(in_data).transpose()?;
         let meta = in_data(&card.meta)?;
         let mut members = vec![("type", "\"card\""), ("attributes", attributes.as_str())];
@@ -53,7 +53,7 @@ impl PrintedCard {
         let index = CardIndex {
             id: id.to_string(),
             card_type: card.card_type,
-            search_doc: compact_of_pretty(&attributes)?,
+            search_doc,
         };
         Ok(PrintedCard { content, index, answer: Answer { attributes, relationships, meta: card.meta } })
     }
@@ -142,23 +142,63 @@ fn data_document(members: &[(&str, &str)]) -> String {
 /// `serde_json::to_string_pretty` prints it, with every line after the
 /// first two levels deeper.
 fn in_data<T: Serialize + ?Sized>(value: &T) -> Result<String> {
+    print(value, Indented { level: 2, has_value: false, compact: None })
+}
+
+/// [`in_data`], and `value` compact as `serde_json::to_string` prints it
+/// (the index row's search doc), from one walk over `value`.
+fn in_data_and_compact<T: Serialize + ?Sized>(value: &T) -> Result<(String, String)> {
+    let mut compact = Vec::with_capacity(256);
+    let text = print(value, Indented { level: 2, has_value: false, compact: Some(&mut compact) })?;
+    Ok((text, String::from_utf8(compact).map_err(|e| Error::Storage(e.to_string()))?))
+}
+
+fn print<T: Serialize + ?Sized>(value: &T, formatter: Indented) -> Result<String> {
     let mut out = Vec::with_capacity(256);
-    let mut printer = serde_json::Serializer::with_formatter(&mut out, Indented { level: 2, has_value: false });
+    let mut printer = serde_json::Serializer::with_formatter(&mut out, formatter);
     value.serialize(&mut printer).map_err(|e| Error::Storage(e.to_string()))?;
     String::from_utf8(out).map_err(|e| Error::Storage(e.to_string()))
 }
 
 /// `serde_json`'s `PrettyFormatter` (two spaces a level) starting at
-/// `level` instead of 0, so a value is printed once, in its place.
-struct Indented {
+/// `level` instead of 0, so a value is printed once, in its place; with
+/// `compact`, it also prints the value there as `CompactFormatter` would.
+struct Indented<'a> {
     level: usize,
     has_value: bool,
+    compact: Option<&'a mut Vec<u8>>,
 }
 
-impl Indented {
-    fn newline<W: ?Sized + io::Write>(&self, out: &mut W, comma: bool) -> io::Result<()> {
+/// A value's token, printed the same by both formatters: written to the
+/// output and to the compact copy.
+macro_rules! token {
+    ($($name:ident($($arg:ident: $ty:ty),*);)*) => {$(
+        fn $name<W: ?Sized + io::Write>(&mut self, out: &mut W $(, $arg: $ty)*) -> io::Result<()> {
+            if let Some(compact) = self.compact.as_deref_mut() {
+                CompactFormatter.$name(compact $(, $arg)*)?;
+            }
+            CompactFormatter.$name(out $(, $arg)*)
+        }
+    )*};
+}
+
+impl Indented<'_> {
+    /// Whitespace and punctuation: `pretty` to the output, `compact` to the copy.
+    fn write<W: ?Sized + io::Write>(&mut self, out: &mut W, pretty: &[u8], compact: &[u8]) -> io::Result<()> {
+        if let Some(copy) = self.compact.as_deref_mut() {
+            copy.extend_from_slice(compact);
+        }
+        out.write_all(pretty)
+    }
+
+    /// A new line at the current level, after a comma unless `first`.
+    fn newline<W: ?Sized + io::Write>(&mut self, out: &mut W, first: bool) -> io::Result<()> {
         const SPACES: &[u8; 64] = &[b' '; 64];
-        out.write_all(if comma { b",\n" } else { b"\n" })?;
+        if first {
+            out.write_all(b"\n")?;
+        } else {
+            self.write(out, b",\n", b",")?;
+        }
         let mut width = self.level * 2;
         while width > 0 {
             let n = width.min(SPACES.len());
@@ -171,19 +211,51 @@ impl Indented {
     fn open<W: ?Sized + io::Write>(&mut self, out: &mut W, bracket: &[u8]) -> io::Result<()> {
         self.level += 1;
         self.has_value = false;
-        out.write_all(bracket)
+        self.write(out, bracket, bracket)
     }
 
     fn close<W: ?Sized + io::Write>(&mut self, out: &mut W, bracket: &[u8]) -> io::Result<()> {
         self.level -= 1;
         if self.has_value {
-            self.newline(out, false)?;
+            self.newline(out, true)?;
         }
-        out.write_all(bracket)
+        self.write(out, bracket, bracket)
     }
 }
 
-impl Formatter for Indented {
+impl Formatter for Indented<'_> {
+    token! {
+        write_null();
+        write_bool(value: bool);
+        write_i8(value: i8);
+        write_i16(value: i16);
+        write_i32(value: i32);
+        write_i64(value: i64);
+        write_i128(value: i128);
+        write_u8(value: u8);
+        write_u16(value: u16);
+        write_u32(value: u32);
+        write_u64(value: u64);
+        write_u128(value: u128);
+        write_f32(value: f32);
+        write_f64(value: f64);
+        write_number_str(value: &str);
+        begin_string();
+        end_string();
+        write_string_fragment(fragment: &str);
+        write_byte_array(value: &[u8]);
+        write_raw_fragment(fragment: &str);
+    }
+
+    fn write_char_escape<W: ?Sized + io::Write>(&mut self, out: &mut W, escape: CharEscape) -> io::Result<()> {
+        let mut escaped = [0u8; 6];
+        let mut rest = &mut escaped[..];
+        CompactFormatter.write_char_escape(&mut rest, escape)?;
+        let len = 6 - rest.len();
+        let escaped = &escaped[..len];
+        self.write(out, escaped, escaped)
+    }
+
     fn begin_array<W: ?Sized + io::Write>(&mut self, out: &mut W) -> io::Result<()> {
         self.open(out, b"[")
     }
@@ -193,7 +265,7 @@ impl Formatter for Indented {
     }
 
     fn begin_array_value<W: ?Sized + io::Write>(&mut self, out: &mut W, first: bool) -> io::Result<()> {
-        self.newline(out, !first)
+        self.newline(out, first)
     }
 
     fn end_array_value<W: ?Sized + io::Write>(&mut self, _out: &mut W) -> io::Result<()> {
@@ -210,48 +282,17 @@ impl Formatter for Indented {
     }
 
     fn begin_object_key<W: ?Sized + io::Write>(&mut self, out: &mut W, first: bool) -> io::Result<()> {
-        self.newline(out, !first)
+        self.newline(out, first)
     }
 
     fn begin_object_value<W: ?Sized + io::Write>(&mut self, out: &mut W) -> io::Result<()> {
-        out.write_all(b": ")
+        self.write(out, b": ", b":")
     }
 
     fn end_object_value<W: ?Sized + io::Write>(&mut self, _out: &mut W) -> io::Result<()> {
         self.has_value = true;
         Ok(())
     }
-}
-
-/// The compact form of indented JSON, as `serde_json::to_string` prints
-/// the value: outside strings, indented JSON's only whitespace is the
-/// newlines with their indentation and the space after each key's colon.
-fn compact_of_pretty(text: &str) -> Result<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut at = 0;
-    while let Some(&byte) = bytes.get(at) {
-        match byte {
-            b'"' => {
-                // The string through its closing quote, escaped bytes skipped.
-                let start = at;
-                at += 1;
-                while let Some(&b) = bytes.get(at) {
-                    at += if b == b'\\' { 2 } else { 1 };
-                    if b == b'"' {
-                        break;
-                    }
-                }
-                out.extend_from_slice(bytes.get(start..at).unwrap_or(&bytes[start..]));
-            }
-            b' ' | b'\n' => at += 1,
-            _ => {
-                out.push(byte);
-                at += 1;
-            }
-        }
-    }
-    String::from_utf8(out).map_err(|e| Error::Storage(e.to_string()))
 }
 
 #[cfg(test)]
@@ -270,8 +311,9 @@ mod tests {
             Just(Value::Null),
             any::<bool>().prop_map(Value::from),
             any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
             any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
-            "[ a\"\\\\:\n\t{}é,\u{1F600}]{0,12}".prop_map(Value::from),
+            "[ a\"\\\\:\n\t\u{1}\u{1f}{}é,\u{1F600}]{0,12}".prop_map(Value::from),
         ];
         leaf.prop_recursive(4, 48, 6, |inner| {
             prop_oneof![
@@ -342,9 +384,11 @@ mod tests {
 
     proptest! {
         #[test]
-        fn compact_of_pretty_is_compact(value in json_value()) {
-            let pretty = serde_json::to_string_pretty(&value).unwrap();
-            prop_assert_eq!(compact_of_pretty(&pretty).unwrap(), serde_json::to_string(&value).unwrap());
+        fn a_value_prints_indented_and_compact_as_serde_json_prints_it(value in json_value()) {
+            let (text, compact) = in_data_and_compact(&value).unwrap();
+            let top_level = serde_json::to_string_pretty(&value).unwrap().replace('\n', "\n    ");
+            prop_assert_eq!(text, top_level);
+            prop_assert_eq!(compact, serde_json::to_string(&value).unwrap());
         }
 
         #[test]
