@@ -199,12 +199,13 @@ pub fn serialize_card_parts(resource: &Value, file_url: &str, realm: &str) -> Re
     check_serializable(resource)?;
     let attributes = resource.get("attributes").cloned();
     let meta = resource.get("meta").and_then(Value::as_object).cloned();
-    serialized(attributes, resource.get("relationships"), meta, file_url, realm)
+    serialized(attributes, resource.get("relationships"), meta, &CardFile::new(file_url, realm)?)
 }
 
 /// [`serialize_card_parts`] of a resource it may take apart (its
-/// attributes and meta move into the result instead of being copied).
-pub fn serialize_card_parts_owned(resource: Value, file_url: &str, realm: &str) -> Result<StoredCard> {
+/// attributes and meta move into the result instead of being copied), for
+/// a file whose URLs are already parsed.
+pub fn serialize_card_parts_owned(resource: Value, file: &CardFile) -> Result<StoredCard> {
     let resource = match resource {
         Value::Object(mut o) if is_document(&o) => o.remove("data").unwrap_or_default(),
         other => other,
@@ -218,7 +219,7 @@ pub fn serialize_card_parts_owned(resource: Value, file_url: &str, realm: &str) 
         Some(Value::Object(meta)) => Some(meta),
         _ => None,
     };
-    serialized(attributes, resource.get("relationships"), meta, file_url, realm)
+    serialized(attributes, resource.get("relationships"), meta, file)
 }
 
 fn check_serializable(resource: &Value) -> Result<()> {
@@ -260,13 +261,8 @@ fn serialized(
     attributes: Option<Value>,
     relationships: Option<&Value>,
     meta: Option<Map<String, Value>>,
-    file_url: &str,
-    realm: &str,
+    ctx: &CardFile,
 ) -> Result<StoredCard> {
-    let ctx = Ctx {
-        file: paths::parse_url(file_url)?,
-        realm: paths::parse_realm(realm)?,
-    };
     let relationships = match relationships {
         Some(Value::Object(rels)) => Some(ctx.relationships(rels)?),
         _ => None,
@@ -280,17 +276,23 @@ fn serialized(
         // resolving it again against the card (in the file's directory) gives
         // `module` back, and trimming it again is what `card_type` would do.
         Some(module) => format!("{}#{}", paths::trim_url_executable_extension(&module), adopts_from_name(Some(&meta))),
-        None => card_type(Some(&meta), paths::trim_json_extension(file_url)),
+        None => card_type(Some(&meta), paths::trim_json_extension(ctx.file.as_str())),
     };
     Ok(StoredCard { attributes: attributes.unwrap_or_else(|| json!({})), relationships, meta, card_type })
 }
 
-struct Ctx {
+/// The file a card is serialised for and its realm: the URLs its
+/// references are resolved against and made relative to, parsed once.
+pub struct CardFile {
     file: Url,
     realm: Url,
 }
 
-impl Ctx {
+impl CardFile {
+    pub fn new(file_url: &str, realm: &str) -> Result<CardFile> {
+        Ok(CardFile { file: paths::parse_url(file_url)?, realm: paths::parse_realm(realm)? })
+    }
+
     /// A URL reference resolved against the file and made realm-relative.
     fn link(&self, reference: &str) -> Result<String> {
         let url = paths::resolve(reference, &self.file)?;
@@ -1275,7 +1277,7 @@ mod tests {
             for v in [r.clone(), json!({"data": r})] {
                 // Printed: map equality would not see the members' order.
                 let borrowed = serialize_card_parts(&v, FILE, REALM).map(|c| c.into_value().to_string());
-                let owned = serialize_card_parts_owned(v, FILE, REALM).map(|c| c.into_value().to_string());
+                let owned = serialize_card_parts_owned(v, &CardFile::new(FILE, REALM).unwrap()).map(|c| c.into_value().to_string());
                 prop_assert_eq!(owned, borrowed);
             }
         }

@@ -6,7 +6,7 @@ use serde_json::Value;
 use super::card_body::{parse_card_body, side_loads, CardBody, SideLoad};
 use super::{
     card_dir_name, check_if_match, missing_card, not_a_card, respond_stored, respond_written,
-    serialize_card, CardResponse,
+    serialize_card, serialize_card_at, card_file, CardResponse,
 };
 use crate::error::{Error, Result};
 use crate::merge::merge_patch_owned;
@@ -94,6 +94,8 @@ pub fn patch_card<S: Store>(
     // The patch's references are relative to the card (the file's directory),
     // which is also what the included cards' references are relative to.
     let side = side_loads(realm, "", &id, &included, &mut patch, &file_path)?;
+    // Parsed before the realm's turn, which is serial.
+    let file = card_file(realm, &file_path)?;
 
     let mut lock = store.with_write_lock(realm)?;
     let Some(stored) = lock.read(&file_path)? else {
@@ -105,7 +107,7 @@ pub fn patch_card<S: Store>(
     if side.is_empty() && !changed {
         return respond_stored(&stored, &id, realm);
     }
-    let card = serialize_card(merged, realm, &file_path)?;
+    let card = serialize_card_at(merged, &file, &id)?;
     if side.is_empty() && card.content == stored.content {
         return respond_stored(&stored, &id, realm);
     }
