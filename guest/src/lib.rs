@@ -14,6 +14,7 @@ pub mod paths;
 pub mod print;
 pub mod serialize;
 pub mod store;
+pub mod tree;
 
 #[cfg(target_arch = "wasm32")]
 mod component;

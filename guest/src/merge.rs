@@ -12,10 +12,12 @@
 //!   present, empty plural group: it clears `field.0…n` (Boxel ignores it).
 //!   The merged `relationships` replaces the original even when empty.
 
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 use crate::paths;
+use crate::tree::{Members, Tree};
 
 /// Keys of `meta` that the server owns; dropped from a patch.
 pub const SERVER_META_KEYS: [&str; 4] =
@@ -76,16 +78,15 @@ fn merge_entry(target: &mut Map<String, Value>, k: &str, pv: &Value) -> bool {
 ///    singular relationships deep-merge, a singular key overwrites a group of
 ///    the same name; groups are re-emitted as `field.0…field.n`.
 pub fn merge_patch(original: &Value, patch: &Value, card_url: &str) -> Result<Value> {
-    merge_patch_owned(original.clone(), patch, card_url).map(|(merged, _)| merged)
+    let original = Resource::of(original.clone())?;
+    merge_patch_owned(original, patch, card_url).map(|(merged, _)| merged.into_value())
 }
 
 /// [`merge_patch`] onto an `original` it may take apart (no copy of the
 /// card); also answers whether the result differs from the original, as
 /// `merged != original` would.
-pub fn merge_patch_owned(original: Value, patch: &Value, card_url: &str) -> Result<(Value, bool)> {
-    let Value::Object(mut merged) = original else {
-        return Err(Error::BadRequest("The stored card resource is not a JSON object".into()));
-    };
+pub fn merge_patch_owned(original: Resource, patch: &Value, card_url: &str) -> Result<(Resource, bool)> {
+    let mut merged = original;
     let mut patch = patch
         .as_object()
         .ok_or_else(|| Error::BadRequest("The patch is not a JSON object".into()))?
@@ -95,41 +96,139 @@ pub fn merge_patch_owned(original: Value, patch: &Value, card_url: &str) -> Resu
     strip_patch(&mut patch);
 
     // Step 2.
-    type_guard(&merged, &patch, card_url)?;
+    type_guard(&merged.rest, &patch, card_url)?;
 
     // Step 3. Relationships step 4 regroups (whenever the patch has an
     // object of them) count as changed only if they end up different.
     let regrouped = matches!(patch.get("relationships"), Some(Value::Object(_)));
-    let rels_before = if regrouped { merged.get("relationships").cloned() } else { None };
+    let rels_before = if regrouped { merged.rest.get("relationships").cloned() } else { None };
     let mut changed = false;
     for (k, pv) in &patch {
-        let this = merge_entry(&mut merged, k, pv);
+        let this = if k == "attributes" { merged.merge_attributes(pv) } else { merge_entry(&mut merged.rest, k, pv) };
         changed |= this && !(regrouped && k == "relationships");
     }
 
     // Step 4.
     if let Some(Value::Object(patch_rels)) = patch.get("relationships") {
-        if let Some(Value::Object(merged_rels)) = merged.get_mut("relationships") {
+        if let Some(Value::Object(merged_rels)) = merged.rest.get_mut("relationships") {
             let combined =
                 deep_merge_groups(format_for_merge(merged_rels), format_for_merge(patch_rels));
             *merged_rels = revert_merge_format(combined);
         }
     }
     if regrouped {
-        changed |= merged.get("relationships") != rels_before.as_ref();
+        changed |= merged.rest.get("relationships") != rels_before.as_ref();
     }
-    Ok((Value::Object(merged), changed))
+    Ok((merged, changed))
 }
 
 /// Text form of [`merge_patch`] for the `logic.merge` export: both inputs
 /// are JSON text (invalid JSON → `BadRequest`); answers compact JSON.
 pub fn merge_patch_text(original: &str, patch: &str, card_url: &str) -> Result<String> {
-    let original: Value = serde_json::from_str(original)
+    let original: Tree = serde_json::from_str(original)
         .map_err(|e| Error::BadRequest(format!("original is not valid JSON: {e}")))?;
     let patch: Value = serde_json::from_str(patch)
         .map_err(|e| Error::BadRequest(format!("patch is not valid JSON: {e}")))?;
-    let (merged, _) = merge_patch_owned(original, &patch, card_url)?;
+    let Tree::Object(original) = original else {
+        return Err(not_an_object());
+    };
+    let (merged, _) = merge_patch_owned(Resource::of_members(original), &patch, card_url)?;
     serde_json::to_string(&merged).map_err(|e| Error::Storage(e.to_string()))
+}
+
+fn not_an_object() -> Error {
+    Error::BadRequest("The stored card resource is not a JSON object".into())
+}
+
+/// A card resource as a merge works on it: its attributes (most of the
+/// card) as a [`Tree`], its other members as `serde_json` values, and where
+/// among them the attributes stand.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resource {
+    pub attributes: Option<Tree>,
+    pub rest: Map<String, Value>,
+    /// How many of `rest`'s members come before the attributes.
+    attributes_at: usize,
+}
+
+impl Resource {
+    /// The resource `value` is (`BadRequest` if it is not an object).
+    pub fn of(value: Value) -> Result<Resource> {
+        let Value::Object(map) = value else {
+            return Err(not_an_object());
+        };
+        let mut resource = Resource { attributes: None, rest: Map::new(), attributes_at: 0 };
+        for (k, v) in map {
+            if k == "attributes" {
+                resource.attributes_at = resource.rest.len();
+                resource.attributes = Some(Tree::from(v));
+            } else {
+                resource.rest.insert(k, v);
+            }
+        }
+        Ok(resource)
+    }
+
+    /// The resource whose members these are.
+    pub fn of_members(members: Members) -> Resource {
+        let mut resource = Resource { attributes: None, rest: Map::new(), attributes_at: 0 };
+        for (k, v) in members {
+            if k == "attributes" {
+                resource.attributes_at = resource.rest.len();
+                resource.attributes = Some(v);
+            } else {
+                resource.rest.insert(k, v.into_value());
+            }
+        }
+        resource
+    }
+
+    /// [`merge_entry`] of the patch's `attributes`.
+    fn merge_attributes(&mut self, patch: &Value) -> bool {
+        match &mut self.attributes {
+            Some(attributes) => attributes.merge(patch),
+            None => {
+                self.attributes_at = self.rest.len();
+                self.attributes = Some(Tree::from(patch));
+                true
+            }
+        }
+    }
+
+    /// The resource as one `serde_json` value, its members in order.
+    pub fn into_value(self) -> Value {
+        let mut out = Map::new();
+        let mut attributes = self.attributes.map(|a| (self.attributes_at, a));
+        for (i, (k, v)) in self.rest.into_iter().enumerate() {
+            if let Some((_, a)) = attributes.take_if(|(at, _)| *at == i) {
+                out.insert("attributes".into(), a.into_value());
+            }
+            out.insert(k, v);
+        }
+        if let Some((_, a)) = attributes {
+            out.insert("attributes".into(), a.into_value());
+        }
+        Value::Object(out)
+    }
+}
+
+/// Printed as its [`Resource::into_value`] prints.
+impl Serialize for Resource {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        let len = self.rest.len() + usize::from(self.attributes.is_some());
+        let mut map = serializer.serialize_map(Some(len))?;
+        let attributes = self.attributes.as_ref().map(|a| (self.attributes_at, a));
+        for (i, (k, v)) in self.rest.iter().enumerate() {
+            if let Some((_, a)) = attributes.filter(|(at, _)| *at == i) {
+                map.serialize_entry("attributes", a)?;
+            }
+            map.serialize_entry(k, v)?;
+        }
+        if let Some((_, a)) = attributes.filter(|(at, _)| *at >= self.rest.len()) {
+            map.serialize_entry("attributes", a)?;
+        }
+        map.end()
+    }
 }
 
 fn strip_patch(patch: &mut Map<String, Value>) {
@@ -668,7 +767,7 @@ mod tests {
             // A random patch, and the card itself (which mostly changes nothing).
             for p in [p, c.clone()] {
                 let merged = merge_patch(&c, &p, CARD).unwrap();
-                let (owned, changed) = merge_patch_owned(c.clone(), &p, CARD).unwrap();
+                let (owned, changed) = merge_patch_owned(Resource::of(c.clone()).unwrap(), &p, CARD).unwrap();
                 prop_assert_eq!(changed, merged != c);
                 prop_assert_eq!(serde_json::to_string(&owned).unwrap(), serde_json::to_string(&merged).unwrap());
             }

@@ -9,7 +9,8 @@ use serde_json::{json, Map, Value};
 use url::Url;
 
 use crate::error::{Error, Result};
-use crate::merge::SERVER_META_KEYS;
+use crate::merge::{Resource, SERVER_META_KEYS};
+use crate::tree::Tree;
 use crate::paths;
 use crate::store::CardIndex;
 
@@ -23,13 +24,17 @@ pub fn is_card_resource(v: &Value) -> bool {
 
 /// [`is_card_resource`] of an object.
 fn is_card_resource_map(obj: &Map<String, Value>) -> bool {
+    is_card_resource_parts(obj, obj.get("attributes").is_none_or(Value::is_object))
+}
+
+/// [`is_card_resource`] of an object whose attributes, if any, are an
+/// object when `attributes_ok` (the other members are in `obj`).
+fn is_card_resource_parts(obj: &Map<String, Value>, attributes_ok: bool) -> bool {
     let adopts = obj.get("meta").and_then(|m| m.get("adoptsFrom"));
     let code_ref_ok = adopts.is_some_and(|a| {
         a.get("module").is_some_and(Value::is_string) && a.get("name").is_some_and(Value::is_string)
     });
-    code_ref_ok
-        && obj.get("attributes").is_none_or(Value::is_object)
-        && obj.get("relationships").is_none_or(Value::is_object)
+    code_ref_ok && attributes_ok && obj.get("relationships").is_none_or(Value::is_object)
 }
 
 /// The JSON:API shape of a card resource, checked by every entry point
@@ -47,6 +52,12 @@ fn is_card_resource_map(obj: &Map<String, Value>) -> bool {
 /// `relationship 'friend': links must be an object`.
 pub fn check_card_shape(v: &Value) -> std::result::Result<(), String> {
     let obj = v.as_object().ok_or("the card resource must be an object")?;
+    check_card_shape_parts(obj, obj.get("attributes").is_none_or(Value::is_object))
+}
+
+/// [`check_card_shape`] of an object whose attributes, if any, are an
+/// object when `attributes_ok` (the other members are in `obj`).
+fn check_card_shape_parts(obj: &Map<String, Value>, attributes_ok: bool) -> std::result::Result<(), String> {
     let meta = match obj.get("meta") {
         Some(Value::Object(meta)) => meta,
         Some(_) => return Err("meta must be an object".into()),
@@ -59,7 +70,7 @@ pub fn check_card_shape(v: &Value) -> std::result::Result<(), String> {
     if !code_ref_ok {
         return Err(ADOPTS_FROM_REQUIRED.into());
     }
-    if obj.get("attributes").is_some_and(|a| !a.is_object()) {
+    if !attributes_ok {
         return Err("attributes must be an object".into());
     }
     match obj.get("relationships") {
@@ -197,7 +208,7 @@ pub fn serialize_card_value(resource: &Value, file_url: &str, realm: &str) -> Re
 pub fn serialize_card_parts(resource: &Value, file_url: &str, realm: &str) -> Result<StoredCard> {
     let resource = resource_of(resource);
     check_serializable(resource)?;
-    let attributes = resource.get("attributes").cloned();
+    let attributes = resource.get("attributes").map(Tree::from);
     let meta = resource.get("meta").and_then(Value::as_object).cloned();
     serialized(attributes, resource.get("relationships"), meta, &CardFile::new(file_url, realm)?)
 }
@@ -214,7 +225,7 @@ pub fn serialize_card_parts_owned(resource: Value, file: &CardFile) -> Result<St
     let Value::Object(mut resource) = resource else {
         return Err(Error::BadRequest("The resource is not a JSON object".into()));
     };
-    let attributes = resource.remove("attributes");
+    let attributes = resource.remove("attributes").map(Tree::from);
     let meta = match resource.remove("meta") {
         Some(Value::Object(meta)) => Some(meta),
         _ => None,
@@ -222,20 +233,40 @@ pub fn serialize_card_parts_owned(resource: Value, file: &CardFile) -> Result<St
     serialized(attributes, resource.get("relationships"), meta, file)
 }
 
+/// [`serialize_card_parts_owned`] of a merged [`Resource`].
+pub fn serialize_resource(resource: Resource, file: &CardFile) -> Result<StoredCard> {
+    if is_document(&resource.rest) {
+        return serialize_card_parts_owned(resource.into_value(), file);
+    }
+    let Resource { attributes, mut rest, .. } = resource;
+    let attributes_ok = attributes.as_ref().is_none_or(Tree::is_object);
+    if !is_card_resource_parts(&rest, attributes_ok) {
+        return Err(not_serializable());
+    }
+    check_card_shape_parts(&rest, attributes_ok).map_err(Error::BadRequest)?;
+    let meta = match rest.remove("meta") {
+        Some(Value::Object(meta)) => Some(meta),
+        _ => None,
+    };
+    serialized(attributes, rest.get("relationships"), meta, file)
+}
+
 fn check_serializable(resource: &Value) -> Result<()> {
     if !is_card_resource(resource) {
-        return Err(Error::BadRequest(
-            "The resource is not a card resource (meta.adoptsFrom with module and name is required)".into(),
-        ));
+        return Err(not_serializable());
     }
     check_card_shape(resource).map_err(Error::BadRequest)
+}
+
+fn not_serializable() -> Error {
+    Error::BadRequest("The resource is not a card resource (meta.adoptsFrom with module and name is required)".into())
 }
 
 /// A card resource serialised for its file, in parts: the file is
 /// `{"data": {"type": "card", "attributes", "relationships"?, "meta"}}`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredCard {
-    pub attributes: Value,
+    pub attributes: Tree,
     pub relationships: Option<Map<String, Value>>,
     pub meta: Map<String, Value>,
     /// The index row's `card_type` ([`card_type`] of `meta` at the card's URL).
@@ -247,7 +278,7 @@ impl StoredCard {
     pub fn into_value(self) -> Value {
         let mut out = Map::new();
         out.insert("type".into(), json!("card"));
-        out.insert("attributes".into(), self.attributes);
+        out.insert("attributes".into(), self.attributes.into_value());
         if let Some(rels) = self.relationships {
             out.insert("relationships".into(), Value::Object(rels));
         }
@@ -258,7 +289,7 @@ impl StoredCard {
 
 /// The stored form of a card resource's parts.
 fn serialized(
-    attributes: Option<Value>,
+    attributes: Option<Tree>,
     relationships: Option<&Value>,
     meta: Option<Map<String, Value>>,
     ctx: &CardFile,
@@ -278,7 +309,7 @@ fn serialized(
         Some(module) => format!("{}#{}", paths::trim_url_executable_extension(&module), adopts_from_name(Some(&meta))),
         None => card_type(Some(&meta), paths::trim_json_extension(ctx.file.as_str())),
     };
-    Ok(StoredCard { attributes: attributes.unwrap_or_else(|| json!({})), relationships, meta, card_type })
+    Ok(StoredCard { attributes: attributes.unwrap_or_else(Tree::empty_object), relationships, meta, card_type })
 }
 
 /// The file a card is serialised for and its realm: the URLs its
@@ -520,6 +551,16 @@ pub fn parse_stored_card(stored: &str) -> Option<Map<String, Value>> {
         Value::Object(data) if is_card_resource_map(&data) => Some(data),
         _ => None,
     }
+}
+
+/// [`parse_stored_card`] as a [`Resource`] to merge a PATCH onto.
+pub fn parse_stored_resource(stored: &str) -> Option<Resource> {
+    let Tree::Object(doc) = serde_json::from_str(stored).ok()? else { return None };
+    // A parsed object's keys are distinct.
+    let Tree::Object(data) = doc.into_iter().find(|(k, _)| k == "data")?.1 else { return None };
+    let resource = Resource::of_members(data);
+    let attributes_ok = resource.attributes.as_ref().is_none_or(Tree::is_object);
+    is_card_resource_parts(&resource.rest, attributes_ok).then_some(resource)
 }
 
 /// The index row of a card: `card_type` is the module resolved against
@@ -1191,6 +1232,39 @@ mod tests {
     }
 
     #[test]
+    fn a_merged_resource_is_refused_as_its_value_is() {
+        let file = CardFile::new(FILE, REALM).unwrap();
+        let cases = [
+            json!({"attributes": 5, "meta": {"adoptsFrom": {"module": "./p", "name": "P"}}}),
+            json!({"attributes": [], "relationships": 3, "meta": {"adoptsFrom": {"module": "./p", "name": "P"}}}),
+            json!({"relationships": {"a": 3}, "meta": {"adoptsFrom": {"module": "./p", "name": "P"}}}),
+            json!({"attributes": {}, "meta": {"adoptsFrom": {"module": 1, "name": "P"}}}),
+            json!({"data": {"attributes": {}, "meta": {"adoptsFrom": {"module": "./p", "name": "P"}}}}),
+        ];
+        for v in cases {
+            let want = serialize_card_parts_owned(v.clone(), &file).map(|c| c.into_value());
+            assert_eq!(serialize_resource(Resource::of(v.clone()).unwrap(), &file).map(|c| c.into_value()), want, "{v}");
+        }
+    }
+
+    #[test]
+    fn a_stored_resource_is_the_stored_card() {
+        let stored = r#"{"data": {"type": "card", "attributes": {"a": 1, "a": 2}, "meta": {"adoptsFrom": {"module": "./p", "name": "P"}}, "id": "x"}, "data": 5}"#;
+        assert_eq!(parse_stored_resource(stored), None, "the last data wins, as in parse_stored_card");
+        assert_eq!(parse_stored_card(stored), None);
+        for stored in [
+            r#"{"data": {"type": "card", "attributes": {"a": 1, "a": 2}, "meta": {"adoptsFrom": {"module": "./p", "name": "P"}}, "id": "x"}}"#,
+            r#"{"data": {"attributes": [], "meta": {"adoptsFrom": {"module": "./p", "name": "P"}}}}"#,
+            r#"{"data": {"meta": {"adoptsFrom": {"module": "./p"}}}}"#,
+            r#"{"data": {"meta": {"adoptsFrom": {"module": "./p", "name": "P"}}}}"#,
+            r#"[1]"#,
+        ] {
+            let want = parse_stored_card(stored).map(Value::Object);
+            assert_eq!(parse_stored_resource(stored).map(Resource::into_value), want, "{stored}");
+        }
+    }
+
+    #[test]
     fn a_serialised_card_has_the_type_its_stored_meta_gives() {
         let modules = ["../person", "./person.gts", "./x.ts.gts", "person.gjs", "/test/person.js", "../../../../up", "./a%20b?q=1#f",
             "http://localhost:4201/test/person.gts", "http://localhost:4201/other/x", "https://cardstack.com/base/card-api",
@@ -1277,8 +1351,11 @@ mod tests {
             for v in [r.clone(), json!({"data": r})] {
                 // Printed: map equality would not see the members' order.
                 let borrowed = serialize_card_parts(&v, FILE, REALM).map(|c| c.into_value().to_string());
-                let owned = serialize_card_parts_owned(v, &CardFile::new(FILE, REALM).unwrap()).map(|c| c.into_value().to_string());
-                prop_assert_eq!(owned, borrowed);
+                let file = CardFile::new(FILE, REALM).unwrap();
+                let merged = serialize_resource(Resource::of(v.clone()).unwrap(), &file).map(|c| c.into_value().to_string());
+                let owned = serialize_card_parts_owned(v, &file).map(|c| c.into_value().to_string());
+                prop_assert_eq!(&owned, &borrowed);
+                prop_assert_eq!(merged, borrowed);
             }
         }
 

@@ -1,18 +1,17 @@
 //! The card routes: GET, create (POST), PATCH and DELETE of the card file
 //! `<path>.json`.
 
-use serde_json::Value;
 
 use super::card_body::{parse_card_body, side_loads, CardBody, SideLoad};
 use super::{
     card_dir_name, check_if_match, missing_card, not_a_card, respond_stored, respond_written,
-    serialize_card, serialize_card_at, card_file, CardResponse,
+    serialize_card, serialize_resource_at, card_file, CardResponse,
 };
 use crate::error::{Error, Result};
 use crate::merge::merge_patch_owned;
 use crate::paths;
 use crate::print::PrintedCard;
-use crate::serialize::{absolutize_refs, parse_stored_card};
+use crate::serialize::{absolutize_refs, parse_stored_card, parse_stored_resource};
 use crate::store::{Store, WriteLock};
 
 const CREATE_INVALID: &str = "Request body is not valid card JSON-API";
@@ -102,12 +101,12 @@ pub fn patch_card<S: Store>(
         return Err(missing_card(lock.exists(&path)?, &id));
     };
     check_if_match(if_match, Some(&stored), &id)?;
-    let original = parse_stored_card(&stored.content).ok_or_else(|| not_a_card(&id))?;
-    let (merged, changed) = merge_patch_owned(Value::Object(original), &patch, &id)?;
+    let original = parse_stored_resource(&stored.content).ok_or_else(|| not_a_card(&id))?;
+    let (merged, changed) = merge_patch_owned(original, &patch, &id)?;
     if side.is_empty() && !changed {
         return respond_stored(&stored, &id, realm);
     }
-    let card = serialize_card_at(merged, &file, &id)?;
+    let card = serialize_resource_at(merged, &file, &id)?;
     if side.is_empty() && card.content == stored.content {
         return respond_stored(&stored, &id, realm);
     }
@@ -174,6 +173,7 @@ pub fn delete_card<S: Store>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
     use crate::handlers::serialize_with_index;
     use crate::handlers::test_support::*;
     use crate::memory::MemoryStore;

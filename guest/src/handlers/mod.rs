@@ -29,7 +29,8 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::paths;
 use crate::print::{card_document_text, Answer, PrintedCard};
-use crate::serialize::{serialize_card_parts_owned, CardFile};
+use crate::merge::Resource;
+use crate::serialize::{serialize_card_parts_owned, serialize_resource, CardFile};
 use crate::store::{CardIndex, StoredFile};
 
 /// A card document answered to the client (the WIT `card-response`).
@@ -170,7 +171,8 @@ fn respond_stored(file: &StoredFile, id: &str, realm: &str) -> Result<CardRespon
 /// Serialise a card for the realm-local file `path` and print it (its
 /// text, index row and answer).
 fn serialize_card(resource: Value, realm: &str, path: &str) -> Result<PrintedCard> {
-    serialize_card_at(resource, &card_file(realm, path)?, &paths::card_id(realm, path))
+    let card = serialize_card_parts_owned(resource, &card_file(realm, path)?)?;
+    PrintedCard::new(card, &paths::card_id(realm, path))
 }
 
 /// The parsed URLs of the realm-local file `path`.
@@ -178,9 +180,9 @@ fn card_file(realm: &str, path: &str) -> Result<CardFile> {
     CardFile::new(&paths::file_url(realm, path), realm)
 }
 
-/// [`serialize_card`] for the file `file` of the card `id`.
-fn serialize_card_at(resource: Value, file: &CardFile, id: &str) -> Result<PrintedCard> {
-    PrintedCard::new(serialize_card_parts_owned(resource, file)?, id)
+/// [`serialize_card`] of a merged resource, for the file `file` of the card `id`.
+fn serialize_resource_at(resource: Resource, file: &CardFile, id: &str) -> Result<PrintedCard> {
+    PrintedCard::new(serialize_resource(resource, file)?, id)
 }
 
 /// [`serialize_card`]'s text and index row.
