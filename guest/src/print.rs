@@ -15,10 +15,11 @@ use serde_json::ser::{CharEscape, CompactFormatter, Formatter};
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
-use crate::merge::SERVER_META_KEYS;
+use crate::merge::{Resource, SERVER_META_KEYS};
 use crate::paths;
-use crate::serialize::{parse_stored_card, StoredCard};
+use crate::serialize::{parse_stored_resource, StoredCard};
 use crate::store::CardIndex;
+use crate::tree::Tree;
 
 /// A card serialised for its file and printed: the file's text, its index
 /// row, and the parts of it its answer reuses.
@@ -61,8 +62,9 @@ impl PrintedCard {
 
 impl Answer {
     /// The answer for a stored card resource (the `data` of its file).
-    fn of_stored(mut data: Map<String, Value>) -> Result<Answer> {
-        let attributes = in_data(&data.remove("attributes").unwrap_or_else(|| json!({})))?;
+    fn of_stored(data: Resource) -> Result<Answer> {
+        let Resource { attributes, rest: mut data, .. } = data;
+        let attributes = in_data(&attributes.unwrap_or_else(Tree::empty_object))?;
         let relationships = data.remove("relationships").as_ref().map(in_data).transpose()?;
         let meta = match data.remove("meta") {
             Some(Value::Object(meta)) => meta,
@@ -93,7 +95,7 @@ impl Answer {
 /// for a stored file's text ([`Answer::body`]); `UnsupportedMediaType` when
 /// the text is not a card document.
 pub fn card_document_text(stored: &str, id: &str, realm: &str, created: i64, last_modified: i64) -> Result<String> {
-    let data = parse_stored_card(stored)
+    let data = parse_stored_resource(stored)
         .ok_or_else(|| Error::UnsupportedMediaType(format!("{id} is not a card document")))?;
     Answer::of_stored(data)?.body(id, realm, created, last_modified)
 }
