@@ -147,9 +147,9 @@ fn check_path(path: &str) -> Result<(), WriteError> {
 
 /// Postgres `text` cannot hold U+0000; refusing it everywhere keeps both
 /// backends answering the same (bytes go by `write_bytes`).
-fn check_text(what: &str, text: &str) -> Result<(), WriteError> {
-    if text.contains('\0') {
-        return Err(WriteError::Invalid(format!("{what} may not contain U+0000 (NUL)")));
+fn check_text(what: impl FnOnce() -> String, texts: &[&str]) -> Result<(), WriteError> {
+    if texts.iter().any(|text| text.contains('\0')) {
+        return Err(WriteError::Invalid(format!("{} may not contain U+0000 (NUL)", what())));
     }
     Ok(())
 }
@@ -255,9 +255,9 @@ impl WriteTxn {
     /// Stores a text file (and its index row, or drops a stale one).
     /// Identical content is not rewritten.
     pub async fn write(&mut self, path: &str, content: &str, index: Option<IndexRow>) -> Result<Written, WriteError> {
-        check_text(&format!("{path}: file content"), content)?;
+        check_text(|| format!("{path}: file content"), &[content])?;
         if let Some(row) = &index {
-            check_text(&format!("{path}: the card index row"), &format!("{}{}{}", row.card_id, row.card_type, row.search_doc))?;
+            check_text(|| format!("{path}: the card index row"), &[&row.card_id, &row.card_type, &row.search_doc])?;
         }
         let content_hash = hex::encode(Sha256::digest(content.as_bytes()));
         self.store(path, content.to_string(), false, content.len(), content_hash, index).await
