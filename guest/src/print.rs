@@ -172,7 +172,8 @@ struct Indented<'a> {
 }
 
 /// A value's token, printed the same by both formatters: written to the
-/// output and to the compact copy.
+/// output and to the compact copy. (A byte array is left to the trait's
+/// default, which prints it as an array through the methods below.)
 macro_rules! token {
     ($($name:ident($($arg:ident: $ty:ty),*);)*) => {$(
         fn $name<W: ?Sized + io::Write>(&mut self, out: &mut W $(, $arg: $ty)*) -> io::Result<()> {
@@ -245,7 +246,6 @@ impl Formatter for Indented<'_> {
         begin_string();
         end_string();
         write_string_fragment(fragment: &str);
-        write_byte_array(value: &[u8]);
         write_raw_fragment(fragment: &str);
     }
 

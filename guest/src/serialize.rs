@@ -292,22 +292,26 @@ fn serialized(
     attributes: Option<Tree>,
     relationships: Option<&Value>,
     meta: Option<Map<String, Value>>,
-    ctx: &CardFile,
+    file: &CardFile,
 ) -> Result<StoredCard> {
     let relationships = match relationships {
-        Some(Value::Object(rels)) => Some(ctx.relationships(rels)?),
+        Some(Value::Object(rels)) => Some(file.relationships(rels)?),
         _ => None,
     };
     let mut meta = meta.unwrap_or_default();
     for key in SERVER_META_KEYS {
         meta.shift_remove(key);
     }
-    let card_type = match ctx.field_meta(&mut meta)? {
-        // The stored module is `module` made relative to the file, so
-        // resolving it again against the card (in the file's directory) gives
-        // `module` back, and trimming it again is what `card_type` would do.
-        Some(module) => format!("{}#{}", paths::trim_url_executable_extension(&module), adopts_from_name(Some(&meta))),
-        None => card_type(Some(&meta), paths::trim_json_extension(ctx.file.as_str())),
+    let card_url = paths::trim_json_extension(file.file.as_str());
+    let card_type = match file.field_meta(&mut meta)? {
+        // The stored module is `module_url` made relative to the file, so
+        // resolving it again against the card gives `module_url` back when
+        // the card is in the file's directory; trimming it again is what
+        // `card_type` would do.
+        Some(module_url) if file.card_in_its_directory() => {
+            format!("{}#{}", paths::trim_url_executable_extension(&module_url), adopts_from_name(Some(&meta)))
+        }
+        _ => card_type(Some(&meta), card_url),
     };
     Ok(StoredCard { attributes: attributes.unwrap_or_else(Tree::empty_object), relationships, meta, card_type })
 }
@@ -322,6 +326,15 @@ pub struct CardFile {
 impl CardFile {
     pub fn new(file_url: &str, realm: &str) -> Result<CardFile> {
         Ok(CardFile { file: paths::parse_url(file_url)?, realm: paths::parse_realm(realm)? })
+    }
+
+    /// Whether the card's URL (the file's without `.json`) is in the file's
+    /// directory: not when its last segment is a dot segment (`..`, also
+    /// percent-encoded), which parsing the card's URL resolves away.
+    fn card_in_its_directory(&self) -> bool {
+        let name = self.file.path().rsplit('/').next().unwrap_or_default();
+        let name = paths::trim_json_extension(name).to_ascii_lowercase();
+        !matches!(name.as_str(), "." | ".." | "%2e" | ".%2e" | "%2e." | "%2e%2e")
     }
 
     /// A URL reference resolved against the file and made realm-relative.
@@ -1269,7 +1282,7 @@ mod tests {
         let modules = ["../person", "./person.gts", "./x.ts.gts", "person.gjs", "/test/person.js", "../../../../up", "./a%20b?q=1#f",
             "http://localhost:4201/test/person.gts", "http://localhost:4201/other/x", "https://cardstack.com/base/card-api",
             "@cardstack/base/card-api", "", "?q", "#f", "."];
-        for path in ["Person/1.json", "index.json", "a/b/c.json"] {
+        for path in ["Person/1.json", "index.json", "a/b/c.json", "a/b/%2e%2e.json", "a/%2E.json", "a/b/.%2e.json", "a/..x.json"] {
             let file_url = format!("{REALM}{path}");
             let id = file_url.trim_end_matches(".json");
             for module in modules {

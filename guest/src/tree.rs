@@ -4,8 +4,9 @@
 //! A card's attributes are most of its text, and a PATCH parses all of them
 //! from the stored file, changes a few and prints them again, inside the
 //! realm's turn. `serde_json::Value` keeps each object in an `IndexMap`,
-//! which hashes every key it inserts or looks up; a `Tree` only compares
-//! keys where the merge looks one up. It behaves as `Value` does where the
+//! which hashes every key it inserts or looks up; a `Tree` compares keys
+//! (to find a repeated one, or the one a merge looks up) and hashes them
+//! only in objects past [`INDEX_THRESHOLD`]. It behaves as `Value` does where the
 //! card logic can tell: a repeated key keeps its first place and its last
 //! value, objects are equal whatever their members' order, and it prints
 //! byte for byte as `Value` prints (the tests hold it to all three).
@@ -34,7 +35,7 @@ pub struct Members(Vec<(String, Tree)>);
 /// Objects up to this size find a key by comparing it with each; larger
 /// ones build an index while they are parsed or merged into, so neither
 /// grows quadratically.
-const SCAN: usize = 16;
+const INDEX_THRESHOLD: usize = 16;
 
 impl Members {
     pub fn iter(&self) -> impl Iterator<Item = &(String, Tree)> {
@@ -78,13 +79,13 @@ impl IntoIterator for Members {
     }
 }
 
-/// Where the keys of a large object are (built once it outgrows [`SCAN`]).
+/// Where the keys of a large object are (built once it outgrows [`INDEX_THRESHOLD`]).
 struct Index(Option<HashMap<String, usize>>);
 
 impl Index {
     /// The index of `members` as they are: none while they are few.
     fn of(members: &Members) -> Index {
-        if members.len() < SCAN {
+        if members.len() < INDEX_THRESHOLD {
             return Index(None);
         }
         Index(Some(members.0.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect()))

@@ -1,11 +1,10 @@
 //! The card routes: GET, create (POST), PATCH and DELETE of the card file
 //! `<path>.json`.
 
-
 use super::card_body::{parse_card_body, side_loads, CardBody, SideLoad};
 use super::{
-    card_dir_name, check_if_match, missing_card, not_a_card, respond_stored, respond_written,
-    serialize_card, serialize_resource_at, card_file, CardResponse,
+    card_dir_name, card_file, check_if_match, missing_card, not_a_card, respond_stored,
+    respond_written, serialize_card, serialize_resource_at, CardResponse,
 };
 use crate::error::{Error, Result};
 use crate::merge::merge_patch_owned;
