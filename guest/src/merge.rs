@@ -159,27 +159,24 @@ impl Resource {
         let Value::Object(map) = value else {
             return Err(not_an_object());
         };
-        let mut resource = Resource { attributes: None, rest: Map::new(), attributes_at: 0 };
-        for (k, v) in map {
-            if k == "attributes" {
-                resource.attributes_at = resource.rest.len();
-                resource.attributes = Some(Tree::from(v));
-            } else {
-                resource.rest.insert(k, v);
-            }
-        }
-        Ok(resource)
+        Ok(Resource::split(map, Tree::from, |v| v))
     }
 
     /// The resource whose members these are.
     pub fn of_members(members: Members) -> Resource {
+        Resource::split(members, |tree| tree, Tree::into_value)
+    }
+
+    /// The resource of `members`: its attributes made a [`Tree`] by
+    /// `attributes`, the other members made values by `other`.
+    fn split<V>(members: impl IntoIterator<Item = (String, V)>, attributes: impl Fn(V) -> Tree, other: impl Fn(V) -> Value) -> Resource {
         let mut resource = Resource { attributes: None, rest: Map::new(), attributes_at: 0 };
         for (k, v) in members {
             if k == "attributes" {
                 resource.attributes_at = resource.rest.len();
-                resource.attributes = Some(v);
+                resource.attributes = Some(attributes(v));
             } else {
-                resource.rest.insert(k, v.into_value());
+                resource.rest.insert(k, other(v));
             }
         }
         resource
