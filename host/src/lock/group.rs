@@ -160,7 +160,7 @@ type Outcome = Option<Result<(), WriteError>>;
 /// A writer's request to add its realm to the group.
 struct Add {
     realm: String,
-    paths: Vec<String>,
+    asked: Asked,
     known: Option<KnownFiles>,
     reply: tokio::sync::oneshot::Sender<Result<Added, WriteError>>,
 }
@@ -300,26 +300,26 @@ impl Group {
     }
 
     /// Adds `realm` to the group, taking its lock if it is free right now
-    /// (never waiting: see `sql::try_add_realms`) and reading `paths` of it
-    /// (those in `known` only if the realm's seq moved). False when another
+    /// (never waiting: see `sql::try_add_realms`) and reading what is
+    /// `asked` of it (see [`split_known`]). False when another
     /// transaction holds it; `known` is used only if the realm was added.
     /// Writers adding realms at the same time share one round trip: whoever
     /// gets the transaction next adds every realm asked for by then.
-    pub(super) async fn try_add(&self, realm: &str, paths: Vec<String>, known: &mut Option<KnownFiles>) -> Result<bool, WriteError> {
+    pub(super) async fn try_add(&self, realm: &str, asked: Asked, known: &mut Option<KnownFiles>) -> Result<bool, WriteError> {
         if self.holds(realm) {
             return Ok(true);
         }
         let (reply, answer) = tokio::sync::oneshot::channel();
-        locked(&self.adds).push(Add { realm: realm.to_string(), paths, known: known.take(), reply });
+        locked(&self.adds).push(Add { realm: realm.to_string(), asked, known: known.take(), reply });
         {
             let mut tx = self.tx.lock().await;
-            let asked = std::mem::take(&mut *locked(&self.adds));
+            let adds = std::mem::take(&mut *locked(&self.adds));
             match tx.as_mut() {
-                _ if asked.is_empty() => {}
-                Some(tx) => self.add_all(tx, asked).await,
+                _ if adds.is_empty() => {}
+                Some(tx) => self.add_all(tx, adds).await,
                 None => {
                     let e = self.why_no_tx();
-                    for add in asked {
+                    for add in adds {
                         let _ = add.reply.send(Err(e.clone()));
                     }
                 }
@@ -336,28 +336,28 @@ impl Group {
         }
     }
 
-    /// Adds every realm `asked` for in one go, and answers each asker.
-    async fn add_all(&self, tx: &mut Tx, asked: Vec<Add>) {
-        let splits: Vec<(Vec<String>, Vec<String>)> = asked.iter().map(|a| split_known(&a.paths, a.known.as_ref())).collect();
+    /// Adds every realm in `adds` in one go, and answers each asker.
+    async fn add_all(&self, tx: &mut Tx, adds: Vec<Add>) {
+        let splits: Vec<(Vec<String>, Vec<String>)> = adds.iter().map(|a| split_known(&a.asked, a.known.as_ref())).collect();
         let wanted: Vec<(&str, Wanted<'_>)> =
-            asked.iter().zip(&splits).map(|(a, (unknown, checked))| (a.realm.as_str(), wanted(unknown, checked, a.known.as_ref()))).collect();
+            adds.iter().zip(&splits).map(|(a, (unknown, checked))| (a.realm.as_str(), wanted(unknown, checked, a.known.as_ref()))).collect();
         let result = sql::try_add_realms(tx, &wanted).await;
         drop(wanted);
         match result {
             Err(e) => {
-                for add in asked {
+                for add in adds {
                     let _ = add.reply.send(Err(e.clone()));
                 }
             }
             Ok(read) => {
-                for ((add, read), (_, checked)) in asked.into_iter().zip(read).zip(splits) {
-                    let Add { realm, paths, known, reply } = add;
+                for ((add, read), (_, checked)) in adds.into_iter().zip(read).zip(splits) {
+                    let Add { realm, asked, known, reply } = add;
                     let Some(locked) = read else {
                         self.shared.note_contention();
                         let _ = reply.send(Ok(Added::HeldElsewhere(known)));
                         continue;
                     };
-                    let batch = Read { paths, checked, known, locked }.into_batch();
+                    let batch = Read { paths: asked.paths, checked, known, locked }.into_batch();
                     self.state().realms.entry(realm).or_insert(Some(batch));
                     let _ = reply.send(Ok(Added::Yes));
                 }
@@ -582,18 +582,33 @@ pub(super) struct Read {
     pub(super) locked: sql::Locked,
 }
 
+/// What a realm's batch reads along with the realm's lock.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Asked {
+    /// The paths its writers will read (and perhaps the realm's recently
+    /// written ones).
+    pub(super) paths: Vec<String>,
+    /// More writers are expected during the batch than are queued for it
+    /// now (its previous batch had more): the known files they may need
+    /// are worth checking in the lock's round trip, not one read each in
+    /// the realm's turn. When not, a batch whose seq another replica moved
+    /// checks only the asked ones: checking the rest cost ~15 µs of
+    /// Postgres each for files a batch of one or two writers never reads.
+    pub(super) busy: bool,
+}
+
 /// Most known files of a realm checked as its lock is taken (when another
 /// replica moved its seq), counting the asked ones: beyond them, files
 /// the batch's later writers may need without a read of their own.
 const KNOWN_CHECKED: usize = 64;
 
-/// What to read of a realm whose `paths` are asked for: (not known, known
-/// files to check). Every asked known path is checked, and other known
+/// What to read of a realm: (not known, known files to check). Every asked
+/// known path is checked and, if the realm is [`Asked::busy`], other known
 /// ones up to [`KNOWN_CHECKED`] in all.
-pub(super) fn split_known(paths: &[String], known: Option<&KnownFiles>) -> (Vec<String>, Vec<String>) {
-    let Some(known) = known else { return (paths.to_vec(), Vec::new()) };
-    let (unknown, mut checked): (Vec<String>, Vec<String>) = paths.iter().cloned().partition(|p| !known.files.contains_key(p));
-    let room = KNOWN_CHECKED.saturating_sub(checked.len());
+pub(super) fn split_known(asked: &Asked, known: Option<&KnownFiles>) -> (Vec<String>, Vec<String>) {
+    let Some(known) = known else { return (asked.paths.clone(), Vec::new()) };
+    let (unknown, mut checked): (Vec<String>, Vec<String>) = asked.paths.iter().cloned().partition(|p| !known.files.contains_key(p));
+    let room = if asked.busy { KNOWN_CHECKED.saturating_sub(checked.len()) } else { 0 };
     let others: Vec<String> = known.files.keys().filter(|p| !checked.contains(p)).take(room).cloned().collect();
     checked.extend(others);
     (unknown, checked)
@@ -740,15 +755,19 @@ mod tests {
     }
 
     #[test]
-    fn asked_known_paths_are_always_checked_and_others_up_to_the_cap() {
+    fn asked_known_paths_are_always_checked_and_others_up_to_the_cap_on_a_busy_realm() {
         let files = (0..100).map(|i| (format!("k{i}.txt"), None)).collect();
         let known = KnownFiles { seq: 1, files };
-        let asked: Vec<String> = vec!["k99.txt".into(), "u.txt".into()];
+        let asked = Asked { paths: vec!["k99.txt".into(), "u.txt".into()], busy: true };
         let (unknown, checked) = split_known(&asked, Some(&known));
         assert_eq!(unknown, ["u.txt"]);
         assert_eq!(checked.len(), KNOWN_CHECKED);
         assert_eq!(checked[0], "k99.txt", "the asked one first");
         assert_eq!(checked.iter().filter(|p| *p == "k99.txt").count(), 1);
+        let quiet = Asked { busy: false, ..asked };
+        let (unknown, checked) = split_known(&quiet, Some(&known));
+        assert_eq!((unknown, checked), (vec!["u.txt".to_string()], vec!["k99.txt".to_string()]), "a quiet realm checks only what is asked");
+        assert_eq!(split_known(&quiet, None), (quiet.paths.clone(), Vec::new()), "nothing known: everything asked is read");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::error::WriteError;
-use super::group::{split_known, wanted, BatchStats, Coalescing, Group, InPath, Read, Shared, TxSlot};
+use super::group::{split_known, wanted, Asked, BatchStats, Coalescing, Group, InPath, Read, Shared, TxSlot};
 use super::known::{KnownFiles, KnownRealms};
 use super::sql;
 use super::txn::{Limits, Waiters, WriteTxn, PREFETCH_HINTS};
@@ -209,11 +209,11 @@ impl Locks {
                     admitted.release();
                     // Read along with the lock: what this writer and the
                     // ones queued behind it will read.
-                    let mut paths = hints.clone();
-                    paths.extend(queue.waiters.paths(PREFETCH_HINTS));
-                    paths.sort();
-                    paths.dedup();
-                    let group = self.group_for(db, &queue, realm, paths, deadline).await?;
+                    let mut asked = queue.waiters.asked_with_lock(PREFETCH_HINTS);
+                    asked.paths.extend(hints.iter().cloned());
+                    asked.paths.sort();
+                    asked.paths.dedup();
+                    let group = self.group_for(db, &queue, realm, asked, deadline).await?;
                     *locked(&queue.group) = Some(group.clone());
                     break group;
                 }
@@ -233,23 +233,24 @@ impl Locks {
                 take_turn(&queue, ticket, &mut admitted, deadline, realm).await?
             }
         };
+        queue.waiters.took_turn();
         Ok(WriteTxn::new(realm, group, queue.waiters.clone(), turn, batch, self.limits, counted))
     }
 
-    /// A group that holds `realm`'s lock (having read `paths` of it), with
+    /// A group that holds `realm`'s lock (having read what is `asked` of it), with
     /// the caller admitted. What the replica knew of the realm (it holds the
     /// realm's turn, so no one else here uses it meanwhile) goes to the
     /// batch, or back.
-    async fn group_for(&self, db: &Database, queue: &RealmQueue, realm: &str, paths: Vec<String>, deadline: Instant) -> Result<Arc<Group>, WriteError> {
+    async fn group_for(&self, db: &Database, queue: &RealmQueue, realm: &str, asked: Asked, deadline: Instant) -> Result<Arc<Group>, WriteError> {
         let mut known = self.shared.known.take(realm);
-        let found = self.find_group(db, queue, realm, paths, deadline, &mut known).await;
+        let found = self.find_group(db, queue, realm, asked, deadline, &mut known).await;
         if let Some(unused) = known {
             self.shared.known.put(realm, unused);
         }
         found
     }
 
-    async fn find_group(&self, db: &Database, queue: &RealmQueue, realm: &str, paths: Vec<String>, deadline: Instant, known: &mut Option<KnownFiles>) -> Result<Arc<Group>, WriteError> {
+    async fn find_group(&self, db: &Database, queue: &RealmQueue, realm: &str, asked: Asked, deadline: Instant, known: &mut Option<KnownFiles>) -> Result<Arc<Group>, WriteError> {
         let mut retries = 0;
         let split = matches!(db, Database::Postgres(_));
         loop {
@@ -264,7 +265,7 @@ impl Locks {
                     return Err(e);
                 }
             }
-            let added = group.try_add(realm, paths.clone(), known).await;
+            let added = group.try_add(realm, asked.clone(), known).await;
             queue.held_elsewhere.store(matches!(added, Ok(false)), Ordering::Relaxed);
             match added {
                 Ok(true) => return Ok(group),
@@ -295,9 +296,9 @@ impl Locks {
             return Err(WriteError::Storage(format!("{realm} could not join the database's one write transaction")));
         }
         let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-        let (unknown, checked) = split_known(&paths, known.as_ref());
+        let (unknown, checked) = split_known(&asked, known.as_ref());
         let (tx, held) = self.open(db, realm, wanted(&unknown, &checked, known.as_ref()), remaining).await?;
-        let read = Read { paths, checked, known: known.take(), locked: held };
+        let read = Read { paths: asked.paths, checked, known: known.take(), locked: held };
         let group = Group::new(tx, realm, read, self.coalescing, self.shared.clone(), None);
         *locked(&self.current) = Some(group.clone());
         Ok(group)
@@ -590,7 +591,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
-    async fn a_batch_reads_its_writers_paths_and_the_realms_recent_ones_with_its_lock() {
+    async fn a_batch_reads_its_writers_paths_with_its_lock_and_on_a_busy_realm_the_recent_ones() {
         let (_dir, db) = sqlite().await;
         // Without files kept between batches, which would know them anyway.
         let coalescing = Coalescing { max_batch: 64, max_wait: Duration::from_secs(10) };
@@ -598,11 +599,29 @@ mod tests {
         let mut a = locks.acquire_for(&db, REALM, vec!["mine.txt".into()]).await.expect("a");
         assert!(a.knows("mine.txt"), "the writer's own path is read with the lock");
         assert!(!a.knows("other.txt"));
-        a.write("recent.txt", "x", None).await.expect("write");
+        a.write("a.txt", "x", None).await.expect("write");
         a.commit().await.expect("commit");
-        let b = locks.acquire(&db, REALM).await.expect("b");
-        assert!(b.knows("recent.txt"), "the realm's recently written paths come along");
-        drop(b);
+        // The last batch had one writer, as this one: nothing more is read.
+        let mut b = locks.acquire(&db, REALM).await.expect("b");
+        assert!(!b.knows("a.txt"), "a quiet realm's batch reads only its writers' paths");
+        // This batch gets a second writer, queued behind b.
+        let (l, d) = (locks.clone(), db.clone());
+        let c = tokio::spawn(async move {
+            let mut c = l.acquire(&d, REALM).await?;
+            c.write("c.txt", "c", None).await?;
+            c.commit().await
+        });
+        until_waiting(&locks, 1).await;
+        b.write("b.txt", "b", None).await.expect("write");
+        b.commit().await.expect("b commits");
+        c.await.expect("task").expect("c commits");
+        assert_commits(&locks, 2, 3);
+        // Two writers in the last batch, none queued now: more are expected.
+        let next = locks.acquire(&db, REALM).await.expect("next");
+        for path in ["a.txt", "b.txt", "c.txt"] {
+            assert!(next.knows(path), "a busy realm's recently written paths come along: {path}");
+        }
+        drop(next);
     }
 
     #[tokio::test(flavor = "multi_thread")]

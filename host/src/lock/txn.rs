@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::OwnedMutexGuard;
 
 use super::error::WriteError;
-use super::group::{Group, InPath};
+use super::group::{Asked, Group, InPath};
 use super::overlay::{CardRow, FileState, Member, RealmBatch};
 use crate::search::index::SEARCH_VERSION;
 use crate::store::{self, FileRow};
@@ -42,10 +42,13 @@ struct WaitersState {
     /// A group admission kept for whoever takes the turn next, so the
     /// group does not commit between two writers of a busy realm.
     handover: Option<Arc<Group>>,
-    /// Paths the realm's latest writers wrote, newest last: the next batch
-    /// reads them along with its lock, as writers tend to come back (on the
-    /// bench's 64 realms too, measured: fewer round trips than it costs).
+    /// Paths the realm's latest writers wrote, newest last: a busy realm's
+    /// next batch reads them along with its lock, as writers tend to come
+    /// back (fewer reads in the realm's turn than it costs).
     recent: std::collections::VecDeque<String>,
+    /// Writers that had the realm's turn since its lock was last read here:
+    /// about how many the realm's batches have.
+    turns: usize,
 }
 
 /// Recently written paths a realm remembers for its next batch, at most.
@@ -115,6 +118,25 @@ impl Waiters {
         if let Some(stale) = stale {
             stale.leave(false);
         }
+    }
+
+    /// A writer has the realm's turn.
+    pub(super) fn took_turn(&self) {
+        self.state().turns += 1;
+    }
+
+    /// What a batch that is taking the realm's lock reads along with it,
+    /// besides its first writer's paths: up to `limit` of the hinted paths
+    /// and, if more writers are expected than are queued (the realm's last
+    /// batch had more: a busy realm), of the recently written ones too.
+    pub(super) fn asked_with_lock(&self, limit: usize) -> Asked {
+        let mut state = self.state();
+        // The writer taking the lock has left the queue; it counts as one.
+        let busy = state.turns > state.count + 1;
+        state.turns = 0;
+        let hinted = state.hints.iter().flat_map(|(_, paths)| paths.iter().cloned());
+        let recent = state.recent.iter().rev().cloned().take(if busy { limit } else { 0 });
+        Asked { paths: hinted.chain(recent).take(limit).collect(), busy }
     }
 
     /// Up to `limit` of the hinted paths, then of the recently written ones.
