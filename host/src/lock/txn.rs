@@ -135,7 +135,7 @@ impl Waiters {
         let busy = state.turns > state.count + 1;
         state.turns = 0;
         let hinted = state.hints.iter().flat_map(|(_, paths)| paths.iter().cloned());
-        let recent = state.recent.iter().rev().cloned().take(if busy { limit } else { 0 });
+        let recent = state.recent.iter().rev().take(if busy { limit } else { 0 }).cloned();
         Asked { paths: hinted.chain(recent).take(limit).collect(), busy }
     }
 
