@@ -13,7 +13,7 @@ use std::cmp::Ordering;
 use std::collections::HashMap;
 
 use super::outbox::Changes;
-use crate::search::fields::{fields_of, FieldRow};
+use crate::search::fields::{changed_rows, fields_of, FieldRow};
 use crate::search::index::SEARCH_VERSION;
 use crate::store::{FileRow, Permissions};
 
@@ -61,6 +61,21 @@ impl FileState {
             rows.sort_by(|a, b| key(a).cmp(&key(b)));
             rows
         })
+    }
+
+    /// The rows of this card's parts that differ in `new` (this file's
+    /// next version), this one's and `new`'s, each sorted by [`key`]; None
+    /// when they cannot be told apart by part (see [`changed_rows`]) or
+    /// either is not a card of the same URL.
+    fn changed_rows(&self, new: &FileState) -> Option<(Vec<FieldRow>, Vec<FieldRow>)> {
+        let (Some(was), Some(now)) = (&self.card, &new.card) else { return None };
+        if self.row.binary || new.row.binary || was.card_id != now.card_id {
+            return None;
+        }
+        let (mut old, mut new) = changed_rows(&self.row.content, &new.row.content, &now.card_id)?;
+        old.sort_by(|a, b| key(a).cmp(&key(b)));
+        new.sort_by(|a, b| key(a).cmp(&key(b)));
+        Some((old, new))
     }
 
     /// Same bytes, same times, same kind: writing one over the other changes nothing.
@@ -312,11 +327,18 @@ fn key(row: &FieldRow) -> (&str, i64) {
 /// base's rows when they are known (`known_base`), else a reset when the
 /// path had rows of an older version (`had_rows`), else plain inserts.
 fn field_changes(path: &str, known_base: Option<&FileState>, had_rows: bool, current: &FileState, out: &mut RealmChanges) {
-    let new = current.fields();
     match known_base {
         Some(base) => {
+            // Rows derived already (a card this replica wrote): diff them
+            // all. Else (a card as read, say after another replica wrote it)
+            // derive only the rows of the parts that differ.
+            let parts = if base.fields.get().is_none() { base.changed_rows(current) } else { None };
+            let (old, new) = match &parts {
+                Some((old, new)) => (old.as_slice(), new.as_slice()),
+                None => (base.fields(), current.fields()),
+            };
             // Both sorted by key: one walk, no hashing.
-            let (mut old, mut new) = (base.fields().iter().peekable(), new.iter().peekable());
+            let (mut old, mut new) = (old.iter().peekable(), new.iter().peekable());
             loop {
                 let order = match (old.peek(), new.peek()) {
                     (None, None) => break,
@@ -349,7 +371,7 @@ fn field_changes(path: &str, known_base: Option<&FileState>, had_rows: bool, cur
             if had_rows {
                 out.field_resets.push(path.to_string());
             }
-            out.field_upserts.extend(new.iter().map(|row| (path.to_string(), row.clone())));
+            out.field_upserts.extend(current.fields().iter().map(|row| (path.to_string(), row.clone())));
         }
     }
 }
@@ -489,6 +511,30 @@ mod tests {
     }
 
     #[test]
+    fn a_card_as_read_is_diffed_by_part_as_its_every_row_would_be() {
+        let stored = person(r#"{"name":"Mango","age":3,"tags":["a","b"],"address":{"city":"Paris"}}"#);
+        let written = person(r#"{"name":"Mango","age":4,"tags":["a"],"address":{"city":"Paris"},"note":"hi"}"#);
+        let changes_with = |derive_first: bool| {
+            let base = card(&stored, 1, SEARCH_VERSION);
+            if derive_first {
+                base.fields();
+            }
+            let mut batch = RealmBatch::default();
+            batch.learn("Person/1.json", Some(base));
+            let mut m = Member::default();
+            m.put("Person/1.json", Some(card(&written, 2, SEARCH_VERSION)));
+            batch.absorb(m, None);
+            let changes = batch.changes();
+            let current = &batch.entries["Person/1.json"].current;
+            (changes.field_upserts, changes.field_deletes, current.as_ref().map(FileState::derived_bytes))
+        };
+        let (by_part, every_row) = (changes_with(false), changes_with(true));
+        assert_eq!((&by_part.0, &by_part.1), (&every_row.0, &every_row.1));
+        assert_eq!(by_part.2, Some(0), "by part: the written card's every row was never derived");
+        assert!(every_row.2 > Some(0), "against derived rows: the written card's are derived (and kept for the next diff)");
+    }
+
+    #[test]
     fn rows_of_an_older_version_or_a_new_card_are_written_whole() {
         let mut batch = RealmBatch::default();
         batch.learn("Person/1.json", Some(card(&person(r#"{"name":"Mango"}"#), 1, SEARCH_VERSION - 1)));
@@ -529,7 +575,7 @@ mod tests {
         assert_eq!(seq, 6);
         let kept = files["Person/1.json"].as_ref().unwrap();
         assert!(kept.row.content.contains(r#""age":4"#), "kept in its final state");
-        assert!(kept.derived_bytes() > 0, "with the search rows the flush derived: the next batch diffs against them without parsing");
+        assert_eq!(kept.derived_bytes(), 0, "only the rows of the part that changed were derived, and not kept");
         assert!(files["absent.txt"].is_none());
         assert_eq!(files["new.txt"].as_ref().unwrap().row.content, "read", "what the batch read is kept too");
     }

@@ -9,6 +9,7 @@
 //! query can follow it; so is the card's own `id` (its URL). Nulls are
 //! not stored: absent and null are one.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use sha2::{Digest, Sha256};
@@ -84,31 +85,91 @@ pub fn fields_of(content: &str, card_url: &str) -> Vec<FieldRow> {
 
 /// [`fields_of`] a parsed document.
 fn rows_of(doc: &Json, card_url: &str) -> Vec<FieldRow> {
-    let resource = doc.get("data").unwrap_or(doc);
-    if !matches!(resource, Json::Object(_)) {
-        return Vec::new();
-    }
+    let Some(resource) = resource_of(doc) else { return Vec::new() };
     let mut rows = Rows::default();
     // A card's `id` is a field too (Boxel's CardDef has one): `eq` on it,
     // or on `friend.id` through a link, finds cards by URL.
     rows.push("id", Kind::Text, storable(card_url), None);
-    if let Some(Json::Object(attributes)) = resource.get("attributes") {
-        for (name, value) in attributes {
-            rows.attribute(name, value, 0);
-        }
+    for (name, value) in members(resource, "attributes") {
+        rows.attribute(name, value, 0);
     }
-    if let Some(Json::Object(relationships)) = resource.get("relationships") {
-        // Parsed only here: most cards have no relationships.
-        if let Ok(base) = Url::parse(card_url) {
-            for (name, relationship) in relationships {
-                let link = relationship.get("links").and_then(|links| links.get("self")).and_then(Json::as_str);
-                if let Some(target) = link.and_then(|link| card_url_of(link, &base)) {
-                    rows.push(&relationship_field(name), Kind::Link, storable(&target), None);
-                }
-            }
-        }
-    }
+    rows.relationships(members(resource, "relationships"), card_url);
     rows.rows
+}
+
+/// Top-level attributes a card may have for [`changed_rows`] to compare
+/// them one by one (beyond, every row is derived).
+const COMPARED_ATTRIBUTES: usize = 64;
+
+/// The search rows of two versions of one card's document, `old` and
+/// `new` (its URL `card_url`), where they can differ: the rows of each
+/// top-level attribute whose value differs and, if the relationships
+/// differ, theirs (unsorted). Diffing these is diffing every row: the
+/// parts left out are equal, so their rows are the same rows at the same
+/// positions — as long as no field name can come from two parts (positions
+/// count per field name). `None` when one might (an attribute named `id`,
+/// or with a `.`, NUL or U+FFFD in its name; a relationship whose field
+/// starts with an attribute's name or `id`), when a document is not a card
+/// object, or past [`COMPARED_ATTRIBUTES`]: then derive every row.
+pub fn changed_rows(old: &str, new: &str, card_url: &str) -> Option<(Vec<FieldRow>, Vec<FieldRow>)> {
+    let (old_doc, new_doc) = (Json::parse(old)?, Json::parse(new)?);
+    let (old, new) = (resource_of(&old_doc)?, resource_of(&new_doc)?);
+    let (old_attributes, new_attributes) = (members(old, "attributes"), members(new, "attributes"));
+    if old_attributes.len().max(new_attributes.len()) > COMPARED_ATTRIBUTES {
+        return None;
+    }
+    let names = || old_attributes.iter().chain(new_attributes).map(|(name, _)| name.as_ref());
+    if names().any(|name| name == "id" || name.contains(['.', '\0', '\u{FFFD}'])) {
+        return None;
+    }
+    let (old_relationships, new_relationships) = (members(old, "relationships"), members(new, "relationships"));
+    for (name, _) in old_relationships.iter().chain(new_relationships) {
+        let field = relationship_field(name);
+        let first = field.split('.').next().unwrap_or_default();
+        if first == "id" || field.contains(['\0', '\u{FFFD}']) || names().any(|name| name == first) {
+            return None;
+        }
+    }
+    let (mut old_rows, mut new_rows) = (Rows::default(), Rows::default());
+    let new_only = new_attributes.iter().filter(|(name, _)| member(old_attributes, name).is_none());
+    for (name, _) in old_attributes.iter().chain(new_only) {
+        let (was, now) = (member(old_attributes, name), member(new_attributes, name));
+        if was == now {
+            continue;
+        }
+        // A fresh count of positions per part: no field is in two parts.
+        if let Some(was) = was {
+            old_rows.append(Rows::of_attribute(name, was));
+        }
+        if let Some(now) = now {
+            new_rows.append(Rows::of_attribute(name, now));
+        }
+    }
+    if old_relationships != new_relationships {
+        old_rows.relationships_apart(old_relationships, card_url);
+        new_rows.relationships_apart(new_relationships, card_url);
+    }
+    Some((old_rows.rows, new_rows.rows))
+}
+
+/// The card resource of a document: its `data`, or the document itself;
+/// None unless it is an object.
+fn resource_of<'d, 'a>(doc: &'d Json<'a>) -> Option<&'d Json<'a>> {
+    let resource = doc.get("data").unwrap_or(doc);
+    matches!(resource, Json::Object(_)).then_some(resource)
+}
+
+/// The value of the member `name` of `members`.
+fn member<'d, 'a>(members: &'d [(Cow<'a, str>, Json<'a>)], name: &str) -> Option<&'d Json<'a>> {
+    members.iter().find(|(n, _)| n == name).map(|(_, value)| value)
+}
+
+/// The members of the object `resource[key]` (none unless it is one).
+fn members<'d, 'a>(resource: &'d Json<'a>, key: &str) -> &'d [(Cow<'a, str>, Json<'a>)] {
+    match resource.get(key) {
+        Some(Json::Object(members)) => members,
+        _ => &[],
+    }
 }
 
 /// `friends.0` → `friends`, `pets.1.owner` → `pets.owner`.
@@ -133,6 +194,40 @@ struct Rows {
 }
 
 impl Rows {
+    /// The rows of one top-level attribute, its positions counted apart.
+    fn of_attribute(name: &str, value: &Json) -> Rows {
+        let mut rows = Rows::default();
+        rows.attribute(name, value, 0);
+        rows
+    }
+
+    /// Adds `other`'s rows (positions as `other` counted them).
+    fn append(&mut self, other: Rows) {
+        self.rows.extend(other.rows);
+    }
+
+    /// Adds the rows of `relationships`, their positions counted apart.
+    fn relationships_apart(&mut self, relationships: &[(Cow<'_, str>, Json<'_>)], card_url: &str) {
+        let mut apart = Rows::default();
+        apart.relationships(relationships, card_url);
+        self.append(apart);
+    }
+
+    /// A link row per relationship whose `links.self` resolves.
+    fn relationships(&mut self, relationships: &[(Cow<'_, str>, Json<'_>)], card_url: &str) {
+        if relationships.is_empty() {
+            return;
+        }
+        // Parsed only here: most cards have no relationships.
+        let Ok(base) = Url::parse(card_url) else { return };
+        for (name, relationship) in relationships {
+            let link = relationship.get("links").and_then(|links| links.get("self")).and_then(Json::as_str);
+            if let Some(target) = link.and_then(|link| card_url_of(link, &base)) {
+                self.push(&relationship_field(name), Kind::Link, storable(&target), None);
+            }
+        }
+    }
+
     fn attribute(&mut self, field: &str, value: &Json, depth: usize) {
         if depth > MAX_DEPTH {
             return;
@@ -239,6 +334,27 @@ mod tests {
         assert_eq!(got.len(), 3 + 39, "k39 became null: no row");
     }
 
+    #[test]
+    fn changed_rows_are_those_of_the_changed_attributes_and_relationships_only() {
+        let doc = |attributes: &str, relationships: &str| format!(r#"{{"data":{{"attributes":{attributes},"relationships":{relationships}}}}}"#);
+        let friend = r#"{"friend":{"links":{"self":"./Van"}}}"#;
+        let old = doc(r#"{"name":"Mango","counter":1,"tags":["a","b"]}"#, friend);
+        let new = doc(r#"{"name":"Mango","counter":2,"tags":["a","b"],"note":"hi"}"#, friend);
+        let (was, now) = changed_rows(&old, &new, "http://h/r/Person/1").expect("parts apart");
+        let fields = |rows: &[FieldRow]| rows.iter().map(|r| (r.field.clone(), r.text.clone())).collect::<Vec<_>>();
+        let t = |f: &str, v: &str| (f.to_string(), v.to_string());
+        assert_eq!(fields(&was), [t("counter", "1")]);
+        assert_eq!(fields(&now), [t("counter", "2"), t("note", "hi")]);
+        let moved = doc(r#"{"name":"Mango"}"#, r#"{"friend":{"links":{"self":"./Tom"}}}"#);
+        let (was, now) = changed_rows(&doc(r#"{"name":"Mango"}"#, friend), &moved, "http://h/r/Person/1").expect("parts apart");
+        assert_eq!((fields(&was), fields(&now)), (vec![t("friend", "http://h/r/Person/Van")], vec![t("friend", "http://h/r/Person/Tom")]));
+        // A field name two parts could share: every row is derived instead.
+        for (attributes, relationships) in [(r#"{"id":"x"}"#, "{}"), (r#"{"a.b":1}"#, "{}"), (r#"{"a\u0000":1}"#, "{}"), (r#"{"friends":["x"]}"#, r#"{"friends.0":{"links":{"self":"./Van"}}}"#)] {
+            assert!(changed_rows(&doc(attributes, relationships), &old, "http://h/r/Person/1").is_none(), "{attributes} {relationships}");
+        }
+        assert!(changed_rows("[1]", &old, "http://h/r/Person/1").is_none(), "not a card object");
+    }
+
     /// JSON text with repeated keys, escapes and numbers of every kind,
     /// shaped like a card (keys from a small set, so they repeat).
     fn json_text() -> impl Strategy<Value = String> {
@@ -273,7 +389,56 @@ mod tests {
         }
     }
 
+    /// The upserts and deletions that turn rows `old` into `new`, by key.
+    fn diff(old: &[FieldRow], new: &[FieldRow]) -> (Vec<String>, Vec<(String, i64)>) {
+        let by_key = |rows: &[FieldRow]| rows.iter().map(|r| ((r.field.clone(), r.position), format!("{r:?}"))).collect::<std::collections::BTreeMap<_, _>>();
+        let (old, new) = (by_key(old), by_key(new));
+        let upserts = new.iter().filter(|(k, row)| old.get(*k) != Some(row)).map(|(_, row)| row.clone()).collect();
+        let deletes = old.keys().filter(|k| !new.contains_key(*k)).cloned().collect();
+        (upserts, deletes)
+    }
+
+    /// A card's attributes (name, JSON text) and relationships (name, link's JSON text).
+    type Card = (Vec<(&'static str, String)>, Vec<(&'static str, &'static str)>);
+
+    /// A card document: attributes (names that may collide with one another,
+    /// `id` or a relationship's field) and relationships (some unresolvable).
+    fn card_text() -> impl Strategy<Value = Card> {
+        let name = prop::sample::select(vec!["name", "counter", "tags", "address", "friends", "a", "a.b", "id", "x\\u0000", ""]);
+        let relationship = prop::sample::select(vec!["friend", "friends.0", "friends.1", "pets.0.owner", "a", "0", "id"]);
+        let link = prop::sample::select(vec!["\"./Van\"", "\"../Person/Tom.json\"", "null", "\"http://[bad\"", "\"#x\""]);
+        (prop::collection::vec((name, json_text()), 0..6), prop::collection::vec((relationship, link), 0..3))
+    }
+
+    fn document((attributes, relationships): &Card) -> String {
+        let attributes: Vec<String> = attributes.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+        let relationships: Vec<String> = relationships.iter().map(|(k, l)| format!(r#""{k}":{{"links":{{"self":{l}}}}}"#)).collect();
+        format!(r#"{{"data":{{"attributes":{{{}}},"relationships":{{{}}}}}}}"#, attributes.join(","), relationships.join(","))
+    }
+
     proptest! {
+        /// Diffing only the changed parts' rows is diffing every row, for any
+        /// two versions of a card (the second one edited from the first, so
+        /// most parts are equal) whose parts can be told apart.
+        #[test]
+        fn changed_rows_diff_as_every_row_does(old in card_text(), edits in card_text(), keep in prop::collection::vec(any::<bool>(), 0..6)) {
+            let mut new = old.clone();
+            for (i, keep) in keep.iter().enumerate() {
+                if !keep && i < new.0.len() {
+                    new.0.remove(i);
+                }
+            }
+            new.0.extend(edits.0);
+            if !edits.1.is_empty() {
+                new.1 = edits.1;
+            }
+            let (old, new) = (document(&old), document(&new));
+            let url = "http://h/r/Person/1";
+            if let Some((was, now)) = changed_rows(&old, &new, url) {
+                prop_assert_eq!(diff(&was, &now), diff(&fields_of(&old, url), &fields_of(&new, url)));
+            }
+        }
+
         /// The rows are those of the document as `serde_json::Value` reads
         /// it: the one-walk parser changes nothing (repeated keys, escapes,
         /// numbers), and text it refuses, `Value` refuses too.

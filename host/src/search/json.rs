@@ -12,6 +12,7 @@ use std::fmt;
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Number;
 
+#[derive(PartialEq)]
 pub enum Json<'a> {
     Null,
     Bool(bool),
