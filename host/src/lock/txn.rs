@@ -231,8 +231,9 @@ impl WriteTxn {
         self.batch.as_mut().ok_or_else(|| WriteError::Storage("the write lock was already released".into()))
     }
 
-    /// Reads `paths` the batch has not seen, with the queued writers' paths,
-    /// in one query.
+    /// Reads `paths` the batch has not seen, with the queued writers' paths
+    /// and the realm's recently written ones, in one query (on a quiet realm
+    /// too: this round trip is paid anyway, the others ride along).
     pub async fn prefetch(&mut self, paths: &[String]) -> Result<(), WriteError> {
         let hinted = self.waiters.paths(PREFETCH_HINTS);
         let wanted = self.batch()?.unseen(paths.iter().chain(hinted.iter()));

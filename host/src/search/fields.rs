@@ -353,6 +353,9 @@ mod tests {
             assert!(changed_rows(&doc(attributes, relationships), &old, "http://h/r/Person/1").is_none(), "{attributes} {relationships}");
         }
         assert!(changed_rows("[1]", &old, "http://h/r/Person/1").is_none(), "not a card object");
+        // Equal as numbers, not as rows: -0 is kept as "-0.0", 0.0 as "0.0".
+        let (was, now) = changed_rows(&doc(r#"{"x":-0,"y":5}"#, "{}"), &doc(r#"{"x":0.0,"y":5.0}"#, "{}"), "http://h/r/Person/1").expect("parts apart");
+        assert_eq!((fields(&was), fields(&now)), (vec![t("x", "-0.0"), t("y", "5")], vec![t("x", "0.0"), t("y", "5.0")]));
     }
 
     /// JSON text with repeated keys, escapes and numbers of every kind,
@@ -365,6 +368,7 @@ mod tests {
             any::<i64>().prop_map(|n| n.to_string()),
             any::<u64>().prop_map(|n| n.to_string()),
             (-1e300f64..1e300).prop_map(|f| format!("{f:e}")),
+            prop::sample::select(vec!["0", "-0", "0.0", "-0.0", "1e-400", "-1e-400", "5", "5.0"]).prop_map(str::to_string),
             prop::sample::select(vec!["\"Mango\"", "\"Caf\\u00e9 \\\"quoted\\\"\\n\"", "\"a\\u0000b\"", "\"../Person/Van\"", "\"ÅÉ\""]).prop_map(str::to_string),
         ];
         leaf.prop_recursive(5, 64, 6, move |inner| {

@@ -12,7 +12,6 @@ use std::fmt;
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Number;
 
-#[derive(PartialEq)]
 pub enum Json<'a> {
     Null,
     Bool(bool),
@@ -44,6 +43,28 @@ impl<'a> Json<'a> {
         match self {
             Json::String(s) => Some(s),
             _ => None,
+        }
+    }
+}
+
+/// Equal values give equal search rows: numbers are equal only as the
+/// same kind and, for floats, the same bits (`-0.0` and `0.0` compare
+/// equal as `f64`s, but their texts differ), strings and members as
+/// written, members in order.
+impl PartialEq for Json<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Json::Null, Json::Null) => true,
+            (Json::Bool(a), Json::Bool(b)) => a == b,
+            (Json::Number(a), Json::Number(b)) => match (a.is_f64(), b.is_f64()) {
+                (true, true) => a.as_f64().map(f64::to_bits) == b.as_f64().map(f64::to_bits),
+                (false, false) => a == b,
+                _ => false,
+            },
+            (Json::String(a), Json::String(b)) => a == b,
+            (Json::Array(a), Json::Array(b)) => a == b,
+            (Json::Object(a), Json::Object(b)) => a == b,
+            _ => false,
         }
     }
 }
