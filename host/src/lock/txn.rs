@@ -54,6 +54,15 @@ struct WaitersState {
 /// Recently written paths a realm remembers for its next batch, at most.
 const RECENT_PATHS: usize = 16;
 
+impl WaitersState {
+    /// Up to `limit` of the hinted paths, then of the `recent` most recently
+    /// written ones.
+    fn hinted_then_recent(&self, recent: usize, limit: usize) -> Vec<String> {
+        let hinted = self.hints.iter().flat_map(|(_, paths)| paths.iter().cloned());
+        hinted.chain(self.recent.iter().rev().take(recent).cloned()).take(limit).collect()
+    }
+}
+
 impl Waiters {
     fn state(&self) -> std::sync::MutexGuard<'_, WaitersState> {
         match self.0.lock() {
@@ -134,16 +143,12 @@ impl Waiters {
         // The writer taking the lock has left the queue; it counts as one.
         let busy = state.turns > state.count + 1;
         state.turns = 0;
-        let hinted = state.hints.iter().flat_map(|(_, paths)| paths.iter().cloned());
-        let recent = state.recent.iter().rev().take(if busy { limit } else { 0 }).cloned();
-        Asked { paths: hinted.chain(recent).take(limit).collect(), busy }
+        Asked { paths: state.hinted_then_recent(if busy { limit } else { 0 }, limit), busy }
     }
 
     /// Up to `limit` of the hinted paths, then of the recently written ones.
     pub(super) fn paths(&self, limit: usize) -> Vec<String> {
-        let state = self.state();
-        let hinted = state.hints.iter().flat_map(|(_, paths)| paths.iter().cloned());
-        hinted.chain(state.recent.iter().rev().cloned()).take(limit).collect()
+        self.state().hinted_then_recent(limit, limit)
     }
 
     /// Remembers paths a writer wrote.
