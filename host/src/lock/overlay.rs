@@ -58,7 +58,7 @@ impl FileState {
                 Some(card) if !self.row.binary => fields_of(&self.row.content, &card.card_id),
                 _ => Vec::new(),
             };
-            rows.sort_by(|a, b| key(a).cmp(&key(b)));
+            sort_by_key(&mut rows);
             rows
         })
     }
@@ -73,8 +73,8 @@ impl FileState {
             return None;
         }
         let (mut old, mut new) = changed_rows(&self.row.content, &new.row.content, &now.card_id)?;
-        old.sort_by(|a, b| key(a).cmp(&key(b)));
-        new.sort_by(|a, b| key(a).cmp(&key(b)));
+        sort_by_key(&mut old);
+        sort_by_key(&mut new);
         Some((old, new))
     }
 
@@ -321,6 +321,11 @@ fn entry_changes(path: &str, entry: &Entry, out: &mut RealmChanges) {
 /// A search row's key in `card_fields` (with the realm and path).
 fn key(row: &FieldRow) -> (&str, i64) {
     (row.field.as_str(), row.position)
+}
+
+/// Sorts rows by [`key`], as the flush's diff walks them.
+fn sort_by_key(rows: &mut [FieldRow]) {
+    rows.sort_by(|a, b| key(a).cmp(&key(b)));
 }
 
 /// The field rows that turn what is stored into `current`'s: against the
