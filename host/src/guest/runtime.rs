@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use wasmtime::component::{HasSelf, InstancePre, Linker, Resource, ResourceTable};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolConcurrencyLimitError, PoolingAllocationConfig, Store, UpdateDeadline};
 
 use super::clock::{Charged, GuestClock, InHost};
 use super::exports::{call_export, Exports};
@@ -56,6 +56,14 @@ impl Sandbox {
 
 /// How often the engine's epoch advances; the granularity of `Sandbox::cpu`.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Fuel is one unit per operator (counting engines only); this much never
+/// runs out.
+const FUEL: u64 = u64::MAX / 2;
+
+/// How long a call that found the instance pool full waits before it tries
+/// again (see `Guest::run_for`).
+const POOL_RETRY_PAUSE: Duration = Duration::from_millis(1);
 
 /// What the host lets one guest call touch.
 pub struct CallState {
@@ -149,6 +157,9 @@ pub struct Wasm {
     compile_cache: Option<std::path::PathBuf>,
     /// With [`counting_engine`]: the wasm operators guests have executed.
     operators: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// Calls that found the instance pool full although they held a permit
+    /// and tried again.
+    pool_retries: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Wasm {
@@ -156,6 +167,11 @@ impl Wasm {
     /// [`counting_engine`].
     pub fn operators(&self) -> Option<u64> {
         self.operators.as_ref().map(|n| n.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// How many times a call found the instance pool full and tried again.
+    pub fn pool_retries(&self) -> u64 {
+        self.pool_retries.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Keeps compiled guests in `dir` (see `compile_cache`).
@@ -252,6 +268,7 @@ fn engine_with(sandbox: Sandbox, count_operators: bool) -> wasmtime::Result<Wasm
         slots: Arc::new(tokio::sync::Semaphore::new(slots as usize)),
         compile_cache: None,
         operators: count_operators.then(Arc::default),
+        pool_retries: Arc::default(),
     })
 }
 
@@ -316,7 +333,7 @@ impl Guest {
             Call::GetCards { realm, paths, prefetched } => (Call::GetCards { realm, paths, prefetched: HashMap::new() }, prefetched),
             call => (call, HashMap::new()),
         };
-        let state = CallState {
+        let mut state = CallState {
             table: ResourceTable::new(),
             db: self.db.clone(),
             locks: self.locks.clone(),
@@ -330,24 +347,30 @@ impl Guest {
             hints: call.hints(),
             batch_failed: None,
         };
-        let mut store = Store::new(&self.wasm.engine, state);
-        // At every epoch tick, check the guest's own running time; yield to
-        // the executor so a busy guest never starves other requests.
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|context| {
-            let state = context.data();
-            if state.clock.used() > state.cpu_budget {
-                Err(wasmtime::format_err!("the guest ran for more than its {:?} budget", state.cpu_budget))
-            } else {
-                Ok(UpdateDeadline::Yield(1))
+        // wasmtime's pool probes its shards one after another, so a call can
+        // find it full while another call frees a slot in a shard it has
+        // already probed. A call holding a permit always has a slot free
+        // somewhere, so it tries again in a fresh store (the guest has not
+        // run: the pool is only drawn on to instantiate and to start a call).
+        let deadline = tokio::time::Instant::now() + self.sandbox.instance_wait;
+        let (mut store, outcome) = loop {
+            let mut store = self.store(state)?;
+            let outcome = Charged { clock: clock.clone(), call: Box::pin(self.invoke(&mut store, &call)) }.await;
+            match &outcome {
+                Err(e) if e.is::<PoolConcurrencyLimitError>() && store.data().untouched() => {
+                    self.wasm.pool_retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if tokio::time::Instant::now() >= deadline {
+                        return Ok(Err(GuestError::Unavailable(format!(
+                            "the server is busy: the guest instance pool stayed full for {:?}; retry",
+                            self.sandbox.instance_wait
+                        ))));
+                    }
+                    state = store.into_data();
+                    tokio::time::sleep(POOL_RETRY_PAUSE).await;
+                }
+                _ => break (store, outcome),
             }
-        });
-        // Fuel is one unit per operator; this much never runs out.
-        const FUEL: u64 = u64::MAX / 2;
-        if self.wasm.operators.is_some() {
-            store.set_fuel(FUEL)?;
-        }
-        let outcome = Charged { clock, call: Box::pin(self.invoke(&mut store, call)) }.await;
+        };
         if let Some(operators) = &self.wasm.operators {
             operators.fetch_add(FUEL - store.get_fuel()?, std::sync::atomic::Ordering::Relaxed);
         }
@@ -361,7 +384,28 @@ impl Guest {
         }
     }
 
-    async fn invoke(&self, store: &mut Store<CallState>, call: Call) -> wasmtime::Result<Result<Answer, GuestError>> {
+    /// A fresh store for one call: its CPU budget checked at every epoch
+    /// tick, and fuel when this engine counts operators.
+    fn store(&self, state: CallState) -> wasmtime::Result<Store<CallState>> {
+        let mut store = Store::new(&self.wasm.engine, state);
+        // At every epoch tick, check the guest's own running time; yield to
+        // the executor so a busy guest never starves other requests.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|context| {
+            let state = context.data();
+            if state.clock.used() > state.cpu_budget {
+                Err(wasmtime::format_err!("the guest ran for more than its {:?} budget", state.cpu_budget))
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        if self.wasm.operators.is_some() {
+            store.set_fuel(FUEL)?;
+        }
+        Ok(store)
+    }
+
+    async fn invoke(&self, store: &mut Store<CallState>, call: &Call) -> wasmtime::Result<Result<Answer, GuestError>> {
         let instance = self.pre.instantiate_async(&mut *store).await?;
         // Instantiating is the host's work, not the guest's.
         store.data().clock.reset();
@@ -441,6 +485,12 @@ impl Guest {
 }
 
 impl CallState {
+    /// Nothing has happened in the call's name yet: no lock taken, no
+    /// refusal, no batch joined.
+    fn untouched(&self) -> bool {
+        self.held.is_empty() && self.refused.is_none() && self.batch_failed.is_none()
+    }
+
     /// Rolls back every lock the guest left open (it returned without
     /// committing, or trapped).
     async fn release_all(&mut self) {
@@ -615,3 +665,83 @@ pub fn atomic_status(e: &AtomicError) -> u16 {
 }
 
 pub use boxel::realm::types::AtomicError as GuestAtomicError;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lock::Limits;
+    use crate::store::MemoryStore;
+
+    /// A guest on a pool of one instance, with `instance_wait` to wait.
+    fn guest_with_one_instance(instance_wait: Duration) -> Arc<Guest> {
+        let sandbox = Sandbox { instances: 1, instance_wait, ..Sandbox::DEFAULT };
+        let wasm = engine(sandbox).expect("engine");
+        let compiled = compile(&wasm, BUILTIN_GUEST).expect("the built-in guest compiles");
+        let db = Database::Memory(Arc::new(MemoryStore::default()));
+        let locks = Arc::new(Locks::new(Duration::from_secs(5), Limits { card_bytes: 1 << 20, file_bytes: 1 << 20 }));
+        Arc::new(Guest::new(&wasm, &compiled, db, locks, sandbox))
+    }
+
+    /// An instance made outside the permits, so the pool is full while a
+    /// permit is free: what a call sees when wasmtime's probe of its shards
+    /// misses the slot another call just freed.
+    async fn instance_outside_the_permits(guest: &Guest) -> Store<CallState> {
+        let state = CallState {
+            table: ResourceTable::new(),
+            db: guest.db.clone(),
+            locks: guest.locks.clone(),
+            realm: None,
+            held: Vec::new(),
+            clock: Arc::default(),
+            cpu_budget: guest.sandbox.cpu,
+            prefetched: HashMap::new(),
+            caller: Caller::default(),
+            refused: None,
+            hints: Vec::new(),
+            batch_failed: None,
+        };
+        let mut store = guest.store(state).expect("store");
+        guest.pre.instantiate_async(&mut store).await.expect("the pool's one instance");
+        store
+    }
+
+    fn merge() -> Call {
+        Call::Merge {
+            original: r#"{"attributes":{"a":1}}"#.into(),
+            patch: r#"{"attributes":{"b":2}}"#.into(),
+            card_url: "http://x/realm/Card/1".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_holding_a_permit_that_finds_the_pool_full_tries_again_until_a_slot_is_free() {
+        let guest = guest_with_one_instance(Duration::from_secs(60));
+        let outside = instance_outside_the_permits(&guest).await;
+        let call = tokio::spawn({
+            let guest = guest.clone();
+            async move { guest.run(merge()).await }
+        });
+        while guest.wasm.pool_retries() == 0 && !call.is_finished() {
+            tokio::task::yield_now().await;
+        }
+        drop(outside);
+        match call.await.expect("call task") {
+            Ok(Ok(Answer::Text(merged))) => assert!(merged.contains(r#""b":2"#), "{merged}"),
+            Ok(Ok(_)) => panic!("a merge answered another shape"),
+            Ok(Err(e)) => panic!("the guest refused: {e:?}"),
+            Err(e) => panic!("the call failed instead of trying again: {e:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pool_that_stays_full_for_the_instance_wait_answers_unavailable() {
+        let guest = guest_with_one_instance(Duration::from_millis(50));
+        let _outside = instance_outside_the_permits(&guest).await;
+        match guest.run(merge()).await {
+            Ok(Err(GuestError::Unavailable(message))) => assert!(message.contains("pool"), "{message}"),
+            Ok(other) => panic!("expected unavailable, got {:?}", other.map(|_| "an answer")),
+            Err(e) => panic!("expected unavailable, got a failure: {e:?}"),
+        }
+        assert!(guest.wasm.pool_retries() > 1);
+    }
+}
