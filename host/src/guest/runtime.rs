@@ -333,20 +333,7 @@ impl Guest {
             Call::GetCards { realm, paths, prefetched } => (Call::GetCards { realm, paths, prefetched: HashMap::new() }, prefetched),
             call => (call, HashMap::new()),
         };
-        let mut state = CallState {
-            table: ResourceTable::new(),
-            db: self.db.clone(),
-            locks: self.locks.clone(),
-            realm: call.realm().map(str::to_string),
-            held: Vec::new(),
-            clock: clock.clone(),
-            cpu_budget: self.sandbox.cpu,
-            prefetched,
-            caller,
-            refused: None,
-            hints: call.hints(),
-            batch_failed: None,
-        };
+        let mut state = self.call_state(&call, caller, clock.clone(), prefetched);
         // wasmtime's pool probes its shards one after another, so a call can
         // find it full while another call frees a slot in a shard it has
         // already probed. A call holding a permit always has a slot free
@@ -381,6 +368,24 @@ impl Guest {
         match store.data_mut().batch_failed.take() {
             Some(failed) if outcome.is_ok() => Ok(Err(guest_error(failed))),
             _ => outcome,
+        }
+    }
+
+    /// What the host lets `call` touch, for `caller`.
+    fn call_state(&self, call: &Call, caller: Caller, clock: Arc<GuestClock>, prefetched: HashMap<String, FileRow>) -> CallState {
+        CallState {
+            table: ResourceTable::new(),
+            db: self.db.clone(),
+            locks: self.locks.clone(),
+            realm: call.realm().map(str::to_string),
+            held: Vec::new(),
+            clock,
+            cpu_budget: self.sandbox.cpu,
+            prefetched,
+            caller,
+            refused: None,
+            hints: call.hints(),
+            batch_failed: None,
         }
     }
 
@@ -686,20 +691,7 @@ mod tests {
     /// permit is free: what a call sees when wasmtime's probe of its shards
     /// misses the slot another call just freed.
     async fn instance_outside_the_permits(guest: &Guest) -> Store<CallState> {
-        let state = CallState {
-            table: ResourceTable::new(),
-            db: guest.db.clone(),
-            locks: guest.locks.clone(),
-            realm: None,
-            held: Vec::new(),
-            clock: Arc::default(),
-            cpu_budget: guest.sandbox.cpu,
-            prefetched: HashMap::new(),
-            caller: Caller::default(),
-            refused: None,
-            hints: Vec::new(),
-            batch_failed: None,
-        };
+        let state = guest.call_state(&merge(), Caller::default(), Arc::default(), HashMap::new());
         let mut store = guest.store(state).expect("store");
         guest.pre.instantiate_async(&mut store).await.expect("the pool's one instance");
         store
