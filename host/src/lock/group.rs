@@ -294,6 +294,12 @@ impl Group {
         admit
     }
 
+    /// Members admitted and not done yet.
+    #[cfg(test)]
+    pub(super) fn active(&self) -> usize {
+        self.state().active
+    }
+
     /// Whether the group holds `realm`'s lock.
     pub(super) fn holds(&self, realm: &str) -> bool {
         self.state().realms.contains_key(realm)

@@ -219,13 +219,9 @@ impl Locks {
                 }
             }
         };
-        let batch = match group.take_batch(realm) {
-            Ok(batch) => batch,
-            Err(e) => {
-                group.leave(false);
-                return Err(e);
-            }
-        };
+        // Our place in the group leaves it if this future is dropped before
+        // the `WriteTxn` below owns it (a client that went away).
+        let mut member = Admitted(Some(group.clone()));
         let turn = match turn {
             Some(turn) => turn,
             None => {
@@ -233,6 +229,9 @@ impl Locks {
                 take_turn(&queue, ticket, &mut admitted, deadline, realm).await?
             }
         };
+        // No await from taking the batch to the `WriteTxn` that puts it back.
+        let batch = group.take_batch(realm)?;
+        member.0 = None;
         queue.waiters.took_turn();
         Ok(WriteTxn::new(realm, group, queue.waiters.clone(), turn, batch, self.limits, counted))
     }
@@ -256,25 +255,30 @@ impl Locks {
         loop {
             let shared = if queue.held_elsewhere.load(Ordering::Relaxed) && retries == 0 { self.current(split).map(|g| (g, None)) } else { Some(self.current_or_pending(split)?) };
             let Some((group, slot)) = shared else { break };
-            if let Some(slot) = slot {
+            let mut joined = Joined { group: Some(group.clone()), slot };
+            if joined.slot.is_some() {
                 let begun = self.begin(db, deadline, realm).await;
                 let failed = begun.as_ref().err().cloned();
-                group.begun(slot, begun);
+                if let Some(slot) = joined.slot.take() {
+                    group.begun(slot, begun);
+                }
                 if let Some(e) = failed {
-                    group.leave(false);
                     return Err(e);
                 }
             }
             let added = group.try_add(realm, asked.clone(), known).await;
             queue.held_elsewhere.store(matches!(added, Ok(false)), Ordering::Relaxed);
             match added {
-                Ok(true) => return Ok(group),
+                Ok(true) => {
+                    joined.group = None;
+                    return Ok(group);
+                }
                 // Postgres: another replica holds the realm's lock. Its
                 // groups last about as long as ours: once ours is over, the
                 // realm is likely free for the next one, and a writer in a
                 // shared group costs less than a group of its own.
                 Ok(false) => {
-                    group.leave(false);
+                    drop(joined);
                     if retries == SHARED_RETRIES {
                         break;
                     }
@@ -283,10 +287,7 @@ impl Locks {
                         return Err(WriteError::LockTimeout(realm.to_string()));
                     }
                 }
-                Err(e) => {
-                    group.leave(false);
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             }
         }
         // A transaction that already holds locks must not wait for another
@@ -431,13 +432,34 @@ impl Drop for Admitted {
     }
 }
 
+/// A writer's place in a group it joined to add its realm, and the pending
+/// group's transaction slot while it is the one to begin it. Dropped (an
+/// error, or the writer's future dropped mid-wait), it leaves the group, so
+/// the group can still commit without it, and a slot never filled tells
+/// those waiting for the transaction why instead of leaving it empty.
+struct Joined {
+    group: Option<Arc<Group>>,
+    slot: Option<TxSlot>,
+}
+
+impl Drop for Joined {
+    fn drop(&mut self) {
+        if let Some(group) = self.group.take() {
+            if let Some(slot) = self.slot.take() {
+                group.begun(slot, Err(WriteError::Unavailable("the writer opening this shared transaction went away before beginning it; retry".into())));
+            }
+            group.leave(false);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::Ordering;
     use std::sync::Arc;
     use std::time::Duration;
 
-    use super::{Coalescing, Limits, Locks};
+    use super::{locked, Coalescing, Group, Limits, Locks, WriteError, WriteTxn};
     use crate::store::{Database, Permissions};
 
     const REALM: &str = "http://example.test/realm/";
@@ -588,6 +610,80 @@ mod tests {
         for path in ["v.txt", "x.txt", "w.txt"] {
             assert!(committed(&db, path).await, "{path}");
         }
+    }
+
+    /// SQLite: a full group on `other` holds the one writer slot; `opener`
+    /// takes REALM's turn, opens the replica's next group and waits for
+    /// the slot; a writer of `third` joins that pending group. Answers the
+    /// held group's two members, the opener's task, the joiner's task and
+    /// the pending group.
+    async fn a_pending_group_with_a_joiner(
+        locks: &Arc<Locks>,
+        db: &Database,
+    ) -> (WriteTxn, tokio::task::JoinHandle<Result<WriteTxn, WriteError>>, tokio::task::JoinHandle<Result<WriteTxn, WriteError>>, tokio::task::JoinHandle<Result<WriteTxn, WriteError>>, Arc<Group>) {
+        let spawn_acquire = |realm: &'static str| {
+            let (locks, db) = (locks.clone(), db.clone());
+            tokio::spawn(async move { locks.acquire(&db, realm).await })
+        };
+        let a = locks.acquire(db, OTHER).await.expect("a");
+        let a2 = spawn_acquire(OTHER);
+        while locks.waiting(OTHER) < 1 {
+            tokio::task::yield_now().await;
+        }
+        let opener = spawn_acquire(REALM);
+        while locks.opening() < 1 {
+            tokio::task::yield_now().await;
+        }
+        let pending = locked(&locks.current).clone().expect("the opener published its pending group");
+        let joiner = spawn_acquire(THIRD);
+        while pending.active() < 2 {
+            tokio::task::yield_now().await;
+        }
+        (a, a2, opener, joiner, pending)
+    }
+
+    const OTHER: &str = "http://example.test/other/";
+    const THIRD: &str = "http://example.test/third/";
+
+    async fn three_realms() -> (tempfile::TempDir, Database, Arc<Locks>) {
+        let (dir, db) = sqlite().await;
+        for realm in [OTHER, THIRD] {
+            db.create_realm(realm, Permissions::default()).await.expect("realm");
+        }
+        let coalescing = Coalescing { max_batch: 2, max_wait: Duration::from_secs(10) };
+        (dir, db, Arc::new(Locks::with_coalescing(Duration::from_secs(5), LIMITS, coalescing)))
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_writer_dropped_while_it_waits_in_a_shared_group_does_not_keep_the_group_from_committing() {
+        let (_dir, db, locks) = three_realms().await;
+        let (a, a2, opener, joiner, pending) = a_pending_group_with_a_joiner(&locks, &db).await;
+        // The joiner's client goes away: its future is dropped mid-wait.
+        joiner.abort();
+        assert!(matches!(joiner.await, Err(e) if e.is_cancelled()), "aborted");
+        assert_eq!(pending.active(), 1, "the dropped writer left the group");
+        a.commit().await.expect("a");
+        a2.await.expect("task").expect("a2").commit().await.expect("a2");
+        let mut opener = opener.await.expect("task").expect("the opener begins the group");
+        opener.write("o.txt", "o", None).await.expect("write");
+        tokio::time::timeout(Duration::from_secs(5), opener.commit()).await.expect("the group commits without the dropped writer").expect("commit");
+        assert!(committed(&db, "o.txt").await);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_opener_dropped_before_its_group_began_fails_the_joiners_at_once_and_the_next_writer_gets_a_new_group() {
+        let (_dir, db, locks) = three_realms().await;
+        let (a, a2, opener, joiner, _pending) = a_pending_group_with_a_joiner(&locks, &db).await;
+        opener.abort();
+        assert!(matches!(opener.await, Err(e) if e.is_cancelled()), "aborted");
+        let refused = tokio::time::timeout(Duration::from_secs(5), joiner).await.expect("the joiner is told at once").expect("task");
+        assert!(matches!(refused, Err(WriteError::Unavailable(_))), "a retryable refusal: {:?}", refused.map(|_| ()));
+        a.commit().await.expect("a");
+        a2.await.expect("task").expect("a2").commit().await.expect("a2");
+        let mut next = tokio::time::timeout(Duration::from_secs(5), locks.acquire(&db, REALM)).await.expect("not stuck").expect("the next writer gets a group that begins");
+        next.write("n.txt", "n", None).await.expect("write");
+        tokio::time::timeout(Duration::from_secs(5), next.commit()).await.expect("commits").expect("commit");
+        assert!(committed(&db, "n.txt").await);
     }
 
     #[tokio::test(flavor = "multi_thread")]
