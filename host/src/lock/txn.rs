@@ -172,6 +172,19 @@ fn check_path(path: &str) -> Result<(), WriteError> {
     crate::realm::url::check_writable_path(path).map_err(|e| WriteError::Invalid(format!("invalid path '{path}': {e}")))
 }
 
+/// Whether a file could be at `path` (every stored path passed
+/// [`check_path`]'s checks). A guest may ask to read anything; a path that
+/// cannot be stored is absent without a query, since Postgres refuses some
+/// (U+0000) with an error that would abort the transaction the whole
+/// shared commit is in.
+fn could_be_stored(path: &str) -> bool {
+    crate::realm::url::check_local_path(path).is_ok()
+}
+
+/// Longest `card_type` of a card index row, in bytes (its module URL and
+/// name come from the card): it is an index key, as a path is.
+const MAX_CARD_TYPE_BYTES: usize = 1024;
+
 /// Postgres `text` cannot hold U+0000; refusing it everywhere keeps both
 /// backends answering the same (bytes go by `write_bytes`).
 fn check_text(what: impl FnOnce() -> String, texts: &[&str]) -> Result<(), WriteError> {
@@ -241,7 +254,7 @@ impl WriteTxn {
     /// too: this round trip is paid anyway, the others ride along).
     pub async fn prefetch(&mut self, paths: &[String]) -> Result<(), WriteError> {
         let hinted = self.waiters.paths(PREFETCH_HINTS);
-        let wanted = self.batch()?.unseen(paths.iter().chain(hinted.iter()));
+        let wanted = self.batch()?.unseen(paths.iter().chain(hinted.iter()).filter(|path| could_be_stored(path)));
         if wanted.is_empty() {
             return Ok(());
         }
@@ -256,6 +269,9 @@ impl WriteTxn {
 
     /// The state of `path` as this member sees it.
     async fn state_of(&mut self, path: &str) -> Result<Option<FileState>, WriteError> {
+        if !could_be_stored(path) {
+            return Ok(None);
+        }
         if let Some(own) = self.member.get(path) {
             return Ok(own.clone());
         }
@@ -286,6 +302,9 @@ impl WriteTxn {
         check_text(|| format!("{path}: file content"), &[content])?;
         if let Some(row) = &index {
             check_text(|| format!("{path}: the card index row"), &[&row.card_id, &row.card_type, &row.search_doc])?;
+            if row.card_type.len() > MAX_CARD_TYPE_BYTES {
+                return Err(WriteError::Invalid(format!("{path}: the card's type (meta.adoptsFrom, resolved) is longer than {MAX_CARD_TYPE_BYTES} bytes")));
+            }
         }
         let content_hash = hex::encode(Sha256::digest(content.as_bytes()));
         self.store(path, content.to_string(), false, content.len(), content_hash, index).await

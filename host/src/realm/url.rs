@@ -19,7 +19,15 @@ pub enum PathError {
     BadCharacter,
     #[error("paths whose first segment starts with '_' are reserved for realm endpoints")]
     Reserved,
+    #[error("the path is longer than {MAX_PATH_BYTES} bytes")]
+    TooLong,
 }
+
+/// Longest realm-local path, in bytes. With the realm URL and a search
+/// field name it must fit one entry of Postgres' btree indexes (2704 bytes:
+/// `files`, `card_index`, `card_fields`), or the shared commit that stores
+/// it fails for every request in it.
+pub const MAX_PATH_BYTES: usize = 1024;
 
 /// Characters no realm-local path may hold: control characters (CR/LF
 /// among them, which would also break headers) and backslashes.
@@ -76,6 +84,9 @@ pub fn decode(path: &str) -> Result<String, PathError> {
 /// Checks a decoded realm-local path (no leading `/`; a trailing `/` marks a
 /// directory). The empty path is the realm root.
 pub fn check_local_path(local: &str) -> Result<(), PathError> {
+    if local.len() > MAX_PATH_BYTES {
+        return Err(PathError::TooLong);
+    }
     if local.chars().any(is_forbidden_in_path) {
         return Err(PathError::BadCharacter);
     }

@@ -56,6 +56,11 @@ impl FieldRow {
 const MAX_KEY_BYTES: usize = 256;
 /// Nesting beyond this is not indexed.
 const MAX_DEPTH: usize = 32;
+/// Longest field path that is searchable, in bytes: a field is an index
+/// key (with the realm URL, the card's path and the value's key it must
+/// fit a Postgres btree entry), so a longer one gets no row and a filter
+/// on it matches nothing.
+const MAX_FIELD_BYTES: usize = 512;
 
 /// A text as the index keeps it: NUL, which Postgres `text` cannot hold,
 /// becomes U+FFFD (queries are mapped the same way, so they still match).
@@ -247,6 +252,9 @@ impl Rows {
     }
 
     fn push(&mut self, field: &str, kind: Kind, text: String, number: Option<f64>) {
+        if field.len() > MAX_FIELD_BYTES {
+            return;
+        }
         let field = storable(field);
         // (Looked up before inserting: most repeated fields are list items.)
         let position = match self.positions.get_mut(&field) {

@@ -23,7 +23,9 @@
 //!    `%7f`) are a 400 in request paths and `/_atomic` hrefs alike;
 //!    redirects carry an ASCII, percent-encoded `Location`.
 //! 8. Same document, same answer on both backends: NUL in a source file is a
-//!    400 everywhere; NUL in a card string round-trips everywhere.
+//!    400 everywhere; NUL in a card string round-trips everywhere; a path or
+//!    card type too long for a Postgres index is a 400 everywhere, and a
+//!    very long attribute name is stored (unsearched) beside its neighbours.
 //! 9. `relationships.<f>.links` that is not an object is a 400.
 //! 10. Auth: the `Bearer` scheme is case-insensitive, a token whose `nbf`
 //!     is in the future is a 401, a `realm-owner` grant reads and writes.
@@ -1084,7 +1086,51 @@ async fn redirects_carry_an_ascii_percent_encoded_location(backend: Backend) {
 // ---------------------------------------------------------------------------
 // 8. Same document, same answer on both backends
 
-on_both_backends!(a_source_file_containing_nul_is_400_and_writes_nothing, a_card_string_containing_nul_round_trips);
+on_both_backends!(
+    a_source_file_containing_nul_is_400_and_writes_nothing,
+    a_card_string_containing_nul_round_trips,
+    keys_too_long_for_an_index_are_refused_or_left_unsearched_alike,
+);
+
+/// Postgres refuses a btree entry over 2704 bytes, and one refused row
+/// would fail the shared commit of every request in it: a path over 1024
+/// bytes and a card type over 1024 are a 400 on both backends, and a card
+/// with a very long attribute name is stored (that field is not
+/// searchable) beside a card written at the same time.
+async fn keys_too_long_for_an_index_are_refused_or_left_unsearched_alike(backend: Backend) {
+    let srv = backend.start().await;
+    let (realm, http) = (srv.realm("test"), srv.client());
+    let longest = format!("{}.txt", "a".repeat(1020));
+    http.seed(&format!("{realm}{longest}"), "fits").await;
+    assert_eq!(http.read(&format!("{realm}{longest}")).await, "fits");
+    let too_long = format!("{}.txt", "b".repeat(1021));
+    http.write_source(&format!("{realm}{too_long}"), "too long").fetch().await.card_error(400);
+    let resp = http.atomic(&realm, &operations(vec![add(&too_long, source("too long"))])).fetch().await;
+    assert_eq!(resp.status, 400, "/_atomic href of 1025 bytes:\n{resp}");
+
+    let long_type = card_resource(&format!("{realm}{}", "m".repeat(1100)), "Person", Some(json!({ "firstName": "Long" })), None);
+    let resp = http.create_card(&realm, &json!({ "data": long_type })).fetch().await;
+    assert_eq!(resp.status, 400, "a card type over 1024 bytes:\n{resp}");
+
+    // Letters from xorshift, which Postgres cannot compress under its limit.
+    let mut state = 0x9e37_79b9_u32;
+    let long_name: String = (0..3000)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            char::from(b'a' + (state % 26) as u8)
+        })
+        .collect();
+    let odd = person(&realm, json!({ long_name.clone(): "value", "firstName": "Odd" }));
+    let plain = person(&realm, json!({ "firstName": "Plain" }));
+    let (odd, plain) = (json!({ "data": odd }), json!({ "data": plain }));
+    let (odd, plain) = tokio::join!(http.create(&realm, &odd), http.create(&realm, &plain));
+    let stored = http.get_card(&odd.0).fetch().await.expect_status(200).json();
+    assert_eq!(stored["data"]["attributes"][&long_name], "value", "the long attribute round-trips");
+    http.get_card(&plain.0).fetch().await.expect_status(200);
+    assert_eq!(stored_paths(&srv, &realm).await.len(), 3, "the longest path and the two cards, nothing refused");
+}
 
 async fn a_source_file_containing_nul_is_400_and_writes_nothing(backend: Backend) {
     let srv = backend.start().await;
