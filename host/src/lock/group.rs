@@ -258,8 +258,18 @@ impl Group {
                 state.opened = Instant::now();
                 *slot = Some(tx);
             }
-            Err(e) => *locked(&self.broken) = Some(e),
+            Err(e) => {
+                *locked(&self.broken) = Some(e);
+                // Nobody may join a group that has no transaction.
+                self.state().closing = true;
+            }
         }
+    }
+
+    /// Whether its opener failed to begin it (those who joined it may look
+    /// for another group).
+    pub(super) fn never_began(&self) -> bool {
+        locked(&self.broken).is_some()
     }
 
     fn state(&self) -> MutexGuard<'_, State> {

@@ -287,6 +287,10 @@ impl Locks {
                         return Err(WriteError::LockTimeout(realm.to_string()));
                     }
                 }
+                // The group's opener could not begin it (its own wait ran
+                // out, or it went away): that says nothing of our wait, so
+                // look for another group while we have time.
+                Err(_) if group.never_began() && Instant::now() < deadline => drop(joined),
                 Err(e) => return Err(e),
             }
         }
@@ -339,7 +343,10 @@ impl Locks {
             }
         };
         let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-        Ok((sql::begin(db, remaining).await?, writer))
+        // The opener waits until its own deadline; the transaction then
+        // serves every writer that joins it, so its lock waits get the
+        // whole lock timeout, not what the opener had left.
+        Ok((sql::begin(db, remaining, self.timeout).await?, writer))
     }
 
     /// `sql::open`, counted in [`Locks::opening`] while it waits.
@@ -645,45 +652,85 @@ mod tests {
     const OTHER: &str = "http://example.test/other/";
     const THIRD: &str = "http://example.test/third/";
 
-    async fn three_realms() -> (tempfile::TempDir, Database, Arc<Locks>) {
+    /// REALM, OTHER and THIRD on SQLite; groups of at most two writers.
+    async fn three_realms(lock_timeout: Duration) -> (tempfile::TempDir, Database, Arc<Locks>) {
         let (dir, db) = sqlite().await;
         for realm in [OTHER, THIRD] {
             db.create_realm(realm, Permissions::default()).await.expect("realm");
         }
         let coalescing = Coalescing { max_batch: 2, max_wait: Duration::from_secs(10) };
-        (dir, db, Arc::new(Locks::with_coalescing(Duration::from_secs(5), LIMITS, coalescing)))
+        (dir, db, Arc::new(Locks::with_coalescing(lock_timeout, LIMITS, coalescing)))
+    }
+
+    /// Commits the full group on OTHER that holds SQLite's writer slot.
+    async fn release_the_slot(a: WriteTxn, a2: tokio::task::JoinHandle<Result<WriteTxn, WriteError>>) {
+        a.commit().await.expect("a");
+        a2.await.expect("task").expect("a2").commit().await.expect("a2");
+    }
+
+    /// `writer` (of `realm`) finishes acquiring, writes `path` and commits
+    /// within 5 s.
+    async fn writes_and_commits(db: &Database, writer: tokio::task::JoinHandle<Result<WriteTxn, WriteError>>, realm: &str, path: &str) {
+        let mut txn = tokio::time::timeout(Duration::from_secs(5), writer).await.expect("not stuck").expect("task").expect("acquired");
+        txn.write(path, "x", None).await.expect("write");
+        tokio::time::timeout(Duration::from_secs(5), txn.commit()).await.expect("the group commits").expect("commit");
+        assert!(db.read_file(realm, path).await.expect("read").is_some(), "{realm}{path}");
     }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn a_writer_dropped_while_it_waits_in_a_shared_group_does_not_keep_the_group_from_committing() {
-        let (_dir, db, locks) = three_realms().await;
+        let (_dir, db, locks) = three_realms(Duration::from_secs(5)).await;
         let (a, a2, opener, joiner, pending) = a_pending_group_with_a_joiner(&locks, &db).await;
         // The joiner's client goes away: its future is dropped mid-wait.
         joiner.abort();
         assert!(matches!(joiner.await, Err(e) if e.is_cancelled()), "aborted");
         assert_eq!(pending.active(), 1, "the dropped writer left the group");
-        a.commit().await.expect("a");
-        a2.await.expect("task").expect("a2").commit().await.expect("a2");
-        let mut opener = opener.await.expect("task").expect("the opener begins the group");
-        opener.write("o.txt", "o", None).await.expect("write");
-        tokio::time::timeout(Duration::from_secs(5), opener.commit()).await.expect("the group commits without the dropped writer").expect("commit");
-        assert!(committed(&db, "o.txt").await);
+        release_the_slot(a, a2).await;
+        writes_and_commits(&db, opener, REALM, "o.txt").await;
     }
 
     #[tokio::test(flavor = "multi_thread")]
-    async fn an_opener_dropped_before_its_group_began_fails_the_joiners_at_once_and_the_next_writer_gets_a_new_group() {
-        let (_dir, db, locks) = three_realms().await;
-        let (a, a2, opener, joiner, _pending) = a_pending_group_with_a_joiner(&locks, &db).await;
+    async fn an_opener_dropped_before_its_group_began_sends_its_joiners_to_another_group() {
+        let (_dir, db, locks) = three_realms(Duration::from_secs(5)).await;
+        let (a, a2, opener, joiner, pending) = a_pending_group_with_a_joiner(&locks, &db).await;
         opener.abort();
         assert!(matches!(opener.await, Err(e) if e.is_cancelled()), "aborted");
-        let refused = tokio::time::timeout(Duration::from_secs(5), joiner).await.expect("the joiner is told at once").expect("task");
-        assert!(matches!(refused, Err(WriteError::Unavailable(_))), "a retryable refusal: {:?}", refused.map(|_| ()));
-        a.commit().await.expect("a");
-        a2.await.expect("task").expect("a2").commit().await.expect("a2");
-        let mut next = tokio::time::timeout(Duration::from_secs(5), locks.acquire(&db, REALM)).await.expect("not stuck").expect("the next writer gets a group that begins");
-        next.write("n.txt", "n", None).await.expect("write");
-        tokio::time::timeout(Duration::from_secs(5), next.commit()).await.expect("commits").expect("commit");
-        assert!(committed(&db, "n.txt").await);
+        assert!(!pending.join(), "a group that never began admits no one");
+        release_the_slot(a, a2).await;
+        writes_and_commits(&db, joiner, THIRD, "j.txt").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_joiner_outlives_an_opener_whose_own_wait_ran_out() {
+        let (_dir, db, locks) = three_realms(Duration::from_secs(2)).await;
+        let fourth = "http://example.test/fourth/";
+        db.create_realm(fourth, Permissions::default()).await.expect("realm");
+        let spawn_acquire = |realm: &'static str| {
+            let (locks, db) = (locks.clone(), db.clone());
+            tokio::spawn(async move { locks.acquire(&db, realm).await })
+        };
+        // A full group of two realms, both writers in it at once (neither
+        // waits for a turn past the 2 s lock timeout), holds the slot.
+        let a = locks.acquire(&db, OTHER).await.expect("a");
+        let a2 = locks.acquire(&db, fourth).await.expect("a2 joins a's group");
+        let opener = spawn_acquire(REALM);
+        while locks.opening() < 1 {
+            tokio::task::yield_now().await;
+        }
+        let pending = locked(&locks.current).clone().expect("the opener published its pending group");
+        // The joiner comes 1 s later: it has 1 s of its wait left when the
+        // opener's runs out.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let joiner = spawn_acquire(THIRD);
+        while pending.active() < 2 {
+            tokio::task::yield_now().await;
+        }
+        let gave_up = opener.await.expect("task");
+        assert!(matches!(gave_up, Err(WriteError::LockTimeout(_))), "the opener's own wait ran out: {:?}", gave_up.map(|_| ()));
+        let (a, a2) = tokio::join!(a.commit(), a2.commit());
+        a.expect("a");
+        a2.expect("a2");
+        writes_and_commits(&db, joiner, THIRD, "j.txt").await;
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -183,14 +183,15 @@ pub(super) struct Locked {
 }
 
 /// Begins a transaction that holds no realm's lock yet (SQLite: the
-/// database's write lock, waiting at most `remaining` for it); realms join
+/// database's write lock; Postgres: waiting at most `wait` for a
+/// connection, its lock waits then bounded by `lock_timeout`); realms join
 /// it with [`try_add_realms`].
-pub(super) async fn begin(db: &Database, remaining: Duration) -> Result<Tx, WriteError> {
+pub(super) async fn begin(db: &Database, wait: Duration, lock_timeout: Duration) -> Result<Tx, WriteError> {
     match db {
         Database::Memory(store) => Ok(Tx::Memory(store.clone())),
         Database::Sqlite(pool) => Ok(Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?)),
         Database::Postgres(pool) => {
-            let begun = tokio::time::timeout(remaining, PgTx::begin(pool, begin_statement(remaining)));
+            let begun = tokio::time::timeout(wait, PgTx::begin(pool, begin_statement(lock_timeout)));
             Ok(Tx::Postgres(begun.await.map_err(|_| WriteError::Unavailable("no database connection came free in time; retry".into()))??))
         }
     }
