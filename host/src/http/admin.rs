@@ -14,9 +14,9 @@ use crate::auth;
 /// Prometheus text: how many commits, how many write requests and realm
 /// batches they carried (requests / commits is the mean batch size), how
 /// long writers held their realm's turn and how long the flushes and
-/// COMMITs took, how many writers wait for a realm's turn now and how many
-/// hold one while they wait for the database's lock; how often
-/// the realm list was read.
+/// COMMITs took, how many writers are in the write path now, how many
+/// wait for a realm's turn and how many hold one while they wait for the
+/// database's lock; how often the realm list was read.
 pub(super) fn metrics(app: &App) -> Response {
     use std::sync::atomic::Ordering;
     let s = &app.stats;
@@ -29,6 +29,7 @@ pub(super) fn metrics(app: &App) -> Response {
          # TYPE realm_write_turns_total counter\nrealm_write_turns_total {}\n\
          # TYPE realm_write_turn_seconds_total counter\nrealm_write_turn_seconds_total {:.6}\n\
          # TYPE realm_write_commit_seconds_total counter\nrealm_write_commit_seconds_total {:.6}\n\
+         # TYPE realm_write_in_progress gauge\nrealm_write_in_progress {}\n\
          # TYPE realm_write_waiting gauge\nrealm_write_waiting {}\n\
          # TYPE realm_write_opening gauge\nrealm_write_opening {}\n\
          # TYPE realm_list_loads_total counter\nrealm_list_loads_total {}\n",
@@ -38,6 +39,7 @@ pub(super) fn metrics(app: &App) -> Response {
         count(&s.turns),
         seconds(&s.turn_nanos),
         seconds(&s.commit_nanos),
+        app.locks.in_progress(),
         app.locks.waiting_total(),
         app.locks.opening(),
         app.realms.loads(),

@@ -140,6 +140,12 @@ impl Locks {
         self.opening.load(Ordering::SeqCst)
     }
 
+    /// Writers between asking for a realm's lock and learning how their
+    /// commit ended, right now, over all realms.
+    pub fn in_progress(&self) -> usize {
+        self.shared.writers.load(Ordering::Relaxed)
+    }
+
     /// Writers waiting for a realm's turn right now, over all realms.
     pub fn waiting_total(&self) -> usize {
         locked(&self.queues).values().map(|q| q.waiters.count()).sum()

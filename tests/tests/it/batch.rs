@@ -13,7 +13,10 @@
 //! 3. the batch commits once, with exactly the successful members' writes;
 //! 4. a replica SIGKILLed in the middle of a 30-member batch leaves nothing
 //!    of that batch, and every write acknowledged before it is present
-//!    (Postgres, two replicas).
+//!    (Postgres, two replicas);
+//! 5. a writer whose client goes away while it waits (for the realm's
+//!    turn, in a group still beginning, or as that group's opener) leaves
+//!    the group and writes nothing; the writers that stay commit.
 
 use std::time::Duration;
 
@@ -422,4 +425,196 @@ async fn a_replica_builds_on_what_another_replica_wrote_since_its_last_batch(bac
     // And A, which wrote the card last before B did, sees B's write.
     let last = ca.patch_card(&on(&a, path), &person_here(json!({ "last": 1 }))).fetch().await.expect_status(200);
     assert_eq!(last.json()["data"]["attributes"]["late"], json!(true), "a builds on b's write:\n{last}");
+}
+
+// ---------------------------------------------------------------------------
+// A client that goes away while its write waits
+
+/// Two realms anyone may write: the held one and another.
+fn two_realms() -> ServerOptions {
+    // A lock timeout no wait below comes near: a write that never ends
+    // shows as a late 503, not as one that happened to time out. A group
+    // admits writers for --coalesce-max-wait after it opens: the test's
+    // polling must not outlast that.
+    let serve_args = ["--lock-timeout", "60s", "--coalesce-max-wait", "60s"].map(String::from).to_vec();
+    let realms = ["test", "other"].map(|r| RealmSpec::new(r, Public::Write)).to_vec();
+    ServerOptions { realms, serve_args, ..ServerOptions::default() }
+}
+
+fn sqlite(srv: &Server) -> bool {
+    srv.db_url().starts_with("sqlite:")
+}
+
+/// Sends a whole binary `POST` of `path` (below the server root) on a
+/// connection of its own and leaves the answer unread: dropping the
+/// stream is the client going away.
+async fn post_and_stay_on_the_line(srv: &Server, path: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let body = format!("written by {path}");
+    let request = format!(
+        "POST /{path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n{body}",
+        srv.port,
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", srv.port)).await.expect("connect to the server");
+    stream.write_all(request.as_bytes()).await.expect("send the request");
+    stream
+}
+
+/// The status line's code of the answer on `stream`.
+async fn answer_status(stream: &mut tokio::net::TcpStream) -> u16 {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n") {
+        let read = tokio::time::timeout(LINE_UP_WAIT, stream.read(&mut byte)).await.expect("an answer in time").expect("read the answer");
+        assert_eq!(read, 1, "the connection closed before an answer: {:?}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    line.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or_else(|| panic!("not a status line: {line:?}"))
+}
+
+fn post_binary(http: &Client, url: &str) -> RequestBuilder {
+    http.request(reqwest::Method::POST, url, "*/*").header(reqwest::header::CONTENT_TYPE, "application/octet-stream").body(format!("written to {url}"))
+}
+
+/// Polls `/_metrics` until `gauge` reads `value`.
+async fn until_gauge(srv: &Server, gauge: &str, value: f64, what: &str) {
+    let deadline = std::time::Instant::now() + LINE_UP_WAIT;
+    loop {
+        let now = srv.metric(gauge).await;
+        if now == value {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {gauge} stayed {now}, not {value}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Polls `/_metrics` until `gauge` reads less than `value`; answers what it reads.
+async fn until_gauge_below(srv: &Server, gauge: &str, value: f64, what: &str) -> f64 {
+    let deadline = std::time::Instant::now() + LINE_UP_WAIT;
+    loop {
+        let now = srv.metric(gauge).await;
+        if now < value {
+            return now;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {gauge} stayed {now}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The answer of a writer that stayed on the line, which must come once
+/// the lock is free.
+async fn answer_of(name: &str, sent: JoinHandle<Result<Resp, String>>) -> Resp {
+    let answer = tokio::time::timeout(LINE_UP_WAIT, sent).await;
+    let answer = answer.unwrap_or_else(|_| panic!("{name} was never answered: its group never committed"));
+    answer.expect("task").unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+async fn status_of(http: &Client, url: &str) -> u16 {
+    http.request(reqwest::Method::GET, url, "*/*").fetch().await.status
+}
+
+/// After the writers that went away: every writer still on the line was
+/// answered, both realms take writes at once, nothing is left in the write
+/// path, and of the writers that went away nothing is stored.
+async fn both_realms_write_and_nothing_is_left_of(srv: &Server, gone: &[&str]) {
+    let http = srv.client();
+    for realm in ["test", "other"] {
+        let url = format!("{}after.bin", srv.realm(realm));
+        let answer = tokio::time::timeout(LINE_UP_WAIT, post_binary(&http, &url).try_fetch()).await;
+        let answer = answer.unwrap_or_else(|_| panic!("a write to {realm} after the others went away never ended")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(answer.status, 204, "{realm} takes writes:\n{answer}");
+    }
+    until_gauge(srv, "realm_write_in_progress", 0.0, "every writer done").await;
+    assert_eq!(srv.metric("realm_write_waiting").await, 0.0);
+    for path in gone {
+        assert_eq!(status_of(&http, &format!("{}{path}", srv.base)).await, 404, "{path} went away before its turn: nothing of it is stored");
+    }
+}
+
+on_both_backends!(writers_that_go_away_while_they_wait_cost_the_writers_that_stay_nothing, an_opener_that_goes_away_before_its_transaction_begins_costs_the_others_nothing);
+
+/// With `test`'s lock held from outside, a writer of `test` waits for it,
+/// holding the realm's turn and opening a group; one of `test` waits for
+/// the turn and one of `other` waits too (SQLite: in the opener's group,
+/// whose one transaction is still to begin; Postgres: it has a lock of its
+/// own and writes at once). The ones that wait go away: the one that stays
+/// commits once the lock is free, and nothing else is left waiting.
+async fn writers_that_go_away_while_they_wait_cost_the_writers_that_stay_nothing(backend: Backend) {
+    let srv = backend.start_with(two_realms()).await;
+    let http = srv.client();
+    let blocker = Blocker::hold(&srv, &srv.realm("test")).await;
+
+    let stays = tokio::spawn(post_binary(&http, &format!("{}stays.bin", srv.realm("test"))).try_fetch());
+    until_gauge(&srv, "realm_write_opening", 1.0, "the first writer waits for the lock").await;
+    let behind = post_and_stay_on_the_line(&srv, "test/gone-behind.bin").await;
+    until_gauge(&srv, "realm_write_waiting", 1.0, "the second writer waits for the realm's turn").await;
+    let mut joiner = post_and_stay_on_the_line(&srv, "other/gone-joiner.bin").await;
+    let mut gone = vec!["test/gone-behind.bin"];
+    if sqlite(&srv) {
+        until_gauge(&srv, "realm_write_in_progress", 3.0, "the writer of `other` waits").await;
+        assert_eq!(srv.metric("realm_write_opening").await, 1.0, "the writer of `other` joined the opener's group");
+        gone.push("other/gone-joiner.bin");
+    } else {
+        assert_eq!(answer_status(&mut joiner).await, 204, "Postgres: `other` is not held, its writer does not wait");
+    }
+    drop((behind, joiner));
+    until_gauge(&srv, "realm_write_in_progress", 1.0, "the server let go of the writers that went away").await;
+    assert!(!stays.is_finished(), "answered while the lock is held");
+
+    blocker.release().await;
+    let stayed = answer_of("the writer that stayed", stays).await;
+    assert_eq!(stayed.status, 204, "the writer that stayed commits:\n{stayed}");
+    both_realms_write_and_nothing_is_left_of(&srv, &gone).await;
+    assert_eq!(status_of(&http, &format!("{}stays.bin", srv.realm("test"))).await, 200);
+}
+
+/// With `test`'s lock held from outside, the writer that opened the group
+/// (and waits for the lock) goes away before its transaction begins.
+/// Those that waited with it — one of `test` for the realm's turn and, on
+/// SQLite, one of `other` in the group the opener was beginning — find
+/// another group and commit once the lock is free.
+async fn an_opener_that_goes_away_before_its_transaction_begins_costs_the_others_nothing(backend: Backend) {
+    let srv = backend.start_with(two_realms()).await;
+    let http = srv.client();
+    let blocker = Blocker::hold(&srv, &srv.realm("test")).await;
+
+    let opener = post_and_stay_on_the_line(&srv, "test/gone-opener.bin").await;
+    until_gauge(&srv, "realm_write_opening", 1.0, "the opener waits for the lock").await;
+    let behind = tokio::spawn(post_binary(&http, &format!("{}behind.bin", srv.realm("test"))).try_fetch());
+    until_gauge(&srv, "realm_write_waiting", 1.0, "the second writer waits for the realm's turn").await;
+    let joiner = tokio::spawn(post_binary(&http, &format!("{}joiner.bin", srv.realm("other"))).try_fetch());
+    let mut stays = vec![("behind", behind)];
+    let waiting = if sqlite(&srv) {
+        until_gauge(&srv, "realm_write_in_progress", 3.0, "the writer of `other` waits").await;
+        assert_eq!(srv.metric("realm_write_opening").await, 1.0, "the writer of `other` joined the opener's group");
+        stays.push(("joiner", joiner));
+        3.0
+    } else {
+        let joined = joiner.await.expect("task").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(joined.status, 204, "Postgres: `other` is not held, its writer does not wait:\n{joined}");
+        2.0
+    };
+    drop(opener);
+    let left = until_gauge_below(&srv, "realm_write_in_progress", waiting, "the server let go of the opener").await;
+    for (name, sent) in &mut stays {
+        if sent.is_finished() {
+            let answer = sent.await.expect("task").unwrap_or_else(|e| panic!("{name}: {e}"));
+            panic!("{name} was answered while the lock is held, when the opener went away:\n{answer}");
+        }
+    }
+    assert_eq!(left, waiting - 1.0, "only the opener left");
+
+    blocker.release().await;
+    for (name, sent) in stays {
+        let answer = answer_of(name, sent).await;
+        assert_eq!(answer.status, 204, "{name} commits after the opener went away:\n{answer}");
+    }
+    both_realms_write_and_nothing_is_left_of(&srv, &["test/gone-opener.bin"]).await;
+    for path in ["test/behind.bin", "other/joiner.bin"] {
+        assert_eq!(status_of(&http, &format!("{}{path}", srv.base)).await, 200, "{path}");
+    }
 }
