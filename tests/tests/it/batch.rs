@@ -16,8 +16,13 @@
 //!    (Postgres, two replicas);
 //! 5. a writer whose client goes away while it waits (for the realm's
 //!    turn, in a group still beginning, or as that group's opener) leaves
-//!    the group and writes nothing; the writers that stay commit.
+//!    the group and writes nothing; the writers that stay commit;
+//! 6. a server SIGKILLed under load, started again on its database, has
+//!    every acknowledged write and, of each write it never answered, all
+//!    of it or nothing (both backends).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::IF_MATCH;
@@ -31,13 +36,13 @@ use crate::pg::Session;
 const LINE_UP_WAIT: Duration = Duration::from_secs(30);
 
 /// Holds the database lock every writer of a realm needs.
-enum Blocker {
+pub(crate) enum Blocker {
     Postgres(Session, i64),
     Sqlite(sqlx::SqliteConnection),
 }
 
 impl Blocker {
-    async fn hold(srv: &Server, realm: &str) -> Blocker {
+    pub(crate) async fn hold(srv: &Server, realm: &str) -> Blocker {
         if srv.db_url().starts_with("sqlite:") {
             use sqlx::Connection;
             let mut conn = sqlx::SqliteConnection::connect(srv.db_url()).await.expect("open the server's SQLite file");
@@ -51,7 +56,7 @@ impl Blocker {
         }
     }
 
-    async fn release(self) {
+    pub(crate) async fn release(self) {
         match self {
             Blocker::Postgres(mut session, key) => session.advisory_unlock(key).await,
             Blocker::Sqlite(mut conn) => {
@@ -64,7 +69,7 @@ impl Blocker {
 /// Sends `requests` in order, each once the previous one has queued: the
 /// first holds the realm's turn and waits for the database lock, the n-th
 /// waits for the turn behind n - 1 others.
-async fn line_up(srv: &Server, requests: Vec<RequestBuilder>) -> Vec<JoinHandle<Result<Resp, String>>> {
+pub(crate) async fn line_up(srv: &Server, requests: Vec<RequestBuilder>) -> Vec<JoinHandle<Result<Resp, String>>> {
     let mut sent = Vec::new();
     for (i, request) in requests.into_iter().enumerate() {
         sent.push(tokio::spawn(async move { request.try_fetch().await }));
@@ -78,7 +83,7 @@ async fn line_up(srv: &Server, requests: Vec<RequestBuilder>) -> Vec<JoinHandle<
     sent
 }
 
-async fn answers(sent: Vec<JoinHandle<Result<Resp, String>>>) -> Vec<Resp> {
+pub(crate) async fn answers(sent: Vec<JoinHandle<Result<Resp, String>>>) -> Vec<Resp> {
     let mut out = Vec::new();
     for handle in sent {
         out.push(handle.await.expect("request task").unwrap_or_else(|e| panic!("{e}")));
@@ -617,4 +622,112 @@ async fn an_opener_that_goes_away_before_its_transaction_begins_costs_the_others
     for path in ["test/behind.bin", "other/joiner.bin"] {
         assert_eq!(status_of(&http, &format!("{}{path}", srv.base)).await, 200, "{path}");
     }
+}
+
+// ---------------------------------------------------------------------------
+// A server killed under load
+
+/// One write a client sent: the files it writes (path below the realm,
+/// content) and whether it was answered 2xx, refused, or never answered.
+struct Sent {
+    files: Vec<(String, String)>,
+    answer: Option<u16>,
+}
+
+/// Writes from client `c` until the server stops answering: two single
+/// files, then an `/_atomic` add of three, and again.
+async fn write_until_killed(http: Client, realm: String, c: usize, acknowledged: Arc<AtomicUsize>) -> Vec<Sent> {
+    let mut sent = Vec::new();
+    for i in 0.. {
+        let files: Vec<(String, String)> = if i % 3 == 2 {
+            (0..3).map(|k| (format!("c{c}/atomic-{i}-{k}.txt"), format!("atomic {c} {i} {k}"))).collect()
+        } else {
+            vec![(format!("c{c}/single-{i}.txt"), format!("single {c} {i}"))]
+        };
+        let request = if files.len() == 1 {
+            http.write_source(&format!("{realm}{}", files[0].0), files[0].1.clone())
+        } else {
+            let ops: Vec<Value> = files
+                .iter()
+                .map(|(path, content)| json!({"op": "add", "href": path, "data": {"type": "source", "attributes": {"content": content}, "meta": {}}}))
+                .collect();
+            http.atomic(&realm, &json!({ "atomic:operations": ops }))
+        };
+        match request.try_fetch().await {
+            Ok(resp) => {
+                if (200..300).contains(&resp.status) {
+                    acknowledged.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    assert_eq!(resp.status, 503, "under load a write is done or refused for now:\n{resp}");
+                }
+                sent.push(Sent { files, answer: Some(resp.status) });
+            }
+            // The server is gone: this one was in flight.
+            Err(_) => {
+                sent.push(Sent { files, answer: None });
+                return sent;
+            }
+        }
+    }
+    sent
+}
+
+on_both_backends!(a_server_killed_under_load_keeps_every_acknowledged_write_and_no_part_of_an_unanswered_one);
+
+/// `kill -9` while 12 clients write (single files, and `/_atomic` adds of
+/// three) as fast as they can: batches commit back to back, so the kill
+/// lands while one is under way. A server started again on the same
+/// database has every acknowledged write, nothing of a refused one, and of
+/// each unanswered one all of it or nothing.
+async fn a_server_killed_under_load_keeps_every_acknowledged_write_and_no_part_of_an_unanswered_one(backend: Backend) {
+    const CLIENTS: usize = 12;
+    const BEFORE_THE_KILL: usize = 300;
+    let mut srv = backend.start().await;
+    let realm = srv.realm("test");
+    let acknowledged = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..CLIENTS).map(|c| tokio::spawn(write_until_killed(srv.client(), realm.clone(), c, acknowledged.clone()))).collect();
+    wait_until!(format!("{BEFORE_THE_KILL} writes acknowledged"), Duration::from_secs(120), {
+        (acknowledged.load(Ordering::SeqCst) >= BEFORE_THE_KILL).then_some(())
+    });
+    srv.kill();
+    let mut sent = Vec::new();
+    for client in clients {
+        sent.extend(client.await.expect("client task"));
+    }
+    let unanswered = sent.iter().filter(|s| s.answer.is_none()).count();
+    assert_eq!(unanswered, CLIENTS, "each client had one write in flight at the kill");
+
+    let again = srv.replica().await;
+    let (http, realm) = (again.client(), again.realm("test"));
+    let (mut kept, mut lost) = (0, 0);
+    for write in &sent {
+        let mut found = Vec::new();
+        for (path, content) in &write.files {
+            let resp = http.get_source(&format!("{realm}{path}")).fetch().await;
+            match resp.status {
+                200 => {
+                    assert_eq!(&resp.body, content, "{path}");
+                    found.push(path);
+                }
+                404 => {}
+                _ => panic!("reading {path} after the restart:\n{resp}"),
+            }
+        }
+        let all = found.len() == write.files.len();
+        match write.answer {
+            Some(status) if (200..300).contains(&status) => assert!(all, "acknowledged ({status}) but after the restart only {found:?} of {:?}", write.files),
+            Some(status) => assert!(found.is_empty(), "refused ({status}) yet {found:?} stored"),
+            None => {
+                assert!(all || found.is_empty(), "an unanswered write is all there or not at all: {found:?} of {:?}", write.files);
+                if all {
+                    kept += 1;
+                } else {
+                    lost += 1;
+                }
+            }
+        }
+    }
+    eprintln!("of the {unanswered} writes in flight at the kill, {kept} had committed and {lost} had not");
+    // The restarted server writes.
+    http.write_source(&format!("{realm}after.txt"), "after").fetch().await.expect_status(204);
 }
