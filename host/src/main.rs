@@ -186,6 +186,10 @@ struct ServeArgs {
     /// Most open client connections; past it the longest-waiting idle one is closed.
     #[arg(long, env = "REALM_MAX_CONNECTIONS", default_value_t = 10_000)]
     max_connections: usize,
+    /// On SIGTERM or Ctrl-C: how long the requests in progress may take to
+    /// finish; then the server exits, and those still running end unanswered.
+    #[arg(long, env = "REALM_SHUTDOWN_DRAIN", default_value = "10s", value_parser = parse_duration)]
+    shutdown_drain: Duration,
 }
 
 #[derive(Subcommand)]
@@ -469,12 +473,18 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         (Some(_), false) => {}
         (None, _) => drop(tokio::spawn(guests.clone().follow_registry())),
     }
+    let events = hub.clone();
     let app = Arc::new(http::App::new(db, guests, secret, request_limits, stats, app_locks, hub).await.map_err(|e| e.to_string())?);
     drop(tokio::spawn(app.realms.clone().follow_changes()));
     let listener = bind(args.listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!("realm-host listening on http://{local}/");
-    listener::serve(listener, http::router(app), connection_limits, shutdown_signal()).await;
+    let shutdown = async move {
+        shutdown_signal().await;
+        tracing::info!(drain = ?connection_limits.drain, "shutting down: no new connections; the requests in progress finish, event streams end (their clients resume elsewhere)");
+        events.close();
+    };
+    listener::serve(listener, http::router(app), connection_limits, shutdown).await;
     Ok(())
 }
 
@@ -492,7 +502,7 @@ fn connection_limits(args: &ServeArgs) -> listener::ConnectionLimits {
             "the open-file limit ({files}) lowers --max-connections; raise `ulimit -n` to allow more"
         );
     }
-    listener::ConnectionLimits { header_read: args.header_read_timeout, idle: args.idle_timeout, max_connections }
+    listener::ConnectionLimits { header_read: args.header_read_timeout, idle: args.idle_timeout, max_connections, drain: args.shutdown_drain }
 }
 
 /// A listening socket with a deep accept queue (bursts of new connections).

@@ -25,6 +25,8 @@ pub struct EventHub {
     feeds: Mutex<HashMap<String, Arc<Feed>>>,
     /// Events one feed holds for a subscriber that has not read them yet.
     buffer: usize,
+    /// Set when the server shuts down: every event stream ends.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 struct Feed {
@@ -43,7 +45,20 @@ const AGE_PRUNE_BATCH: i64 = 1000;
 
 impl EventHub {
     pub fn new(db: Database, buffer: usize) -> EventHub {
-        EventHub { db, feeds: Mutex::new(HashMap::new()), buffer: buffer.max(1) }
+        EventHub { db, feeds: Mutex::new(HashMap::new()), buffer: buffer.max(1), closing: tokio::sync::watch::channel(false).0 }
+    }
+
+    /// The server is shutting down: every event stream ends now, rather
+    /// than hold the shutdown until its drain runs out. A subscriber
+    /// resumes with its `Last-Event-ID` (on another replica), missing
+    /// nothing.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Becomes true once [`EventHub::close`] is called.
+    pub fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closing.subscribe()
     }
 
     fn feeds(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Feed>>> {

@@ -3,7 +3,8 @@
 //! `?lastEventId=`) resumes after that event; an id outside the retained
 //! window gets one `reset` event (reload) and the stream goes on from the
 //! newest. A subscriber that falls more than the buffer behind while not
-//! reading is disconnected, and resumes with its last id.
+//! reading is disconnected, and resumes with its last id; so is every
+//! subscriber when the server shuts down.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -45,7 +46,8 @@ pub(super) async fn stream(app: &App, target: &Target, headers: &HeaderMap, quer
         }
         Some(after) => after,
     };
-    let state = Subscriber { hub, realm, live, sent, handed: sent, stalls, pending: first, caught_up: resume.is_none() || sent == newest };
+    let closing = hub.closing();
+    let state = Subscriber { hub, realm, live, sent, handed: sent, stalls, pending: first, caught_up: resume.is_none() || sent == newest, closing };
     let events = futures_util::stream::unfold(state, |mut s| async move { s.next().await.map(|event| (Ok::<_, Infallible>(event), s)) });
     let heartbeat = app.limits.events_heartbeat;
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(heartbeat.max(Duration::from_millis(10))).text("heartbeat")).into_response())
@@ -88,13 +90,21 @@ struct Subscriber {
     pending: VecDeque<(SseEvent, Option<i64>)>,
     /// Whether every retained event up to the live feed has been read.
     caught_up: bool,
+    /// True once the server shuts down.
+    closing: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Subscriber {
-    /// The next event to send; `None` ends the stream (lagged, or the
-    /// database failed: the client resumes with its last id).
+    /// The next event to send; `None` ends the stream (lagged, the
+    /// database failed, or the server shuts down: the client resumes with
+    /// its last id).
     async fn next(&mut self) -> Option<SseEvent> {
-        let (event, seq) = self.next_event().await?;
+        let mut closing = self.closing.clone();
+        let (event, seq) = tokio::select! {
+            biased;
+            _ = closing.wait_for(|closing| *closing) => return None,
+            next = self.next_event() => next?,
+        };
         let behind = self.hub.newest_read(&self.realm).saturating_sub(self.handed);
         // The client made the connection wait while it fell more than the
         // buffer behind: it does not keep up (a burst alone, read

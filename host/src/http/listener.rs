@@ -38,6 +38,8 @@ pub struct ConnectionLimits {
     pub header_read: Duration,
     pub idle: Duration,
     pub max_connections: usize,
+    /// How long shutdown waits for the requests in progress to finish.
+    pub drain: Duration,
 }
 
 /// How long a connection must have waited before the cap may close it.
@@ -298,11 +300,9 @@ impl AsyncWrite for Watched {
     }
 }
 
-/// How long shutdown waits for requests in progress to finish.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Serves `router` on `listener` until `shutdown` completes, then lets the
-/// requests in progress finish (at most `DRAIN_TIMEOUT`).
+/// Serves `router` on `listener` until `shutdown` completes, then stops
+/// accepting and lets the requests in progress finish (for at most
+/// `limits.drain`).
 pub async fn serve(listener: TcpListener, router: Router, limits: ConnectionLimits, shutdown: impl Future<Output = ()>) {
     let registry = Arc::new(Registry {
         epoch: Instant::now(),
@@ -357,9 +357,13 @@ pub async fn serve(listener: TcpListener, router: Router, limits: ConnectionLimi
     }
     let _ = stop.send(true);
     drop(listener);
-    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    let deadline = Instant::now() + limits.drain;
     while !registry.open().is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = registry.open().len();
+    if left > 0 {
+        tracing::warn!(connections = left, "the shutdown drain ran out with requests in progress: they end unanswered, and a write among them is not committed");
     }
     sweeper.abort();
 }

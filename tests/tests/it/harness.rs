@@ -414,6 +414,26 @@ impl Server {
         self.child.0.wait().expect("reap realm-host");
     }
 
+    /// Asks the server to stop, as an orchestrator does (SIGTERM).
+    pub fn terminate(&self) {
+        let pid = libc::pid_t::try_from(self.pid()).expect("a pid fits pid_t");
+        // SAFETY: kill(2) on our own child's pid; it touches no memory of ours.
+        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(sent, 0, "SIGTERM to realm-host: {}", std::io::Error::last_os_error());
+    }
+
+    /// Waits at most `within` for the process to exit by itself; its status.
+    pub async fn exit_status(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.0.try_wait().expect("poll realm-host") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "realm-host still runs {within:?} later\n--- server log ---\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.0.try_wait(), Ok(None))

@@ -27,3 +27,4 @@ mod merge;
 mod postgres;
 mod routes;
 mod search;
+mod shutdown;
