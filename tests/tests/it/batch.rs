@@ -481,33 +481,12 @@ async fn answer_status(stream: &mut tokio::net::TcpStream) -> u16 {
 }
 
 fn post_binary(http: &Client, url: &str) -> RequestBuilder {
-    http.request(reqwest::Method::POST, url, "*/*").header(reqwest::header::CONTENT_TYPE, "application/octet-stream").body(format!("written to {url}"))
+    http.post_bytes(url, "application/octet-stream", format!("written to {url}"))
 }
 
 /// Polls `/_metrics` until `gauge` reads `value`.
 async fn until_gauge(srv: &Server, gauge: &str, value: f64, what: &str) {
-    let deadline = std::time::Instant::now() + LINE_UP_WAIT;
-    loop {
-        let now = srv.metric(gauge).await;
-        if now == value {
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "{what}: {gauge} stayed {now}, not {value}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Polls `/_metrics` until `gauge` reads less than `value`; answers what it reads.
-async fn until_gauge_below(srv: &Server, gauge: &str, value: f64, what: &str) -> f64 {
-    let deadline = std::time::Instant::now() + LINE_UP_WAIT;
-    loop {
-        let now = srv.metric(gauge).await;
-        if now < value {
-            return now;
-        }
-        assert!(std::time::Instant::now() < deadline, "{what}: {gauge} stayed {now}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until!(format!("{what} ({gauge} = {value})"), LINE_UP_WAIT, { (srv.metric(gauge).await == value).then_some(()) });
 }
 
 /// The answer of a writer that stayed on the line, which must come once
@@ -604,7 +583,10 @@ async fn an_opener_that_goes_away_before_its_transaction_begins_costs_the_others
         2.0
     };
     drop(opener);
-    let left = until_gauge_below(&srv, "realm_write_in_progress", waiting, "the server let go of the opener").await;
+    let left = wait_until!("the server lets go of the opener", LINE_UP_WAIT, {
+        let now = srv.metric("realm_write_in_progress").await;
+        (now < waiting).then_some(now)
+    });
     for (name, sent) in &mut stays {
         if sent.is_finished() {
             let answer = sent.await.expect("task").unwrap_or_else(|e| panic!("{name}: {e}"));

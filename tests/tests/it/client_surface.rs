@@ -351,7 +351,7 @@ async fn write_permission_changes_hold_on_every_replica_for_every_write_route(ba
             who.create_card(&realm, &person_doc(&realm, json!({"refused": round}))).fetch().await.card_error(403);
             let body = json!({"atomic:operations": [{"op": "add", "href": format!("refused-{round}.json"), "data": new_card}]});
             who.atomic(&realm, &body).fetch().await.card_error(403);
-            post_bytes(&who, &format!("{realm}refused.bin"), "application/octet-stream", vec![1, 2, 3]).fetch().await.card_error(403);
+            who.post_bytes(&format!("{realm}refused.bin"), "application/octet-stream", vec![1, 2, 3]).fetch().await.card_error(403);
         }
     };
     for round in 0..3 {
@@ -626,9 +626,6 @@ fn png_bytes() -> Vec<u8> {
     bytes
 }
 
-fn post_bytes(http: &Client, url: &str, content_type: &str, bytes: Vec<u8>) -> reqwest::RequestBuilder {
-    http.request(Method::POST, url, "*/*").header(CONTENT_TYPE, content_type).body(bytes)
-}
 
 async fn binary_files_round_trip_byte_exact(backend: Backend) {
     use sha2::{Digest, Sha256};
@@ -638,7 +635,7 @@ async fn binary_files_round_trip_byte_exact(backend: Backend) {
     let url = format!("{test}images/logo.png");
     let bytes = png_bytes();
 
-    let written = post_bytes(&http, &url, "application/octet-stream", bytes.clone()).fetch().await.expect_status(204);
+    let written = http.post_bytes(&url, "application/octet-stream", bytes.clone()).fetch().await.expect_status(204);
     let etag = format!("\"{}\"", hex_of(&Sha256::digest(&bytes)));
     assert_eq!(written.etag(), etag, "the ETag is the SHA-256 of the bytes");
     for accept in ["*/*", "image/png"] {
@@ -659,11 +656,11 @@ async fn binary_files_round_trip_byte_exact(backend: Backend) {
     assert!(listing["data"]["relationships"]["logo.png"].is_object(), "{listing}");
 
     // Any non-card type writes bytes; text stays text; If-Match is honoured.
-    post_bytes(&http, &url, "image/png", b"\x00changed".to_vec()).header(reqwest::header::IF_MATCH, "\"wrong\"").fetch().await.card_error(412);
+    http.post_bytes(&url, "image/png", b"\x00changed".to_vec()).header(reqwest::header::IF_MATCH, "\"wrong\"").fetch().await.card_error(412);
     assert_eq!(http.http_get_bytes(&url, "*/*").await.1, bytes, "a refused write changes nothing");
-    post_bytes(&http, &url, "image/png", b"\x00changed".to_vec()).header(reqwest::header::IF_MATCH, &etag).fetch().await.expect_status(204);
+    http.post_bytes(&url, "image/png", b"\x00changed".to_vec()).header(reqwest::header::IF_MATCH, &etag).fetch().await.expect_status(204);
     assert_eq!(http.http_get_bytes(&url, "*/*").await.1, b"\x00changed");
-    post_bytes(&http, &format!("{test}notes.txt"), "text/plain", "plain ✓".as_bytes().to_vec()).fetch().await.expect_status(204);
+    http.post_bytes(&format!("{test}notes.txt"), "text/plain", "plain ✓".as_bytes().to_vec()).fetch().await.expect_status(204);
     assert_eq!(http.read(&format!("{test}notes.txt")).await, "plain ✓");
     // Card source over a binary file makes it text again.
     http.seed(&url, "now text").await;
@@ -673,21 +670,21 @@ async fn binary_files_round_trip_byte_exact(backend: Backend) {
 
     // A `.json` body goes through the card logic, and is indexed as a card.
     let card = person_doc(&test, json!({"firstName": "Bytes"}));
-    post_bytes(&http, &format!("{test}Person/bytes.json"), "application/octet-stream", card.to_string().into_bytes()).fetch().await.expect_status(204);
+    http.post_bytes(&format!("{test}Person/bytes.json"), "application/octet-stream", card.to_string().into_bytes()).fetch().await.expect_status(204);
     let got = http.get_card(&format!("{test}Person/bytes")).fetch().await.expect_status(200).json();
     assert_eq!(got["data"]["attributes"]["firstName"], json!("Bytes"));
-    post_bytes(&http, &format!("{test}bad.json"), "application/octet-stream", vec![0xff, 0xfe]).fetch().await.card_error(400);
+    http.post_bytes(&format!("{test}bad.json"), "application/octet-stream", vec![0xff, 0xfe]).fetch().await.card_error(400);
 
     // Limits, reserved paths, auth.
-    post_bytes(&http, &format!("{test}big.bin"), "application/octet-stream", vec![7; 10_001]).fetch().await.card_error(413);
+    http.post_bytes(&format!("{test}big.bin"), "application/octet-stream", vec![7; 10_001]).fetch().await.card_error(413);
     http.request(Method::GET, &format!("{test}big.bin"), "*/*").fetch().await.card_error(404);
-    post_bytes(&http, &format!("{test}_x.bin"), "application/octet-stream", vec![1]).fetch().await.card_error(405);
-    post_bytes(&http, &format!("{test}dir/"), "application/octet-stream", vec![1]).fetch().await.card_error(405);
-    post_bytes(&http, &format!("{private}logo.png"), "application/octet-stream", bytes.clone()).fetch().await.card_error(401);
+    http.post_bytes(&format!("{test}_x.bin"), "application/octet-stream", vec![1]).fetch().await.card_error(405);
+    http.post_bytes(&format!("{test}dir/"), "application/octet-stream", vec![1]).fetch().await.card_error(405);
+    http.post_bytes(&format!("{private}logo.png"), "application/octet-stream", bytes.clone()).fetch().await.card_error(401);
     let reader = srv.client_as(ALICE, &private, &["read"]).await;
-    post_bytes(&reader, &format!("{private}logo.png"), "application/octet-stream", bytes.clone()).fetch().await.card_error(403);
+    reader.post_bytes(&format!("{private}logo.png"), "application/octet-stream", bytes.clone()).fetch().await.card_error(403);
     let alice = srv.client_as(ALICE, &private, &["read", "write"]).await;
-    post_bytes(&alice, &format!("{private}logo.png"), "application/octet-stream", bytes.clone()).fetch().await.expect_status(204);
+    alice.post_bytes(&format!("{private}logo.png"), "application/octet-stream", bytes.clone()).fetch().await.expect_status(204);
     assert_eq!(alice.http_get_bytes(&format!("{private}logo.png"), "*/*").await.1, bytes);
     srv.client().request(Method::GET, &format!("{private}logo.png"), "*/*").fetch().await.card_error(401);
 }

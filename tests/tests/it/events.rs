@@ -415,10 +415,6 @@ fn with_id(request: RequestBuilder, id: &str) -> RequestBuilder {
     request.header(CLIENT_REQUEST_ID, id)
 }
 
-fn post_bytes(http: &Client, url: &str, content_type: &str, bytes: Vec<u8>) -> RequestBuilder {
-    http.request(Method::POST, url, "*/*").header(CONTENT_TYPE, content_type).body(bytes)
-}
-
 fn serve_args(args: &[&str]) -> ServerOptions {
     ServerOptions { serve_args: args.iter().map(|a| a.to_string()).collect(), ..ServerOptions::default() }
 }
@@ -498,9 +494,9 @@ async fn every_write_appends_one_event_naming_what_it_changed(backend: Backend) 
     // Binary POST: its file URL; the same bytes again: nothing.
     let png = format!("{realm}images/logo.png");
     let bytes: Vec<u8> = vec![0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0xff, 0xfe];
-    with_id(post_bytes(&http, &png, "image/png", bytes.clone()), "binary-1").fetch().await.expect_status(204);
+    with_id(http.post_bytes(&png, "image/png", bytes.clone()), "binary-1").fetch().await.expect_status(204);
     ex.next(&mut sse, "binary POST of images/logo.png", std::slice::from_ref(&png), Some("binary-1")).await;
-    with_id(post_bytes(&http, &png, "image/png", bytes), "noop-binary").fetch().await.expect_status(204);
+    with_id(http.post_bytes(&png, "image/png", bytes), "noop-binary").fetch().await.expect_status(204);
 
     // Card POST side-loading an `included` card: both new cards, each once
     // (the order of the primary and its side-loaded card is not asserted).

@@ -655,6 +655,12 @@ impl Client {
         self.request(Method::POST, url, CARD_SOURCE).body(text.into())
     }
 
+    /// POST of raw bytes: a file written as it is (any media but card JSON
+    /// and card source).
+    pub fn post_bytes(&self, url: &str, content_type: &str, bytes: impl Into<reqwest::Body>) -> RequestBuilder {
+        self.request(Method::POST, url, "*/*").header(CONTENT_TYPE, content_type).body(bytes)
+    }
+
     pub fn delete_source(&self, url: &str) -> RequestBuilder {
         self.request(Method::DELETE, url, CARD_SOURCE)
     }
