@@ -363,7 +363,7 @@ pub async fn serve(listener: TcpListener, router: Router, limits: ConnectionLimi
     }
     let left = registry.open().len();
     if left > 0 {
-        tracing::warn!(connections = left, "the shutdown drain ran out with requests in progress: they end unanswered, and a write among them is not committed");
+        tracing::warn!(connections = left, "the shutdown drain ran out with requests in progress: they end unanswered (a write that had not reached its COMMIT is not committed)");
     }
     sweeper.abort();
 }
