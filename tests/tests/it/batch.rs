@@ -501,9 +501,9 @@ async fn status_of(http: &Client, url: &str) -> u16 {
     http.request(reqwest::Method::GET, url, "*/*").fetch().await.status
 }
 
-/// After the writers that went away: every writer still on the line was
-/// answered, both realms take writes at once, nothing is left in the write
-/// path, and of the writers that went away nothing is stored.
+/// After the writers that went away: both realms take writes at once,
+/// nothing is left in the write path, and of the writers that went away
+/// nothing is stored.
 async fn both_realms_write_and_nothing_is_left_of(srv: &Server, gone: &[&str]) {
     let http = srv.client();
     for realm in ["test", "other"] {
