@@ -212,10 +212,8 @@ impl RealmBatch {
         for path in order {
             let Some(state) = writes.remove(&path) else { continue };
             let known = &mut self.known;
-            let entry = self.entries.entry(path.clone()).or_insert_with(|| {
-                let base = known.remove(&path).flatten();
-                Entry { current: base.clone(), base, dirty: false }
-            });
+            // (`current` is set just below: no copy of the base for it.)
+            let entry = self.entries.entry(path.clone()).or_insert_with(|| Entry { base: known.remove(&path).flatten(), current: None, dirty: false });
             if !entry.dirty {
                 self.changed.push(path);
             }
