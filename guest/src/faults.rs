@@ -29,6 +29,20 @@ pub fn inject<S: Store>(store: &S, realm: &str, path: &str) -> Option<Result<()>
             }
             panic!("deliberate trap while holding the write lock");
         }
+        "_fault/loop-in-lock" => {
+            // Holds the realm's turn, a write of its own pending, for as
+            // long as the host lets it run: the batch stalls in the middle.
+            let mut lock = match store.with_write_lock(realm) {
+                Ok(lock) => lock,
+                Err(e) => return Some(Err(e)),
+            };
+            if let Err(e) = lock.write("looped.txt", "must never be committed", None) {
+                return Some(Err(e));
+            }
+            loop {
+                std::hint::black_box(&mut lock);
+            }
+        }
         "_fault/lock-other-realm" => {
             // The host must refuse a lock on any realm but the request's.
             // A sibling realm: the tests' servers have `…/pubread/` beside `…/test/`.

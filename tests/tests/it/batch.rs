@@ -17,9 +17,10 @@
 //! 5. a writer whose client goes away while it waits (for the realm's
 //!    turn, in a group still beginning, or as that group's opener) leaves
 //!    the group and writes nothing; the writers that stay commit;
-//! 6. a server SIGKILLed under load, started again on its database, has
-//!    every acknowledged write and, of each write it never answered, all
-//!    of it or nothing (both backends).
+//! 6. a server SIGKILLed in the middle of a 30-member batch (one server,
+//!    both backends), or at a random moment under load, started again on
+//!    its database, has every acknowledged write and nothing of a batch it
+//!    had not committed; of a write it never answered, all or nothing.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -604,6 +605,65 @@ async fn an_opener_that_goes_away_before_its_transaction_begins_costs_the_others
     for path in ["test/behind.bin", "other/joiner.bin"] {
         assert_eq!(status_of(&http, &format!("{}{path}", srv.base)).await, 200, "{path}");
     }
+}
+
+// ---------------------------------------------------------------------------
+// A server killed in the middle of a batch
+
+on_both_backends!(a_server_killed_in_the_middle_of_a_30_member_batch_leaves_nothing_of_it);
+
+/// One server: 30 writers line up behind the realm's lock (held from
+/// outside), the 16th a guest call that writes and then runs on, holding
+/// the realm's turn. Once the lock is free the first 15 take their turns
+/// (their writes wait in the batch's overlay) and the 16th keeps the rest
+/// waiting: SIGKILL then. A server started again on the same database has
+/// every write acknowledged before, and nothing of the batch.
+async fn a_server_killed_in_the_middle_of_a_30_member_batch_leaves_nothing_of_it(backend: Backend) {
+    const MEMBERS: usize = 30;
+    const STALLS: usize = 15;
+    let f = crate::guests::fixtures().await;
+    let serve_args = ["--guest", &f.faulty.display().to_string(), "--guest-timeout", "300s", "--lock-timeout", "60s", "--coalesce-max-wait", "60s"]
+        .map(String::from)
+        .to_vec();
+    let mut srv = backend.start_with(ServerOptions { serve_args, ..ServerOptions::default() }).await;
+    let (realm, http) = (srv.realm("test"), srv.client());
+    for i in 0..10 {
+        http.write_source(&format!("{realm}ack-{i}.txt"), "acknowledged").fetch().await.expect_status(204);
+    }
+    let turns = srv.metric("realm_write_turns_total").await;
+
+    let blocker = Blocker::hold(&srv, &realm).await;
+    let requests = (0..MEMBERS)
+        .map(|i| match i {
+            STALLS => http.get_card(&format!("{realm}_fault/loop-in-lock")),
+            _ => http.write_source(&format!("{realm}batch-{i}.txt"), "in the killed batch"),
+        })
+        .collect();
+    let sent = line_up(&srv, requests).await;
+    blocker.release().await;
+    wait_until!("the members before the stalling one take their turns", LINE_UP_WAIT, {
+        (srv.metric("realm_write_turns_total").await - turns >= STALLS as f64).then_some(())
+    });
+    assert_eq!(srv.metric("realm_write_turns_total").await - turns, STALLS as f64, "the stalling member keeps its turn");
+    assert_eq!(srv.metric("realm_write_waiting").await, (MEMBERS - STALLS - 1) as f64, "the rest wait behind it");
+    assert!(sent.iter().all(|h| !h.is_finished()), "a member was answered before its batch committed");
+
+    srv.kill();
+    for handle in sent {
+        if let Ok(answer) = handle.await.expect("request task") {
+            panic!("a killed server answered a member of its unfinished batch:\n{answer}");
+        }
+    }
+    let again = srv.replica().await;
+    let (realm, http) = (again.realm("test"), again.client());
+    for i in 0..10 {
+        assert_eq!(http.read(&format!("{realm}ack-{i}.txt")).await, "acknowledged", "ack-{i}.txt, acknowledged before the batch");
+    }
+    for i in (0..MEMBERS).filter(|i| *i != STALLS) {
+        assert_eq!(http.source_status(&format!("{realm}batch-{i}.txt")).await, 404, "batch-{i}.txt of the killed batch");
+    }
+    assert_eq!(http.source_status(&format!("{realm}looped.txt")).await, 404, "the stalling member's write");
+    http.write_source(&format!("{realm}after.txt"), "after").fetch().await.expect_status(204);
 }
 
 // ---------------------------------------------------------------------------

@@ -196,7 +196,7 @@ async fn runaway_guests_answer_500_roll_back_and_leave_the_server_healthy(backen
     let faulty = short_hash(&f.faulty);
     let (id, _) = client.create(&realm, &person(json!({"name": "Ada"}))).await;
 
-    for fault in ["loop", "bomb", "trap", "trap-in-lock", "lock-twice", "lock-other-realm"] {
+    for fault in ["loop", "loop-in-lock", "bomb", "trap", "trap-in-lock", "lock-twice", "lock-other-realm"] {
         let started = Instant::now();
         let resp = client.get_card(&format!("{realm}_fault/{fault}")).fetch().await.expect_status(500);
         assert!(started.elapsed() < Duration::from_secs(10), "{fault} took {:?}", started.elapsed());
@@ -209,6 +209,7 @@ async fn runaway_guests_answer_500_roll_back_and_leave_the_server_healthy(backen
         // Nothing the guest wrote before trapping is visible, the lock was
         // released, and the next request is fine.
         assert_eq!(client.source_status(&format!("{realm}half-written.txt")).await, 404, "after {fault}");
+        assert_eq!(client.source_status(&format!("{realm}looped.txt")).await, 404, "after {fault}");
         assert_eq!(client.source_status(&format!("{}stolen.txt", server.realm("pubread"))).await, 404, "after {fault}");
         let patched = client.patch_card(&id, &person(json!({"fault": fault}))).fetch().await.expect_status(200);
         assert_eq!(patched.json()["data"]["attributes"]["fault"], fault);
