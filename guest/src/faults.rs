@@ -20,11 +20,7 @@ pub fn inject<S: Store>(store: &S, realm: &str, path: &str) -> Option<Result<()>
         }
         "_fault/trap" => panic!("deliberate trap"),
         "_fault/trap-in-lock" => {
-            let mut lock = match store.with_write_lock(realm) {
-                Ok(lock) => lock,
-                Err(e) => return Some(Err(e)),
-            };
-            if let Err(e) = lock.write("half-written.txt", "must never be committed", None) {
+            if let Err(e) = lock_with_a_pending_write(store, realm, "half-written.txt") {
                 return Some(Err(e));
             }
             panic!("deliberate trap while holding the write lock");
@@ -32,13 +28,10 @@ pub fn inject<S: Store>(store: &S, realm: &str, path: &str) -> Option<Result<()>
         "_fault/loop-in-lock" => {
             // Holds the realm's turn, a write of its own pending, for as
             // long as the host lets it run: the batch stalls in the middle.
-            let mut lock = match store.with_write_lock(realm) {
+            let mut lock = match lock_with_a_pending_write(store, realm, "looped.txt") {
                 Ok(lock) => lock,
                 Err(e) => return Some(Err(e)),
             };
-            if let Err(e) = lock.write("looped.txt", "must never be committed", None) {
-                return Some(Err(e));
-            }
             loop {
                 std::hint::black_box(&mut lock);
             }
@@ -66,4 +59,12 @@ pub fn inject<S: Store>(store: &S, realm: &str, path: &str) -> Option<Result<()>
         }
         _ => None,
     }
+}
+
+/// Takes `realm`'s write lock and writes `path` under it: a write that
+/// must never be committed, since the fault that holds it then misbehaves.
+fn lock_with_a_pending_write<S: Store>(store: &S, realm: &str, path: &str) -> Result<S::Lock> {
+    let mut lock = store.with_write_lock(realm)?;
+    lock.write(path, "must never be committed", None)?;
+    Ok(lock)
 }

@@ -32,40 +32,10 @@ use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 
 use crate::harness::*;
+use crate::lock_holder::LockHolder;
 use crate::pg::Session;
 
 const LINE_UP_WAIT: Duration = Duration::from_secs(30);
-
-/// Holds the database lock every writer of a realm needs.
-pub(crate) enum Blocker {
-    Postgres(Session, i64),
-    Sqlite(sqlx::SqliteConnection),
-}
-
-impl Blocker {
-    pub(crate) async fn hold(srv: &Server, realm: &str) -> Blocker {
-        if srv.db_url().starts_with("sqlite:") {
-            use sqlx::Connection;
-            let mut conn = sqlx::SqliteConnection::connect(srv.db_url()).await.expect("open the server's SQLite file");
-            sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await.expect("take SQLite's write lock");
-            Blocker::Sqlite(conn)
-        } else {
-            let key = crate::pg::realm_lock_key(realm);
-            let mut session = Session::open(srv.db_url()).await;
-            session.advisory_lock(key).await;
-            Blocker::Postgres(session, key)
-        }
-    }
-
-    pub(crate) async fn release(self) {
-        match self {
-            Blocker::Postgres(mut session, key) => session.advisory_unlock(key).await,
-            Blocker::Sqlite(mut conn) => {
-                sqlx::query("COMMIT").execute(&mut conn).await.expect("release SQLite's write lock");
-            }
-        }
-    }
-}
 
 /// Sends `requests` in order, each once the previous one has queued: the
 /// first holds the realm's turn and waits for the database lock, the n-th
@@ -114,7 +84,7 @@ async fn a_batch_sees_its_earlier_members_and_its_failures_cost_nothing(backend:
     let commits = srv.metric("realm_write_commits_total").await;
     let committed = srv.metric("realm_write_requests_committed_total").await;
 
-    let blocker = Blocker::hold(&srv, &realm).await;
+    let blocker = LockHolder::hold(&srv, &realm).await;
     let new_card = json!({"type": "card", "attributes": {"firstName": "New"}, "meta": {"adoptsFrom": {"module": "./person", "name": "Person"}}});
     let nul_source = json!({"type": "source", "attributes": {"content": "a NUL \u{0}"}});
     let failing_atomic = json!({"atomic:operations": [
@@ -180,7 +150,7 @@ async fn postgres_replica_killed_mid_batch_of_30_leaves_nothing_of_it_and_keeps_
         .execute(&mut rows.conn)
         .await
         .expect("lock the row");
-    let blocker = Blocker::hold(&a, &realm_a).await;
+    let blocker = LockHolder::hold(&a, &realm_a).await;
     let sent = line_up(&a, (0..MEMBERS).map(|i| http_a.write_source(&format!("{realm_a}doc-{i}.txt"), "new")).collect()).await;
     blocker.release().await;
 
@@ -531,7 +501,7 @@ on_both_backends!(writers_that_go_away_while_they_wait_cost_the_writers_that_sta
 async fn writers_that_go_away_while_they_wait_cost_the_writers_that_stay_nothing(backend: Backend) {
     let srv = backend.start_with(two_realms()).await;
     let http = srv.client();
-    let blocker = Blocker::hold(&srv, &srv.realm("test")).await;
+    let blocker = LockHolder::hold(&srv, &srv.realm("test")).await;
 
     let stays = tokio::spawn(post_binary(&http, &format!("{}stays.bin", srv.realm("test"))).try_fetch());
     until_gauge(&srv, "realm_write_opening", 1.0, "the first writer waits for the lock").await;
@@ -565,7 +535,7 @@ async fn writers_that_go_away_while_they_wait_cost_the_writers_that_stay_nothing
 async fn an_opener_that_goes_away_before_its_transaction_begins_costs_the_others_nothing(backend: Backend) {
     let srv = backend.start_with(two_realms()).await;
     let http = srv.client();
-    let blocker = Blocker::hold(&srv, &srv.realm("test")).await;
+    let blocker = LockHolder::hold(&srv, &srv.realm("test")).await;
 
     let opener = post_and_stay_on_the_line(&srv, "test/gone-opener.bin").await;
     until_gauge(&srv, "realm_write_opening", 1.0, "the opener waits for the lock").await;
@@ -632,7 +602,7 @@ async fn a_server_killed_in_the_middle_of_a_30_member_batch_leaves_nothing_of_it
     }
     let turns = srv.metric("realm_write_turns_total").await;
 
-    let blocker = Blocker::hold(&srv, &realm).await;
+    let blocker = LockHolder::hold(&srv, &realm).await;
     let requests = (0..MEMBERS)
         .map(|i| match i {
             STALLS => http.get_card(&format!("{realm}_fault/loop-in-lock")),

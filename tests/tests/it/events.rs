@@ -40,10 +40,10 @@ use futures::future::join_all;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, IF_MATCH};
 use reqwest::{Method, RequestBuilder};
 use serde_json::{json, Value};
-use sqlx::ConnectOptions;
 
 use crate::harness::*;
-use crate::pg::{self, PgCluster, Session};
+use crate::lock_holder::LockHolder;
+use crate::pg::{self, PgCluster};
 
 const EVENT_STREAM: &str = "text/event-stream";
 const CLIENT_REQUEST_ID: &str = "X-Boxel-Client-Request-Id";
@@ -1014,50 +1014,6 @@ async fn a_stalled_subscriber_is_dropped_without_slowing_anyone_and_resumes_miss
     assert_index_event(&event, WRITES as u64 + 1, &realm, &[url], None, "live after the resume");
 }
 
-/// Holds a realm's database-level write lock from outside the server
-/// (Postgres: its advisory lock; SQLite: a `BEGIN IMMEDIATE` transaction on
-/// the file), so that the server's writers queue behind it.
-enum LockHolder {
-    Postgres(Session, i64),
-    Sqlite(sqlx::SqliteConnection),
-}
-
-impl LockHolder {
-    async fn hold(srv: &Server, realm: &str) -> LockHolder {
-        let url = srv.db_url();
-        if url.starts_with("sqlite:") {
-            let options = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(url)
-                .unwrap_or_else(|e| panic!("{url}: {e}"))
-                .create_if_missing(false)
-                .busy_timeout(Duration::from_secs(30));
-            let mut conn = options.connect().await.unwrap_or_else(|e| panic!("open {url}: {e}"));
-            sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut conn).await.expect("BEGIN IMMEDIATE on the test database");
-            return LockHolder::Sqlite(conn);
-        }
-        let mut session = Session::open(url).await;
-        let key = pg::realm_lock_key(realm);
-        session.advisory_lock(key).await;
-        LockHolder::Postgres(session, key)
-    }
-
-    /// Postgres: waits until a server backend waits for the lock.
-    async fn wait_for_a_waiter(&mut self) {
-        if let LockHolder::Postgres(session, key) = self {
-            let key = *key;
-            wait_until!("a write waits for the realm's lock", EVENT_WAIT, (!session.advisory_waiters(key).await.is_empty()).then_some(()));
-        }
-    }
-
-    async fn release(self) {
-        match self {
-            LockHolder::Postgres(mut session, key) => session.advisory_unlock(key).await,
-            LockHolder::Sqlite(mut conn) => {
-                sqlx::raw_sql("ROLLBACK").execute(&mut conn).await.expect("ROLLBACK on the test database");
-            }
-        }
-    }
-}
-
 /// A subscriber that reads promptly is not "behind", even when one commit
 /// carries more events than `--events-buffer`: 40 writes queue behind the
 /// test's hold of the realm's lock and then share one commit (coalescing
@@ -1073,7 +1029,7 @@ async fn a_reading_subscriber_keeps_up_with_one_commit_of_more_events_than_the_b
         let request = with_id(srv.client().write_source(&format!("{realm}burst/{i}.txt"), format!("burst {i}")), &format!("burst-{i}"));
         writes.push(tokio::spawn(request.fetch()));
     }
-    holder.wait_for_a_waiter().await;
+    holder.wait_for_a_waiter(EVENT_WAIT).await;
     // Let every request reach the server's queue (not needed for
     // correctness: fewer queued writes only make the burst smaller).
     tokio::time::sleep(Duration::from_secs(1)).await;

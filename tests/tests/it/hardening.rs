@@ -49,12 +49,12 @@ use futures::StreamExt;
 use reqwest::header::{HeaderValue, AUTHORIZATION, IF_MATCH, IF_NONE_MATCH};
 use reqwest::Method;
 use serde_json::{json, Value};
-use sqlx::{ConnectOptions, Connection, Row};
+use sqlx::{ConnectOptions, Row};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::harness::*;
-use crate::pg::{realm_lock_key, Session};
+use crate::lock_holder::LockHolder;
 
 /// A "prompt" answer arrives within this.
 const PROMPT: Duration = Duration::from_secs(3);
@@ -184,38 +184,6 @@ impl Db {
 /// Every path stored in `realm` on `srv`'s database, sorted.
 async fn stored_paths(srv: &Server, realm: &str) -> Vec<String> {
     Db::open(srv.db_url()).await.paths(realm).await
-}
-
-/// Holds the realm's database-level write lock from outside the server
-/// (Postgres: its advisory lock; SQLite: a `BEGIN IMMEDIATE` transaction),
-/// so that the server's writers queue on it while keeping their guest
-/// instances busy.
-enum LockHolder {
-    Postgres(Session, i64),
-    Sqlite(sqlx::SqliteConnection),
-}
-
-impl LockHolder {
-    async fn hold(srv: &Server, realm: &str) -> LockHolder {
-        if let Db::Sqlite(mut conn) = Db::open(srv.db_url()).await {
-            sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut conn).await.expect("BEGIN IMMEDIATE on the test database");
-            return LockHolder::Sqlite(conn);
-        }
-        let mut session = Session::open(srv.db_url()).await;
-        let key = realm_lock_key(realm);
-        session.advisory_lock(key).await;
-        LockHolder::Postgres(session, key)
-    }
-
-    async fn release(self) {
-        match self {
-            LockHolder::Postgres(mut session, key) => session.advisory_unlock(key).await,
-            LockHolder::Sqlite(mut conn) => {
-                sqlx::raw_sql("ROLLBACK").execute(&mut conn).await.expect("ROLLBACK on the test database");
-                let _ = conn.close().await;
-            }
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------

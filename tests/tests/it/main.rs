@@ -23,6 +23,7 @@ mod concurrency;
 mod events;
 mod guests;
 mod hardening;
+mod lock_holder;
 mod merge;
 mod postgres;
 mod routes;

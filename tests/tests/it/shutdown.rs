@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use reqwest::header::ACCEPT;
 
-use crate::batch::{answers, line_up, Blocker};
+use crate::batch::{answers, line_up};
+use crate::lock_holder::LockHolder;
 use crate::harness::*;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -41,7 +42,7 @@ async fn sigterm_ends_event_streams_at_once_lets_the_writes_under_way_commit_and
     let (realm, http) = (srv.realm("test"), srv.client());
     let events = reqwest::Client::new().get(format!("{realm}_events")).header(ACCEPT, "text/event-stream").send().await.expect("subscribe");
     assert_eq!(events.status(), 200, "subscribed");
-    let blocker = Blocker::hold(&srv, &realm).await;
+    let blocker = LockHolder::hold(&srv, &realm).await;
     let writes: Vec<(String, String)> = (0..3).map(|i| (format!("{realm}during-{i}.txt"), format!("written during the drain {i}"))).collect();
     let sent = line_up(&srv, writes.iter().map(|(url, text)| http.write_source(url, text.clone())).collect()).await;
 
@@ -79,7 +80,7 @@ async fn sigterm_ends_event_streams_at_once_lets_the_writes_under_way_commit_and
 async fn a_write_still_waiting_when_the_drain_runs_out_ends_unanswered_and_is_not_committed(backend: Backend) {
     let mut srv = backend.start_with(drain("1s")).await;
     let (realm, http) = (srv.realm("test"), srv.client());
-    let blocker = Blocker::hold(&srv, &realm).await;
+    let blocker = LockHolder::hold(&srv, &realm).await;
     let sent = line_up(&srv, vec![http.write_source(&format!("{realm}late.txt"), "too late")]).await;
 
     srv.terminate();
