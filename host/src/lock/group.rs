@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, OwnedMutexGuard};
 
 use super::error::WriteError;
-use super::known::{KnownFiles, KnownRealms};
+use super::known::{FileMap, KnownFiles, KnownRealms};
 use super::overlay::{FileState, RealmBatch};
 use super::sql::{self, Retention, Tx, Wanted};
 use crate::store::now_unix;
@@ -625,7 +625,7 @@ pub(super) fn split_known(asked: &Asked, known: Option<&KnownFiles>) -> (Vec<Str
     let Some(known) = known else { return (asked.paths.clone(), Vec::new()) };
     let (unknown, mut checked): (Vec<String>, Vec<String>) = asked.paths.iter().cloned().partition(|p| !known.files.contains_key(p));
     let room = if asked.busy { KNOWN_CHECKED.saturating_sub(checked.len()) } else { 0 };
-    let others: Vec<String> = known.files.keys().filter(|p| !checked.contains(p)).take(room).cloned().collect();
+    let others: Vec<String> = known.files.paths().filter(|p| !checked.contains(p)).take(room).cloned().collect();
     checked.extend(others);
     (unknown, checked)
 }
@@ -648,7 +648,7 @@ impl Read {
         let known = match (seq, self.known) {
             (Some(seq), Some(known)) if known.seq == seq => known.files,
             (Some(_), Some(mut known)) => {
-                let mut files = HashMap::with_capacity(self.checked.len());
+                let mut files = FileMap::with_capacity(self.checked.len());
                 for path in self.checked {
                     let state = match found.remove(&path) {
                         Some(read) => Some(read),
@@ -662,7 +662,7 @@ impl Read {
                 }
                 files
             }
-            _ => HashMap::new(),
+            _ => FileMap::default(),
         };
         let mut batch = RealmBatch::with_access(access).at_seq(seq, known);
         for path in self.paths {
@@ -734,13 +734,15 @@ mod tests {
     fn after_another_replicas_writes_only_the_checked_known_files_stay_known_as_the_check_found_them() {
         let known = KnownFiles {
             seq: 5,
-            files: HashMap::from([
+            files: [
                 ("same.txt".to_string(), Some(state("same"))),
                 ("changed.txt".to_string(), Some(state("old"))),
                 ("deleted.txt".to_string(), Some(state("was"))),
                 ("absent.txt".to_string(), None),
                 ("unchecked.txt".to_string(), Some(state("stale?"))),
-            ]),
+            ]
+            .into_iter()
+            .collect(),
         };
         let asked = vec!["same.txt".to_string(), "new.txt".to_string(), "missing.txt".to_string()];
         // What split_known would have checked, less the one left out.
@@ -763,7 +765,7 @@ mod tests {
 
     #[test]
     fn with_the_seq_unmoved_every_known_file_stays_known() {
-        let known = KnownFiles { seq: 5, files: HashMap::from([("a.txt".to_string(), Some(state("a"))), ("b.txt".to_string(), None)]) };
+        let known = KnownFiles { seq: 5, files: [("a.txt".to_string(), Some(state("a"))), ("b.txt".to_string(), None)].into_iter().collect() };
         let locked = sql::Locked { access: Some(Vec::new()), seq: Some(5), found: HashMap::new(), gone: Vec::new() };
         let batch = Read { paths: vec!["a.txt".into()], checked: Vec::new(), known: Some(known), locked }.into_batch();
         assert_eq!(content(&batch, "a.txt"), Some(Some("a".into())));

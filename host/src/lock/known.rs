@@ -19,19 +19,89 @@ use super::overlay::FileState;
 #[derive(Debug, Default)]
 pub struct KnownFiles {
     pub seq: i64,
-    pub files: HashMap<String, Option<FileState>>,
+    pub files: FileMap,
 }
 
 impl KnownFiles {
     /// Roughly the memory it holds.
     fn bytes(&self) -> usize {
-        self.files.iter().map(|(path, state)| 64 + path.len() + state.as_ref().map_or(0, state_bytes)).sum()
+        self.files.bytes()
     }
 }
 
-fn state_bytes(state: &FileState) -> usize {
-    let row = state.row.content.len() + state.row.content_hash.len() + 64 + state.derived_bytes();
-    row + state.card.as_ref().map_or(0, |c| c.card_id.len() + c.card_type.len() + c.search_doc.len() + 32)
+/// Files by path (`None`: known absent), with a running count of roughly
+/// the memory they hold, so a batch that gives back a realm of thousands
+/// of known files pays for the files it touched, not for all of them.
+#[derive(Debug, Default)]
+pub struct FileMap {
+    files: HashMap<String, Option<FileState>>,
+    bytes: usize,
+}
+
+/// What one known file counts for in the budget.
+fn file_bytes(path: &str, state: &Option<FileState>) -> usize {
+    64 + path.len() + state.as_ref().map_or(0, FileState::bytes)
+}
+
+impl FileMap {
+    pub fn with_capacity(capacity: usize) -> FileMap {
+        FileMap { files: HashMap::with_capacity(capacity), bytes: 0 }
+    }
+
+    pub fn get(&self, path: &str) -> Option<&Option<FileState>> {
+        self.files.get(path)
+    }
+
+    pub fn contains_key(&self, path: &str) -> bool {
+        self.files.contains_key(path)
+    }
+
+    pub fn insert(&mut self, path: String, state: Option<FileState>) {
+        let bytes = file_bytes(&path, &state);
+        if let Some(old) = self.files.get(&path) {
+            self.bytes -= file_bytes(&path, old);
+        }
+        self.files.insert(path, state);
+        self.bytes += bytes;
+    }
+
+    pub fn remove(&mut self, path: &str) -> Option<Option<FileState>> {
+        let state = self.files.remove(path)?;
+        self.bytes -= file_bytes(path, &state);
+        Some(state)
+    }
+
+    pub fn paths(&self) -> impl Iterator<Item = &String> {
+        self.files.keys()
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Roughly the memory the files hold (see [`FileState::bytes`]).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl FromIterator<(String, Option<FileState>)> for FileMap {
+    fn from_iter<I: IntoIterator<Item = (String, Option<FileState>)>>(files: I) -> FileMap {
+        let mut map = FileMap::default();
+        for (path, state) in files {
+            map.insert(path, state);
+        }
+        map
+    }
+}
+
+impl std::ops::Index<&str> for FileMap {
+    type Output = Option<FileState>;
+
+    fn index(&self, path: &str) -> &Option<FileState> {
+        &self.files[path]
+    }
 }
 
 /// The replica's known files of every realm, within `budget` bytes.
@@ -116,7 +186,25 @@ mod tests {
 
     fn known(seq: i64, content: &str) -> KnownFiles {
         let row = FileRow { content: content.into(), content_hash: "h".into(), created: 1, last_modified: 1, binary: false };
-        KnownFiles { seq, files: HashMap::from([("a.txt".to_string(), Some(FileState::new(row, None))), ("gone".to_string(), None)]) }
+        KnownFiles { seq, files: [("a.txt".to_string(), Some(FileState::new(row, None))), ("gone".to_string(), None)].into_iter().collect() }
+    }
+
+    #[test]
+    fn a_file_map_counts_the_bytes_of_the_files_it_holds_as_they_come_and_go() {
+        let state = |content: &str| Some(FileState::new(FileRow { content: content.into(), content_hash: "h".into(), created: 1, last_modified: 1, binary: false }, None));
+        let counted = |map: &FileMap| map.files.iter().map(|(path, state)| file_bytes(path, state)).sum::<usize>();
+        let mut map: FileMap = [("a.txt".to_string(), state("aaaa")), ("gone".to_string(), None)].into_iter().collect();
+        assert_eq!(map.bytes(), counted(&map));
+        map.insert("a.txt".into(), state(&"b".repeat(1000)));
+        assert_eq!(map.bytes(), counted(&map), "a file written over counts as its new version only");
+        assert!(map.bytes() > 1000);
+        map.insert("c.txt".into(), None);
+        assert_eq!(map.remove("a.txt").flatten().map(|s| s.row.content.len()), Some(1000));
+        assert!(map.remove("nothing").is_none());
+        assert_eq!(map.bytes(), counted(&map));
+        map.remove("gone");
+        map.remove("c.txt");
+        assert_eq!(map.bytes(), 0);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 use std::cmp::Ordering;
 use std::collections::HashMap;
 
+use super::known::FileMap;
 use super::outbox::Changes;
 use crate::search::fields::{changed_rows, fields_of, FieldRow};
 use crate::search::index::SEARCH_VERSION;
@@ -33,34 +34,29 @@ pub struct CardRow {
 pub struct FileState {
     pub row: FileRow,
     pub card: Option<CardRow>,
-    /// Its search rows, derived once (a flush derives them for the file it
-    /// writes; the next batch diffs against the same state, kept with the
-    /// realm's files). Shared by clones: build a new state, never change
-    /// `row` or `card` of one whose rows were derived.
-    fields: std::sync::Arc<std::sync::OnceLock<Vec<FieldRow>>>,
 }
 
 impl FileState {
     pub fn new(row: FileRow, card: Option<CardRow>) -> FileState {
-        FileState { row, card, fields: Default::default() }
+        FileState { row, card }
     }
 
-    /// Bytes its search rows take, if they were derived.
-    pub fn derived_bytes(&self) -> usize {
-        self.fields.get().map_or(0, |rows| rows.iter().map(|r| 80 + r.field.len() + r.text.len()).sum())
+    /// Roughly the memory it holds (for the budget of the files a replica
+    /// keeps between batches).
+    pub fn bytes(&self) -> usize {
+        let row = self.row.content.len() + self.row.content_hash.len() + 64;
+        row + self.card.as_ref().map_or(0, |c| c.card_id.len() + c.card_type.len() + c.search_doc.len() + 32)
     }
 
-    /// The search rows of a card file as this build derives them, sorted
-    /// by [`key`].
-    fn fields(&self) -> &[FieldRow] {
-        self.fields.get_or_init(|| {
-            let mut rows = match &self.card {
-                Some(card) if !self.row.binary => fields_of(&self.row.content, &card.card_id),
-                _ => Vec::new(),
-            };
-            sort_by_key(&mut rows);
-            rows
-        })
+    /// Every search row of a card file as this build derives them, sorted
+    /// by [`key`] (none for other files).
+    fn rows(&self) -> Vec<FieldRow> {
+        let mut rows = match &self.card {
+            Some(card) if !self.row.binary => fields_of(&self.row.content, &card.card_id),
+            _ => Vec::new(),
+        };
+        sort_by_key(&mut rows);
+        rows
     }
 
     /// The rows of this card's parts that differ in `new` (this file's
@@ -151,7 +147,7 @@ pub struct RealmBatch {
     seq: Option<i64>,
     /// Files the replica already knew as of `seq` (see `known.rs`): served
     /// like rows read from the database, without reading them.
-    known: HashMap<String, Option<FileState>>,
+    known: FileMap,
 }
 
 impl RealmBatch {
@@ -162,9 +158,9 @@ impl RealmBatch {
 
     /// A batch that started at the realm's event seq `seq` (read with the
     /// lock), trusting `known`: files as of that same seq.
-    pub fn at_seq(mut self, seq: Option<i64>, known: HashMap<String, Option<FileState>>) -> RealmBatch {
+    pub fn at_seq(mut self, seq: Option<i64>, known: FileMap) -> RealmBatch {
         self.seq = seq;
-        self.known = if seq.is_some() { known } else { HashMap::new() };
+        self.known = if seq.is_some() { known } else { FileMap::default() };
         self
     }
 
@@ -234,7 +230,7 @@ impl RealmBatch {
     /// its flush reported, `None` if it appended none). `None` when that is
     /// not certain: the batch did not know its starting seq, or the seqs
     /// disagree.
-    pub fn into_known(self, committed: Option<i64>) -> Option<(i64, HashMap<String, Option<FileState>>)> {
+    pub fn into_known(self, committed: Option<i64>) -> Option<(i64, FileMap)> {
         let start = self.seq?;
         let seq = start + i64::try_from(self.events.len()).ok()?;
         let agrees = match committed {
@@ -332,14 +328,10 @@ fn sort_by_key(rows: &mut [FieldRow]) {
 fn field_changes(path: &str, known_base: Option<&FileState>, had_rows: bool, current: &FileState, out: &mut RealmChanges) {
     match known_base {
         Some(base) => {
-            // Rows derived already (a card this replica wrote): diff them
-            // all. Else (a card as read, say after another replica wrote it)
-            // derive only the rows of the parts that differ.
-            let parts = if base.fields.get().is_none() { base.changed_rows(current) } else { None };
-            let (old, new) = match &parts {
-                Some((old, new)) => (old.as_slice(), new.as_slice()),
-                None => (base.fields(), current.fields()),
-            };
+            // Only the rows of the parts that differ, when the parts can be
+            // told apart: an edit of a few attributes derives a few rows
+            // (and parses both versions), not every row of the card.
+            let (old, new) = base.changed_rows(current).unwrap_or_else(|| (base.rows(), current.rows()));
             // Both sorted by key: one walk, no hashing.
             let (mut old, mut new) = (old.iter().peekable(), new.iter().peekable());
             loop {
@@ -374,7 +366,7 @@ fn field_changes(path: &str, known_base: Option<&FileState>, had_rows: bool, cur
             if had_rows {
                 out.field_resets.push(path.to_string());
             }
-            out.field_upserts.extend(current.fields().iter().map(|row| (path.to_string(), row.clone())));
+            out.field_upserts.extend(current.rows().into_iter().map(|row| (path.to_string(), row)));
         }
     }
 }
@@ -514,27 +506,46 @@ mod tests {
     }
 
     #[test]
-    fn a_card_as_read_is_diffed_by_part_as_its_every_row_would_be() {
-        let stored = person(r#"{"name":"Mango","age":3,"tags":["a","b"],"address":{"city":"Paris"}}"#);
-        let written = person(r#"{"name":"Mango","age":4,"tags":["a"],"address":{"city":"Paris"},"note":"hi"}"#);
-        let changes_with = |derive_first: bool| {
-            let base = card(&stored, 1, SEARCH_VERSION);
-            if derive_first {
-                base.fields();
-            }
+    fn a_card_is_diffed_by_part_as_its_every_row_would_be() {
+        // What diffing every row of both versions writes: (field, position, text) upserts, and deletes.
+        let every_row = |stored: &str, written: &str| {
+            let (old, new) = (fields_of(stored, "http://h/r/Person/1"), fields_of(written, "http://h/r/Person/1"));
+            let mut upserts: Vec<(String, i64, String)> =
+                new.iter().filter(|row| !old.contains(row)).map(|r| (r.field.clone(), r.position, r.text.clone())).collect();
+            let mut deletes: Vec<(String, i64)> =
+                old.iter().filter(|o| !new.iter().any(|n| key(n) == key(o))).map(|r| (r.field.clone(), r.position)).collect();
+            upserts.sort();
+            deletes.sort();
+            (upserts, deletes)
+        };
+        let flushed = |stored: &str, written: &str| {
             let mut batch = RealmBatch::default();
-            batch.learn("Person/1.json", Some(base));
+            batch.learn("Person/1.json", Some(card(stored, 1, SEARCH_VERSION)));
             let mut m = Member::default();
-            m.put("Person/1.json", Some(card(&written, 2, SEARCH_VERSION)));
+            m.put("Person/1.json", Some(card(written, 2, SEARCH_VERSION)));
             batch.absorb(m, None);
             let changes = batch.changes();
-            let current = &batch.entries["Person/1.json"].current;
-            (changes.field_upserts, changes.field_deletes, current.as_ref().map(FileState::derived_bytes))
+            assert!(changes.field_resets.is_empty());
+            let mut upserts: Vec<(String, i64, String)> = changes.field_upserts.into_iter().map(|(_, r)| (r.field, r.position, r.text)).collect();
+            let mut deletes: Vec<(String, i64)> = changes.field_deletes.into_iter().map(|(_, field, position)| (field, position)).collect();
+            upserts.sort();
+            deletes.sort();
+            (upserts, deletes)
         };
-        let (by_part, every_row) = (changes_with(false), changes_with(true));
-        assert_eq!((&by_part.0, &by_part.1), (&every_row.0, &every_row.1));
-        assert_eq!(by_part.2, Some(0), "by part: the written card's every row was never derived");
-        assert!(every_row.2 > Some(0), "against derived rows: the written card's are derived (and kept for the next diff)");
+        let stored = person(r#"{"name":"Mango","age":3,"tags":["a","b"],"address":{"city":"Paris"}}"#);
+        let written = person(r#"{"name":"Mango","age":4,"tags":["a"],"address":{"city":"Paris"},"note":"hi"}"#);
+        assert!(stored_card(&stored).changed_rows(&stored_card(&written)).is_some(), "parts apart: diffed by part");
+        let by_part = flushed(&stored, &written);
+        assert_eq!(by_part, every_row(&stored, &written));
+        assert_eq!(by_part.0.iter().map(|(f, _, _)| f.as_str()).collect::<Vec<_>>(), ["age", "note"]);
+        // An attribute named with a dot could share a field with a nested one: every row is derived instead.
+        let (stored, written) = (person(r#"{"a.b":1,"a":{"b":2}}"#), person(r#"{"a.b":3,"a":{"b":2}}"#));
+        assert!(stored_card(&stored).changed_rows(&stored_card(&written)).is_none(), "parts not apart");
+        assert_eq!(flushed(&stored, &written), every_row(&stored, &written));
+    }
+
+    fn stored_card(content: &str) -> FileState {
+        card(content, 1, SEARCH_VERSION)
     }
 
     #[test]
@@ -557,7 +568,7 @@ mod tests {
     #[test]
     fn files_known_from_earlier_batches_are_served_and_diffed_against_like_rows_read() {
         let stored = card(&person(r#"{"name":"Mango","age":3}"#), 1, SEARCH_VERSION);
-        let known = HashMap::from([("Person/1.json".to_string(), Some(stored)), ("absent.txt".to_string(), None)]);
+        let known = [("Person/1.json".to_string(), Some(stored)), ("absent.txt".to_string(), None)].into_iter().collect();
         let mut batch = RealmBatch::default().at_seq(Some(5), known);
         let seen = batch.seen("Person/1.json").expect("known: no read needed");
         assert!(!seen.uncommitted && seen.state.is_some());
@@ -578,7 +589,6 @@ mod tests {
         assert_eq!(seq, 6);
         let kept = files["Person/1.json"].as_ref().unwrap();
         assert!(kept.row.content.contains(r#""age":4"#), "kept in its final state");
-        assert_eq!(kept.derived_bytes(), 0, "only the rows of the part that changed were derived, and not kept");
         assert!(files["absent.txt"].is_none());
         assert_eq!(files["new.txt"].as_ref().unwrap().row.content, "read", "what the batch read is kept too");
     }
@@ -586,7 +596,7 @@ mod tests {
     #[test]
     fn what_a_batch_knew_is_kept_only_when_the_seqs_agree() {
         let written = || {
-            let mut batch = RealmBatch::default().at_seq(Some(5), HashMap::new());
+            let mut batch = RealmBatch::default().at_seq(Some(5), FileMap::default());
             batch.learn("a.txt", None);
             let mut m = Member::default();
             m.put("a.txt", Some(file("x", 2)));
@@ -598,10 +608,10 @@ mod tests {
         let mut unknown = RealmBatch::default();
         unknown.learn("a.txt", None);
         assert!(unknown.into_known(None).is_none(), "the starting seq is not known");
-        let mut read_only = RealmBatch::default().at_seq(Some(5), HashMap::new());
+        let mut read_only = RealmBatch::default().at_seq(Some(5), FileMap::default());
         read_only.learn("a.txt", None);
         let (seq, files) = read_only.into_known(None).expect("a batch that wrote nothing leaves the seq as it was");
         assert_eq!((seq, files.len()), (5, 1));
-        assert!(RealmBatch::default().at_seq(None, HashMap::from([("a.txt".to_string(), None)])).seen("a.txt").is_none(), "no seq, nothing trusted");
+        assert!(RealmBatch::default().at_seq(None, [("a.txt".to_string(), None)].into_iter().collect()).seen("a.txt").is_none(), "no seq, nothing trusted");
     }
 }
