@@ -206,11 +206,16 @@ fn begin_statement(remaining: Duration) -> String {
     // Generic plans: Postgres would otherwise plan the flush (and the
     // reads in `realm_core_lock_and_read`) afresh at every execution,
     // since its array parameters make a custom plan look cheaper;
-    // planning the flush cost more than running it. Its generic plan
-    // is index lookups on the primary keys, whatever the array sizes.
+    // planning the flush cost more than running it. Key lookups only (no
+    // sequential scans, no hash or merge joins): every statement here
+    // finds its rows by key, but a connection keeps the generic plan it
+    // made first, and one made while a table was small (a new database, a
+    // new realm) read the whole table (or its whole index, to join it) —
+    // at every later commit, however large the table has grown since.
     format!(
         "BEGIN; SELECT set_config('lock_timeout', '{ms}ms', true), set_config('statement_timeout', '{statement_ms}ms', true), \
-         set_config('plan_cache_mode', 'force_generic_plan', true)"
+         set_config('plan_cache_mode', 'force_generic_plan', true), set_config('enable_seqscan', 'off', true), \
+         set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true)"
     )
 }
 
@@ -498,9 +503,13 @@ pub(super) async fn flush(tx: &mut Tx, realms: &[(String, RealmChanges)], now: i
 /// the foreign keys are checked at the end of the statement. Event seqs
 /// continue each realm's newest (looked up once per realm: inlined, the
 /// lookup would run once per event); each appended event retires the one
-/// `keep` before it (a primary-key lookup; pruning by age, and whatever
-/// a smaller `keep` leaves, is the events hub's periodic job); the NOTIFY
-/// (realm and newest seq) is delivered only on COMMIT.
+/// `keep` before it (a primary-key lookup per event, then a delete by
+/// tuple id: written as a join, the generic plan hashed the appended
+/// events and scanned every stored event whenever the table's statistics
+/// lagged its growth — milliseconds a commit, growing with the table;
+/// pruning by age, and whatever a smaller `keep` leaves, is the events
+/// hub's periodic job); the NOTIFY (realm and newest seq) is delivered
+/// only on COMMIT.
 const FLUSH_POSTGRES: &str = "WITH
     new_files AS (
         INSERT INTO files (realm_url, path, content, content_hash, created_at, last_modified, content_encoding)
@@ -541,7 +550,8 @@ const FLUSH_POSTGRES: &str = "WITH
         RETURNING realm_url, seq),
     newest AS (SELECT realm_url, MAX(seq) AS seq FROM appended GROUP BY realm_url),
     by_count AS (
-        DELETE FROM realm_events r USING appended a WHERE r.realm_url = a.realm_url AND r.seq = a.seq - $35)
+        DELETE FROM realm_events r
+        WHERE r.ctid = ANY (ARRAY(SELECT (SELECT m.ctid FROM realm_events m WHERE m.realm_url = a.realm_url AND m.seq = a.seq - $35) FROM appended a)))
     SELECT realm_url, seq, pg_notify($36, realm_url || ' ' || seq) FROM newest";
 
 /// A table's rows as column arrays (`UNNEST` turns them back into rows).

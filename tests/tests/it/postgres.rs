@@ -844,3 +844,108 @@ async fn postgres_grants_reach_every_replica_at_once() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Statements that stay key lookups
+
+/// The tables the write path writes, which grow with realms' histories.
+const WRITTEN_TABLES: [&str; 4] = ["files", "card_index", "card_fields", "realm_events"];
+
+/// Rows of [`WRITTEN_TABLES`] that scans read (sequential scans, and index
+/// scans: a whole index read in order is no better), as the cumulative
+/// statistics count them: this session's own reads included, and other
+/// sessions' as far as they have handed them over (a backend does so at
+/// most once a second, and as it exits).
+async fn rows_scanned(session: &mut Session) -> BTreeMap<String, i64> {
+    session.execute("SELECT pg_stat_force_next_flush()").await;
+    session.execute("SELECT pg_stat_clear_snapshot()").await;
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT t.relname::text, t.seq_tup_read + (SELECT COALESCE(sum(i.idx_tup_read), 0)::int8 FROM pg_stat_user_indexes i WHERE i.relid = t.relid)
+         FROM pg_stat_user_tables t WHERE t.relname = ANY($1)",
+    )
+    .bind(&WRITTEN_TABLES[..])
+    .fetch_all(&mut session.conn)
+    .await
+    .expect("pg_stat_user_tables");
+    rows.into_iter().collect()
+}
+
+/// Waits until this session is the database's only one.
+async fn alone_on_the_database(session: &mut Session) {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        let others: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            .fetch_one(&mut session.conn)
+            .await
+            .expect("pg_stat_activity");
+        if others == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{others} other sessions still on the database");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every statement of the write path finds its rows by key, and must keep
+/// doing so however its tables grew since a connection planned it: a
+/// connection keeps the generic plan it made first, and one made on small
+/// tables (a new database) scanned them instead. The flush retired old
+/// events with a join whose plan read every stored event at each later
+/// commit (milliseconds a commit, growing with the table, until
+/// statistics made it plan again); its deletes of files, cards and search
+/// rows were planned as scans of those tables too. (A replica keeps each
+/// realm's last 10 000 events, so `realm_events` holds about that many
+/// rows per realm.)
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_writes_never_read_a_whole_table_however_the_tables_grew() {
+    const HISTORY: i64 = 20_000;
+    let mut srv = primary(&["--events-retain-count", "10"]).await;
+    let node = Node::of(&srv);
+    let mut session = Session::open(srv.db_url()).await;
+    // No statistics refresh (nor the new plans it would cause) during the test.
+    for table in WRITTEN_TABLES {
+        session.execute(&format!("ALTER TABLE {table} SET (autovacuum_enabled = off)")).await;
+    }
+    for card in ["test/card-1", "test/card-2", "test/card-3"] {
+        seed_card(&node, card, json!({ "n": 0, "note": "seeded" })).await;
+    }
+    // The server's connections plan their statements on small tables...
+    for n in 1..=20 {
+        node.http.patch_card(&node.url("test/card-1"), &person(json!({ "n": n }))).fetch().await.expect_status(200);
+    }
+    // ...which then grow by another realm's long history.
+    let other = srv.realm("other");
+    for sql in [
+        "INSERT INTO realm_events (realm_url, seq, payload, created_at) SELECT $1, g, '{}', extract(epoch FROM now())::bigint FROM generate_series(1, $2) g",
+        "INSERT INTO files (realm_url, path, content, content_hash, created_at, last_modified) SELECT $1, 'c/' || g || '.json', '{}', 'h' || g, 1, 1 FROM generate_series(1, $2) g",
+        "INSERT INTO card_index (realm_url, path, card_id, card_type, search_doc, updated_at, search_version)
+         SELECT $1, 'c/' || g || '.json', $1 || 'c/' || g, 't', '{}', 1, (SELECT max(search_version) FROM card_index) FROM generate_series(1, $2) g",
+        "INSERT INTO card_fields (realm_url, path, field, position, kind, text_key, text_value) SELECT $1, 'c/' || g || '.json', 'n', 0, 1, 'x', 'x' FROM generate_series(1, $2) g",
+    ] {
+        sqlx::query(sql).bind(&other).bind(HISTORY).execute(&mut session.conn).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    // (Our inserts' key checks read the card index; the server's reads
+    // so far, on small tables, are a few dozen rows at most.)
+    let before = rows_scanned(&mut session).await;
+    // Writes of every kind: changed and removed search rows, a card and a file deleted.
+    for n in 21..=50 {
+        node.http.patch_card(&node.url("test/card-1"), &person(json!({ "n": n }))).fetch().await.expect_status(200);
+    }
+    node.http.patch_card(&node.url("test/card-2"), &person(json!({ "note": null }))).fetch().await.expect_status(200);
+    node.http.delete_card(&node.url("test/card-3")).fetch().await.expect_status(204);
+    assert_eq!(attributes(&node, "test/card-1").await["n"], json!(50));
+    // A backend hands its counts over as it exits.
+    srv.terminate();
+    srv.exit_status(LOCK_WAIT).await;
+    alone_on_the_database(&mut session).await;
+    let after = rows_scanned(&mut session).await;
+    let read: BTreeMap<&String, i64> = after.iter().map(|(table, rows)| (table, rows - before.get(table).copied().unwrap_or(0))).collect();
+    assert_eq!(read.len(), WRITTEN_TABLES.len(), "{read:?}");
+    assert!(read.values().all(|rows| *rows < HISTORY), "the writes read whole tables (rows read by scans: {read:?})\n--- server log ---\n{}", srv.log());
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM realm_events WHERE realm_url = $1")
+        .bind(srv.realm("test"))
+        .fetch_one(&mut session.conn)
+        .await
+        .expect("count events");
+    assert_eq!(kept, 10, "each commit past the 10th retired the event 10 before it");
+}
