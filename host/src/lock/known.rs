@@ -96,6 +96,7 @@ impl FromIterator<(String, Option<FileState>)> for FileMap {
     }
 }
 
+#[cfg(test)]
 impl std::ops::Index<&str> for FileMap {
     type Output = Option<FileState>;
 
