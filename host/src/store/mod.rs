@@ -83,6 +83,10 @@ pub enum Database {
     Memory(std::sync::Arc<MemoryStore>),
 }
 
+/// A pooled Postgres connection idle this long is checked with a ping
+/// before it is handed out (one in steady use is not).
+const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
+
 impl Database {
     /// Connects (creating a missing SQLite file) and runs the migrations.
     pub async fn connect(url: &str) -> Result<Database, DbError> {
@@ -98,6 +102,19 @@ impl Database {
                 PgPoolOptions::new()
                     .max_connections(16)
                     .acquire_timeout(Duration::from_secs(3))
+                    // A connection in steady use is not pinged each time it
+                    // is handed out (a round trip per acquire, on every
+                    // request and every commit); one idle for a while is,
+                    // as the database may have restarted meanwhile.
+                    .test_before_acquire(false)
+                    .before_acquire(|conn, meta| {
+                        Box::pin(async move {
+                            if meta.idle_for >= PING_IDLE_AFTER {
+                                sqlx::Connection::ping(conn).await?;
+                            }
+                            Ok(true)
+                        })
+                    })
                     .connect(url)
                     .await?,
             )
