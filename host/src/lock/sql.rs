@@ -504,9 +504,9 @@ pub(super) async fn flush(tx: &mut Tx, realms: &[(String, RealmChanges)], now: i
 /// continue each realm's newest (looked up once per realm: inlined, the
 /// lookup would run once per event); each appended event retires the one
 /// `keep` before it (a primary-key lookup per event, then a delete by
-/// tuple id: written as a join, the generic plan hashed the appended
-/// events and scanned every stored event whenever the table's statistics
-/// lagged its growth — milliseconds a commit, growing with the table;
+/// tuple id: written as a join, a generic plan made while the table was
+/// small hashed the appended events and scanned every stored event at
+/// each later commit — milliseconds a commit, growing with the table;
 /// pruning by age, and whatever a smaller `keep` leaves, is the events
 /// hub's periodic job); the NOTIFY (realm and newest seq) is delivered
 /// only on COMMIT.

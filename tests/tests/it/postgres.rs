@@ -870,22 +870,6 @@ async fn rows_scanned(session: &mut Session) -> BTreeMap<String, i64> {
     rows.into_iter().collect()
 }
 
-/// Waits until this session is the database's only one.
-async fn alone_on_the_database(session: &mut Session) {
-    let deadline = Instant::now() + LOCK_WAIT;
-    loop {
-        let others: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
-            .fetch_one(&mut session.conn)
-            .await
-            .expect("pg_stat_activity");
-        if others == 0 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{others} other sessions still on the database");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Every statement of the write path finds its rows by key, and must keep
 /// doing so however its tables grew since a connection planned it: a
 /// connection keeps the generic plan it made first, and one made on small
@@ -937,7 +921,13 @@ async fn postgres_writes_never_read_a_whole_table_however_the_tables_grew() {
     // A backend hands its counts over as it exits.
     srv.terminate();
     srv.exit_status(LOCK_WAIT).await;
-    alone_on_the_database(&mut session).await;
+    wait_until!("the server's sessions have ended", LOCK_WAIT, {
+        let others: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            .fetch_one(&mut session.conn)
+            .await
+            .expect("pg_stat_activity");
+        (others == 0).then_some(())
+    });
     let after = rows_scanned(&mut session).await;
     let read: BTreeMap<&String, i64> = after.iter().map(|(table, rows)| (table, rows - before.get(table).copied().unwrap_or(0))).collect();
     assert_eq!(read.len(), WRITTEN_TABLES.len(), "{read:?}");
